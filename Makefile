@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test test-mongomock test-secantus lint e2e bench clean
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+## Start the server on the embedded database (data in ./var/db); Ctrl-C stops both.
+run: $(VENV)/.runtime
+	$(PY) -m service serve
+
+## Lint, then the whole suite on mongomock and on a real wire-protocol server.
+test: lint test-mongomock test-secantus
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check service tests
+
+test-mongomock: $(VENV)/.dev
+	$(PY) -m pytest --backend=mongomock
+
+test-secantus: $(VENV)/.dev
+	$(PY) -m pytest --backend=secantus
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage

@@ -1,0 +1,99 @@
+"""The application factory: the root app (OAuth2 endpoints, health) and the /api/v1 sub-app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service import docs, keys
+from service.config import Settings
+from service.db import Client, Mongo, upgrade
+from service.errors import problem_middleware, problem_response
+from service.middlewares import (
+    body_limit_middleware,
+    request_id_middleware,
+    security_headers_middleware,
+    validation_middleware,
+)
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web.Application:
+    """Build the service. Pass `mongo_client` to run on a database the caller owns (tests)."""
+    # Order matters: the request id wraps everything so even error responses carry it; security
+    # headers go on every response, errors included; the problem middleware turns every failure
+    # below it into problem+json; oversize bodies are refused before anything else runs.
+    app = web.Application(
+        middlewares=[request_id_middleware, security_headers_middleware, problem_middleware, body_limit_middleware],
+        client_max_size=settings.max_body_size,
+    )
+    app[keys.settings] = settings
+    app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
+    app.cleanup_ctx.append(_mongo_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get(docs.API_PREFIX, docs.swagger_ui)
+    api = _create_api()
+    app[keys.openapi] = api[keys.openapi]
+    app.add_subapp(docs.API_PREFIX, api)
+    return app
+
+
+def _create_api() -> web.Application:
+    # Authentication runs before validation, so an anonymous caller never gets a body parsed.
+    api = web.Application(middlewares=[validation_middleware])
+    docs.add_docs_routes(api)
+    _add_slashless_aliases(api)
+    docs.finish_docs(api)
+    return api
+
+
+def _add_slashless_aliases(api: web.Application) -> None:
+    """`/users` answers like `/users/`: same handler, not a redirect, and not listed twice in the docs."""
+    for resource in list(api.router.resources()):
+        path = resource.canonical
+        if not path.endswith("/") or path == "/":
+            continue
+        for route in list(resource):
+            alias = _undocumented(route.handler)
+            api.router.add_route(route.method, path.rstrip("/"), alias)
+
+
+def _undocumented(handler: Handler) -> Handler:
+    async def alias(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    for attribute in ("__schemas__", "__requirement__"):
+        if hasattr(handler, attribute):
+            setattr(alias, attribute, getattr(handler, attribute))
+    return alias
+
+
+async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
+    mongo = app[keys.mongo]
+    await mongo.connect()
+    try:
+        await upgrade(mongo.db)
+        yield
+    finally:
+        await mongo.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers a ping within a second."""
+    mongo = request.app[keys.mongo]
+    try:
+        await asyncio.wait_for(mongo.ping(), timeout=1.0)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason goes to the log
+        log.warning("readiness check failed: %s", type(exc).__name__)
+        return problem_response(503, "The database is not reachable.", headers={"Retry-After": "5"})
+    return web.json_response({"status": "ok", "database": "ok"})

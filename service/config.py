@@ -1,0 +1,144 @@
+"""Settings: one frozen object read from the environment once, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    mongodb_url: str | None = None
+    mongodb_db: str = "service"
+    mongodb_timeout_ms: int = 3000
+    data_dir: Path = Path("var/db")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_format: str = "text"
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 14 * 24 * 3600
+    auth_code_ttl: int = 60
+    signup_enabled: bool = True
+    max_body_size: int = 64 * 1024
+    max_json_depth: int = 32
+    public_url: str | None = None
+    login_max_failures: int = 10
+    login_window: int = 15 * 60
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    workers: int = 1
+
+    @property
+    def mongomock(self) -> bool:
+        return bool(self.mongodb_url) and self.mongodb_url.startswith("mongomock://")  # type: ignore[union-attr]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default `os.environ`); raise SettingsError on the first bad value."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (attr, parse) in _VARIABLES.items():
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+        return dataclasses.replace(cls(), **values)
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"expected an integer {bound}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(options: tuple[str, ...], upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _mongodb_url(raw: str) -> str:
+    if not raw.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
+        raise ValueError("expected a mongodb://, mongodb+srv:// or mongomock:// URL")
+    return raw
+
+
+def _db_name(raw: str) -> str:
+    if any(ch in raw for ch in '/\\. "$') or len(raw) > 63:
+        raise ValueError('expected a MongoDB database name (no /\\. "$ or spaces, at most 63 characters)')
+    return raw
+
+
+def _public_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _host(raw: str) -> str:
+    if any(ch.isspace() for ch in raw):
+        raise ValueError("expected a host name or IP address")
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "MONGODB_URL": ("mongodb_url", _mongodb_url),
+    "MONGODB_DB": ("mongodb_db", _db_name),
+    "MONGODB_TIMEOUT_MS": ("mongodb_timeout_ms", _int(100, 600_000)),
+    "SERVICE_DATA_DIR": ("data_dir", Path),
+    "HOST": ("host", _host),
+    "PORT": ("port", _int(0, 65535)),
+    "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, upper=True)),
+    "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
+    "ACCESS_TOKEN_TTL": ("access_token_ttl", _int(1)),
+    "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
+    "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
+    "SIGNUP_ENABLED": ("signup_enabled", _bool),
+    "MAX_BODY_SIZE": ("max_body_size", _int(1024)),
+    "PUBLIC_URL": ("public_url", _public_url),
+    "LOGIN_MAX_FAILURES": ("login_max_failures", _int(1)),
+    "LOGIN_WINDOW": ("login_window", _int(1)),
+    "ARGON2_TIME_COST": ("argon2_time_cost", _int(1)),
+    "ARGON2_MEMORY_KIB": ("argon2_memory_kib", _int(8)),
+    "WORKERS": ("workers", _int(1, 64)),
+}
+
+ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

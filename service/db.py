@@ -1,0 +1,307 @@
+"""The database layer: client lifecycle, the embedded server, mongomock mode, indexes and migrations.
+
+The only module besides the domain repositories that imports the driver, so a later switch from
+Motor to PyMongo's async client stays one small change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
+from pymongo import IndexModel
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+Database = AsyncIOMotorDatabase
+Client = AsyncIOMotorClient
+Migration = tuple[str, Callable[[Database], Awaitable[None]]]
+
+# Codes a healthy server never returns: it is shutting down, stepping down or a fail point says so.
+_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_unavailable_error(exc: BaseException) -> bool:
+    """True when the error means 'the database cannot serve us right now' (503, retry later)."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in _UNAVAILABLE_CODES
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    return isinstance(exc, DuplicateKeyError)
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, at the millisecond precision MongoDB stores."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded database could not start; the message says why and what to do."""
+
+
+@dataclass
+class EmbeddedServer:
+    """SecantusDB (`secantusd-py`) as a child process, storing its data in `data_dir`.
+
+    A lock file in `data_dir` keeps a second service off the same data; the child gets
+    PDEATHSIG so it dies with us even if we are killed without a chance to clean up.
+    """
+
+    data_dir: Path
+    port: int = 0
+    extra_args: Sequence[str] = ()
+    process: asyncio.subprocess.Process | None = field(default=None, init=False)
+    _lock: IO[str] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    async def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = _acquire_lock(self.data_dir / "service.lock")
+        if not self.port:
+            self.port = _free_port()
+        self._log = open(self.data_dir / "secantusd.log", "ab")  # noqa: SIM115, ASYNC230 (start-up only; lives with the child)
+        self.process = await asyncio.create_subprocess_exec(
+            _secantusd_executable(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.data_dir / "data"),
+            "--log-level",
+            "WARNING",
+            *self.extra_args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=_die_with_parent,
+        )
+        await self._wait_until_listening(timeout)
+        log.info("embedded database listening on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
+
+    async def _wait_until_listening(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.process.returncode is not None:
+                await self.stop()
+                raise EmbeddedServerError(
+                    f"the embedded database exited with code {self.process.returncode}; "
+                    f"see {self.data_dir / 'secantusd.log'}"
+                )
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                if asyncio.get_running_loop().time() > deadline:
+                    await self.stop()
+                    raise EmbeddedServerError(f"the embedded database did not answer within {timeout:.0f}s") from None
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """Stop the child (SIGTERM, then SIGKILL); keeps the lock so a restart reuses the port and data."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _acquire_lock(path: Path) -> IO[str]:
+    handle = open(path, "a+")  # noqa: SIM115 (held for the life of the service)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise EmbeddedServerError(
+            f"another service is already using the data directory {path.parent} "
+            "(SERVICE_DATA_DIR); stop it or choose another directory"
+        ) from None
+    return handle
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _secantusd_executable() -> str:
+    beside_python = Path(sys.executable).with_name("secantusd-py")
+    found = str(beside_python) if beside_python.exists() else shutil.which("secantusd-py")
+    if not found:
+        raise EmbeddedServerError("secantusd-py is not installed; pip install -r requirements.txt or set MONGODB_URL")
+    return found
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it when the parent dies."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    os.setpgrp()  # Ctrl-C goes to our process group only; we stop the child ourselves, in order
+
+
+def create_client(url: str, timeout_ms: int) -> Client:
+    """A Motor client for a real server; made inside the running loop."""
+    if url.startswith("mongomock://"):
+        from mongomock_motor import AsyncMongoMockClient
+
+        return AsyncMongoMockClient(tz_aware=True)
+    return AsyncIOMotorClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 3, 10_000),
+        retryWrites=True,
+        appname="service",
+    )
+
+
+@dataclass
+class Mongo:
+    """What the app holds of the database; filled in by `mongo_ctx` while the app runs."""
+
+    settings: Settings
+    client: Client | None = None
+    owns_client: bool = True
+    embedded: EmbeddedServer | None = None
+
+    @property
+    def db(self) -> Database:
+        assert self.client is not None, "the database is not connected (app not started)"
+        return self.client[self.settings.mongodb_db]
+
+    async def connect(self) -> None:
+        if self.client is not None:
+            return
+        url = self.settings.mongodb_url
+        if url is None:
+            self.embedded = EmbeddedServer(self.settings.data_dir)
+            await self.embedded.start()
+            url = self.embedded.url
+        self.client = create_client(url, self.settings.mongodb_timeout_ms)
+
+    async def close(self) -> None:
+        if self.client is not None and self.owns_client:
+            self.client.close()
+        self.client = None
+        if self.embedded is not None:
+            await self.embedded.close()
+            self.embedded = None
+
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
+
+def all_indexes() -> Mapping[str, Sequence[IndexModel]]:
+    """Every collection's indexes, as declared next to the repository that needs them."""
+    from service.auth.repository import INDEXES as AUTH
+    from service.teams.repository import INDEXES as TEAMS
+    from service.users.repository import INDEXES as USERS
+
+    merged: dict[str, list[IndexModel]] = {}
+    for declared in (AUTH, USERS, TEAMS):
+        for collection, models in declared.items():
+            merged.setdefault(collection, []).extend(models)
+    return merged
+
+
+async def ensure_indexes(db: Database, indexes: Mapping[str, Sequence[IndexModel]] | None = None) -> None:
+    """Create the declared indexes; idempotent, so every process runs it at start-up."""
+    for collection, models in (all_indexes() if indexes is None else indexes).items():
+        if models:
+            await db[collection].create_indexes(list(models))
+
+
+async def _backfill_versions(db: Database) -> None:
+    """Documents written before versioning get version 1, so If-Match works on them."""
+    for collection in ("users", "teams", "oauth2_clients"):
+        await db[collection].update_many({"version": {"$exists": False}}, {"$set": {"version": 1}})
+
+
+MIGRATIONS: tuple[Migration, ...] = (("0001_backfill_versions", _backfill_versions),)
+
+
+async def run_migrations(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply, in order, the migrations not yet recorded; return the names applied now.
+
+    Each migration is claimed by inserting its record first (unique `_id`), so two processes
+    starting together never run the same one twice; a claim left `running` by a crash is retried.
+    """
+    applied: list[str] = []
+    for name, migrate in migrations:
+        record = await db.migrations.find_one({"_id": name})
+        if record is not None and record.get("state") == "done":
+            continue
+        if record is None:
+            try:
+                await db.migrations.insert_one({"_id": name, "state": "running", "started": utcnow()})
+            except DuplicateKeyError:
+                continue  # another process claimed it
+        await migrate(db)
+        await db.migrations.update_one({"_id": name}, {"$set": {"state": "done", "finished": utcnow()}})
+        applied.append(name)
+        log.info("migration %s applied", name)
+    return applied
+
+
+async def upgrade(db: Database) -> list[str]:
+    """Indexes, then migrations: what start-up and `db upgrade` do."""
+    await ensure_indexes(db)
+    return await run_migrations(db)
+
+
+def document_id(value: Any) -> Any:
+    """Parse an id from a URL into an ObjectId, or None when it cannot be one."""
+    from bson import ObjectId
+    from bson.errors import InvalidId
+
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        return None

@@ -1,0 +1,121 @@
+"""Cross-cutting request handling: request ids, security headers, body limits and input validation."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp_apigami.validation import ValidationSchema
+from marshmallow import ValidationError
+
+from service import keys
+from service.errors import ApiError, BadRequest, UnsupportedMediaType, ValidationFailed
+from service.log import request_id_var
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_JSON_TYPES = frozenset({"application/json", "application/json-patch+json"})
+_HTML_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Keep the caller's X-Request-ID when it is sane, else make one; every log line and response carries it."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[keys.request_id] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects and the like, which the problem middleware lets through
+            exc.headers["X-Request-ID"] = request_id
+            raise
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    is_html = (response.content_type or "").startswith("text/html")
+    headers.setdefault("Content-Security-Policy", _HTML_CSP if is_html else _API_CSP)
+    return response
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversize body before anything reads it; chunked bodies hit aiohttp's own limit."""
+    limit = request.config_dict[keys.settings].max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await handler(request)
+
+
+def _json_depth(value: Any, limit: int) -> bool:
+    """True when `value` nests deeper than `limit` (iterative, so hostile input cannot blow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON: 415 for another media type, 400 for malformed or too deeply nested JSON."""
+    if request.content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType("Send the body as application/json (or application/json-patch+json for PATCH).")
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The body is not valid JSON.") from None
+    if _json_depth(data, request.config_dict[keys.settings].max_json_depth):
+        raise BadRequest("The JSON body is nested too deeply.")
+    return data
+
+
+def _stringify_keys(messages: Any) -> Any:
+    if isinstance(messages, dict):
+        return {str(key): _stringify_keys(value) for key, value in messages.items()}
+    return messages
+
+
+def load(schema: Any, data: Any) -> Any:
+    """Validate `data` with a marshmallow schema; 422 with the field errors when it does not fit."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationFailed(_stringify_keys(messages)) from None
+
+
+@web.middleware
+async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Parse and validate what the route declared with apigami's decorators; runs after authentication."""
+    schemas: list[ValidationSchema] = getattr(request.match_info.handler, "__schemas__", [])
+    for declared in schemas:
+        if declared.location == "json":
+            request[keys.body] = load(declared.schema, await read_json(request))
+        elif declared.location == "querystring":
+            request[keys.query] = load(declared.schema, {k: request.query.getone(k) for k in request.query})
+        else:  # pragma: no cover - a programming error, caught by the route tests
+            raise ApiError(f"unsupported schema location {declared.location}")
+    return await handler(request)

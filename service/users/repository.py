@@ -1,0 +1,5 @@
+"""Users collections: every query and update, and their indexes."""
+
+from pymongo import IndexModel
+
+INDEXES: dict[str, list[IndexModel]] = {}

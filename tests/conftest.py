@@ -1,0 +1,139 @@
+"""Builds the app through the real factory on the chosen backend.
+
+`--backend=mongomock` (default; or TEST_BACKEND) runs on mongomock-motor in memory;
+`--backend=secantus` starts one real `secantusd-py` wire-protocol server for the session and
+gives every test its own database on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.db import Client, create_client
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=("mongomock", "secantus"),
+        default=os.environ.get("TEST_BACKEND", "mongomock"),
+        help="database backend for the API tests",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database backend: {config.getoption('--backend')}"
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--backend"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def secantusd_command(port: int, storage: Path, *extra: str) -> list[str]:
+    executable = Path(sys.executable).with_name("secantusd-py")
+    return [
+        str(executable if executable.exists() else shutil.which("secantusd-py")),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(storage),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"secantusd-py exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("secantusd-py did not start in time")
+
+
+@pytest.fixture(scope="session")
+def secantus_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The URL of the session's real server (fail points enabled for fault tests), or None on mongomock."""
+    if backend != "secantus":
+        yield None
+        return
+    port = free_port()
+    storage = tmp_path_factory.mktemp("secantus")
+    with (
+        open(storage / "server.log", "wb") as server_log,
+        subprocess.Popen(
+            secantusd_command(port, storage, "--enable-test-commands"), stdout=server_log, stderr=server_log
+        ) as process,
+    ):
+        try:
+            wait_for_port(port, process)
+            yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def settings(secantus_url: str | None) -> Settings:
+    return Settings(
+        mongodb_url=secantus_url or "mongomock://",
+        mongodb_db=f"test_{uuid.uuid4().hex[:12]}",
+        mongodb_timeout_ms=3000,
+        # Cheap hashing keeps the suite fast; production parameters are benchmarked separately.
+        argon2_time_cost=1,
+        argon2_memory_kib=64,
+    )
+
+
+@pytest.fixture
+async def mongo_client(settings: Settings) -> AsyncIterator[Client]:
+    assert settings.mongodb_url is not None
+    client = create_client(settings.mongodb_url, settings.mongodb_timeout_ms)
+    yield client
+    if not settings.mongomock:
+        await client.drop_database(settings.mongodb_db)
+    client.close()
+
+
+@pytest.fixture
+def app(settings: Settings, mongo_client: Client) -> web.Application:
+    return create_app(settings, mongo_client=mongo_client)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def db(client: TestClient, settings: Settings, mongo_client: Client):  # type: ignore[no-untyped-def]
+    """The test's database, after the app has started (indexes and migrations done)."""
+    return mongo_client[settings.mongodb_db]

@@ -1,0 +1,88 @@
+"""The app factory's HTTP plumbing: problem details, request ids, headers, docs, health."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
+
+PROBLEM = "application/problem+json"
+
+
+async def test_unknown_path_is_problem_json_404(client: TestClient) -> None:
+    response = await client.get("/api/v1/no-such-thing")
+    assert response.status == 404
+    assert response.content_type == PROBLEM
+    body = await response.json(content_type=PROBLEM)
+    assert body == {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "Nothing is here."}
+
+
+async def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
+    response = await client.delete("/healthz")
+    assert response.status == 405
+    assert "GET" in response.headers["Allow"]
+    body = await response.json(content_type=PROBLEM)
+    assert body["status"] == 405
+    assert body["title"] == "Method Not Allowed"
+
+
+async def test_oversize_body_is_413_before_routing(client: TestClient) -> None:
+    response = await client.post(
+        "/api/v1/users/", data=b"x" * (70 * 1024), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 413
+    body = await response.json(content_type=PROBLEM)
+    assert body["status"] == 413
+
+
+async def test_request_id_is_kept_when_given(client: TestClient) -> None:
+    response = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+
+
+async def test_request_id_is_generated_when_missing_or_hostile(client: TestClient) -> None:
+    plain = await client.get("/healthz")
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert len(plain.headers["X-Request-ID"]) == 32
+    assert hostile.headers["X-Request-ID"] != "bad id\twith spaces"
+    assert plain.headers["X-Request-ID"] != hostile.headers["X-Request-ID"]
+
+
+async def test_error_responses_carry_request_id_and_security_headers(client: TestClient) -> None:
+    response = await client.get("/nope", headers={"X-Request-ID": "trace-1"})
+    assert response.headers["X-Request-ID"] == "trace-1"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_health_and_readiness(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert await ready.json() == {"status": "ok", "database": "ok"}
+
+
+async def test_openapi_document_validates_and_has_both_names(client: TestClient) -> None:
+    first = await client.get("/api/v1/openapi.json")
+    second = await client.get("/api/v1/swagger.json")
+    assert first.status == second.status == 200
+    document = orjson.loads(await first.read())
+    assert document == orjson.loads(await second.read())
+    assert document["openapi"].startswith("3.0")
+    validate(document)
+    flows = document["components"]["securitySchemes"]["oauth2"]["flows"]
+    assert flows["password"]["tokenUrl"] == "/auth/oauth2/token"
+    assert "authorizationCode" in flows
+
+
+async def test_swagger_ui_is_served_with_a_strict_csp(client: TestClient) -> None:
+    for path in ("/api/v1/", "/api/v1"):
+        response = await client.get(path)
+        assert response.status == 200
+        text = await response.text()
+        assert "swagger-ui-bundle.js" in text
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    script = await client.get("/api/v1/swagger-initializer.js")
+    assert 'clientId: "documentation"' in await script.text()
+    assert (await client.get("/api/v1/static/swagger-ui-bundle.js")).status == 200
+    assert (await client.get("/api/v1/static/oauth2-redirect.html")).status == 200
