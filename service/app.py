@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service import docs, keys
+from service import docs, fixtures, keys
+from service.auth import routes as auth_routes
 from service.config import Settings
 from service.db import Client, Mongo, upgrade
 from service.errors import problem_middleware, problem_response
@@ -19,6 +20,9 @@ from service.middlewares import (
     security_headers_middleware,
     validation_middleware,
 )
+from service.security import auth_middleware, hasher_ctx
+from service.users import routes as users_routes
+from service.users.repository import count_users
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,10 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app[keys.settings] = settings
     app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app.cleanup_ctx.append(_mongo_ctx)
+    app.cleanup_ctx.append(hasher_ctx)
+    if settings.mongodb_url is None:
+        app.cleanup_ctx.append(_first_run_fixtures_ctx)
+    app.add_routes(auth_routes.oauth_routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(docs.API_PREFIX, docs.swagger_ui)
@@ -46,7 +54,9 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
 
 def _create_api() -> web.Application:
     # Authentication runs before validation, so an anonymous caller never gets a body parsed.
-    api = web.Application(middlewares=[validation_middleware])
+    api = web.Application(middlewares=[auth_middleware, validation_middleware])
+    for routes in (auth_routes.routes, users_routes.routes):
+        api.router.add_routes(routes)
     docs.add_docs_routes(api)
     _add_slashless_aliases(api)
     docs.finish_docs(api)
@@ -82,6 +92,15 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await mongo.close()
+
+
+async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On the embedded database's first run, load the development data so `make run` can sign in at once."""
+    db = app[keys.mongo].db
+    if await count_users(db) == 0:
+        created = await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+        log.info("first run: loaded fixtures %s", created)
+    yield
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from marshmallow import ValidationError
 
-from service import keys, log
+from service import fixtures, keys, log
 from service.app import create_app
+from service.auth import service as auth_service
+from service.auth.schemas import CreateOAuth2ClientSchema
 from service.config import Settings, SettingsError
 from service.db import EmbeddedServerError, Mongo, upgrade
+from service.docs import SCOPES
+from service.errors import ApiError
+from service.security import PasswordHasher
+from service.users import repository as users_repository
+from service.users.schemas import SignupSchema
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -32,6 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_upgrade = db_commands.add_parser("upgrade", help="create indexes and apply pending migrations")
     db_upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    fixtures_parser = commands.add_parser("fixtures", help="development data")
+    fixtures_commands = fixtures_parser.add_subparsers(dest="fixtures_command", metavar="ACTION", required=True)
+    fixtures_load = fixtures_commands.add_parser("load", help="load fixture files (default: everything in fixtures/)")
+    fixtures_load.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    fixtures_load.set_defaults(handler=cmd_fixtures_load)
+
+    users = commands.add_parser("users", help="manage users")
+    users_commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    users_create = users_commands.add_parser("create", help="create a user (the password is prompted for)")
+    users_create.add_argument("--username", required=True)
+    users_create.add_argument("--email", required=True)
+    users_create.add_argument("--admin", action="store_true", help="make the user an administrator")
+    users_create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users_create.set_defaults(handler=cmd_users_create)
+
+    clients = commands.add_parser("clients", help="manage OAuth2 clients")
+    clients_commands = clients.add_subparsers(dest="clients_command", metavar="ACTION", required=True)
+    clients_create = clients_commands.add_parser("create", help="register an OAuth2 client for a user")
+    clients_create.add_argument("--owner", required=True, help="username of the owner")
+    clients_create.add_argument(
+        "--type", choices=("public", "confidential"), default="confidential", dest="client_type"
+    )
+    clients_create.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
+    clients_create.add_argument("--scope", action="append", dest="scopes", help="allowed (and default) scope; repeat")
+    clients_create.set_defaults(handler=cmd_clients_create)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     openapi.set_defaults(handler=cmd_openapi)
@@ -100,6 +136,90 @@ async def _db_upgrade(mongo: Mongo) -> int:
 
 
 cmd_db_upgrade = with_database(_db_upgrade)
+
+
+def _with_hasher(work: Callable[[Mongo, PasswordHasher], Awaitable[int]]) -> Callable[[Mongo], Awaitable[int]]:
+    async def run(mongo: Mongo) -> int:
+        settings = mongo.settings
+        hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
+        try:
+            await upgrade(mongo.db)
+            return await work(mongo, hasher)
+        finally:
+            hasher.close()
+
+    return run
+
+
+def cmd_fixtures_load(args: argparse.Namespace, settings: Settings) -> int:
+    files = args.files or fixtures.default_files()
+
+    async def work(mongo: Mongo, hasher: PasswordHasher) -> int:
+        created = await fixtures.load(mongo.db, hasher, files)
+        print("created: " + ", ".join(f"{count} {kind}" for kind, count in created.items()))
+        return 0
+
+    try:
+        return with_database(_with_hasher(work))(args, settings)
+    except fixtures.FixtureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+    try:
+        data = SignupSchema().load({"username": args.username, "email": args.email, "password": password})
+    except ValidationError as exc:
+        print(f"error: {exc.messages}", file=sys.stderr)
+        return 1
+
+    async def work(mongo: Mongo, hasher: PasswordHasher) -> int:
+        document = users_repository.new_user_document(
+            username=data["username"],
+            email=data["email"],
+            password_hash=await hasher.hash(data["password"]),
+            names=data,
+            roles={"is_admin": args.admin},
+        )
+        try:
+            user = await users_repository.insert_user(mongo.db, document)
+        except ApiError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+        print(f"created user {user['username']} with id {user['_id']}")
+        return 0
+
+    return with_database(_with_hasher(work))(args, settings)
+
+
+def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> int:
+    scopes = args.scopes or list(SCOPES)
+    try:
+        data = CreateOAuth2ClientSchema().load(
+            {
+                "client_type": args.client_type,
+                "redirect_uris": args.redirect_uris,
+                "allowed_scopes": scopes,
+                "default_scopes": scopes,
+            }
+        )
+    except ValidationError as exc:
+        print(f"error: {exc.messages}", file=sys.stderr)
+        return 1
+
+    async def work(mongo: Mongo) -> int:
+        owner = await users_repository.get_user_by_username(mongo.db, args.owner)
+        if owner is None:
+            print(f"error: no user {args.owner!r}", file=sys.stderr)
+            return 1
+        client, secret = await auth_service.create_client(mongo.db, owner["_id"], data)
+        print(f"client_id: {client['_id']}")
+        if secret:
+            print(f"client_secret: {secret}  (shown once; it is stored hashed)")
+        return 0
+
+    return with_database(work)(args, settings)
 
 
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_apigami import AiohttpApiSpec
+from aiohttp_apigami import AiohttpApiSpec, docs
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 from marshmallow import Schema, fields
 
@@ -74,11 +74,44 @@ def _spec(title: str) -> AiohttpApiSpec:
 def build_openapi(api: web.Application) -> dict[str, Any]:
     """Generate the document from the sub-app's routes; call after every route is added."""
     spec = _spec("RESTful API Server")
-    with warnings.catch_warnings():
-        # apigami stores its dict under a plain string key; we keep our own typed copy instead.
-        warnings.simplefilter("ignore")
-        spec.register(api, in_place=True)
-    return spec.swagger_dict()
+    # apispec resolves schemas in place, inside the handlers' (module-level) `__apispec__` dicts; a
+    # second app built in the same process would then miss its components. Let it mutate copies.
+    originals = {}
+    for route in api.router.routes():
+        declared = getattr(route.handler, "__apispec__", None)
+        if declared is not None and route.handler not in originals:
+            originals[route.handler] = declared
+            route.handler.__apispec__ = _copy_structure(declared)  # type: ignore[attr-defined]
+    try:
+        with warnings.catch_warnings():
+            # apigami stores its dict under a plain string key; we keep our own typed copy instead.
+            warnings.simplefilter("ignore")
+            spec.register(api, in_place=True)
+    finally:
+        for handler, declared in originals.items():
+            handler.__apispec__ = declared  # type: ignore[attr-defined]
+    document = spec.swagger_dict()
+    for operations in document.get("paths", {}).values():
+        operations.pop("head", None)  # aiohttp answers HEAD for every GET; documenting it twice helps nobody
+        for operation in operations.values():
+            # apigami's `docs` always adds Swagger 2's `produces`, which OpenAPI 3 does not allow.
+            operation.pop("produces", None)
+            operation.pop("consumes", None)
+            body = operation.get("requestBody")
+            if body:
+                body["required"] = True
+                if "patch" in operations and operation is operations["patch"]:
+                    body["content"]["application/json-patch+json"] = body["content"]["application/json"]
+    return document
+
+
+def _copy_structure(value: Any) -> Any:
+    """Copy dicts and lists, sharing everything else (schema instances)."""
+    if isinstance(value, dict):
+        return {key: _copy_structure(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_structure(item) for item in value]
+    return value
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -148,3 +181,46 @@ def finish_docs(api: web.Application) -> None:
     api[keys.openapi] = orjson.dumps(build_openapi(api))
     api.router.add_get("/openapi.json", openapi_json)
     api.router.add_get("/swagger.json", openapi_json)
+
+
+_HEADER = {"schema": {"type": "string"}}
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed body (not JSON, or not a JSON Patch array).",
+    404: "No such object, or one you may not see.",
+    409: "Conflict (duplicate, failed JSON Patch test, or last leader).",
+    412: "If-Match does not match the current ETag; nothing changed.",
+    413: "Body too large.",
+    415: "Unsupported content type.",
+    422: "Invalid values; `errors` maps each field to its messages.",
+    429: "Too many attempts; retry after `Retry-After` seconds.",
+}
+
+
+def responds(
+    schema: Any,
+    status: int = 200,
+    *,
+    description: str = "Success",
+    headers: tuple[str, ...] = (),
+    errors: tuple[int, ...] = (),
+) -> Any:
+    """Document the success response (with its headers) and the problem responses an operation can give."""
+    responses: dict[int, Any] = {}
+    success: dict[str, Any] = {"description": description}
+    if schema is not None:
+        success["content"] = {"application/json": {"schema": schema}}
+    if headers:
+        success["headers"] = {name: _HEADER for name in headers}
+    responses[status] = success
+    for code in errors:
+        responses[code] = problem(_ERROR_DESCRIPTIONS[code])
+    return docs(responses=responses)
+
+
+IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "An ETag from a previous read; the change applies only if the object is unchanged.",
+}

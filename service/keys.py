@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from service.config import Settings
 from service.db import Mongo
 
+if TYPE_CHECKING:
+    from service.security import PasswordHasher, Principal
+
 settings = web.AppKey("service.settings", Settings)
 mongo = web.AppKey("service.mongo", Mongo)
 openapi = web.AppKey("service.openapi", bytes)
+hasher: web.AppKey[PasswordHasher] = web.AppKey("service.hasher")
 
 request_id = web.RequestKey("service.request_id", str)
 body = web.RequestKey("service.body", Any)
 query = web.RequestKey("service.query", dict)
-path = web.RequestKey("service.path", dict)
+principal: web.RequestKey[Principal] = web.RequestKey("service.principal")

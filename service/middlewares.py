@@ -113,7 +113,12 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
     schemas: list[ValidationSchema] = getattr(request.match_info.handler, "__schemas__", [])
     for declared in schemas:
         if declared.location == "json":
-            request[keys.body] = load(declared.schema, await read_json(request))
+            body = await read_json(request)
+            if declared.schema.many and not (
+                body and isinstance(body, list) and all(isinstance(i, dict) for i in body)
+            ):
+                raise BadRequest("The body must be a non-empty JSON array of objects.")
+            request[keys.body] = load(declared.schema, body)
         elif declared.location == "querystring":
             request[keys.query] = load(declared.schema, {k: request.query.getone(k) for k in request.query})
         else:  # pragma: no cover - a programming error, caught by the route tests

@@ -137,3 +137,51 @@ async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: i
 def db(client: TestClient, settings: Settings, mongo_client: Client):  # type: ignore[no-untyped-def]
     """The test's database, after the app has started (indexes and migrations done)."""
     return mongo_client[settings.mongodb_db]
+
+
+@pytest.fixture
+async def seeded(client: TestClient, app: web.Application, db):  # type: ignore[no-untyped-def]
+    """The development fixtures (root/q admin, user/w regular, public `documentation` client)."""
+    from service import fixtures, keys
+
+    return await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+
+
+@pytest.fixture
+def login(client: TestClient, seeded):  # type: ignore[no-untyped-def]
+    """Sign in through the real token endpoint: `await login("root", "q")` -> token response."""
+
+    async def sign_in(username: str, password: str, scope: str | None = None, client_id: str = "documentation"):  # type: ignore[no-untyped-def]
+        form = {"grant_type": "password", "username": username, "password": password, "client_id": client_id}
+        if scope is not None:
+            form["scope"] = scope
+        response = await client.post("/auth/oauth2/token", data=form)
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    return sign_in
+
+
+@pytest.fixture
+def bearer(login):  # type: ignore[no-untyped-def]
+    """`await bearer("root")` -> Authorization headers for a fixture user (all scopes unless given)."""
+    passwords = {"root": "q", "user": "w"}
+
+    async def headers(username: str, scope: str | None = None, password: str | None = None) -> dict[str, str]:
+        token = await login(username, password or passwords[username], scope)
+        return {"Authorization": f"Bearer {token['access_token']}"}
+
+    return headers
+
+
+@pytest.fixture
+def signup(client: TestClient):  # type: ignore[no-untyped-def]
+    """Create a user through the public sign-up endpoint."""
+
+    async def create(username: str, password: str = "long enough pw", **extra: str):  # type: ignore[no-untyped-def]
+        body = {"username": username, "email": f"{username}@example.com", "password": password, **extra}
+        response = await client.post("/api/v1/users/", json=body)
+        assert response.status == 201, await response.text()
+        return await response.json()
+
+    return create

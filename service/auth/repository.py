@@ -1,5 +1,159 @@
-"""Auth collections: every query and update, and their indexes."""
+"""OAuth2 collections (clients, tokens, authorization codes, login attempts): every query, and their indexes.
 
-from pymongo import IndexModel
+Tokens are stored by the SHA-256 digest of the access token (`_id`) and of the refresh token
+(`refresh_hash`); `expires_at` (the later of both expiries) drives a TTL index, so MongoDB deletes
+dead tokens on its own. Liveness is also checked on every read, since the TTL monitor runs lazily.
+"""
 
-INDEXES: dict[str, list[IndexModel]] = {}
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from service.db import Database, utcnow
+from service.errors import Conflict
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "oauth2_clients": [IndexModel([("user_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)])],
+    "oauth2_tokens": [
+        IndexModel("refresh_hash", unique=True, sparse=True),  # absent for client_credentials tokens
+        IndexModel("family_id"),
+        IndexModel("user_id"),
+        IndexModel("client_id"),
+        IndexModel("expires_at", expireAfterSeconds=0),
+    ],
+    "oauth2_codes": [IndexModel("expires_at", expireAfterSeconds=0)],
+    "login_attempts": [IndexModel("expires_at", expireAfterSeconds=0)],
+}
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+async def insert_client(db: Database, document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        await db.oauth2_clients.insert_one(document)
+    except DuplicateKeyError:
+        raise Conflict("An OAuth2 client with this client_id already exists.") from None
+    return document
+
+
+async def get_client(db: Database, client_id: str) -> dict[str, Any] | None:
+    return await db.oauth2_clients.find_one({"_id": client_id})
+
+
+async def list_clients(db: Database, user_id: Any, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    query = {"user_id": user_id}
+    cursor = db.oauth2_clients.find(query).sort([("created", 1), ("_id", 1)]).skip(offset).limit(limit)
+    return await cursor.to_list(limit), await db.oauth2_clients.count_documents(query)
+
+
+async def delete_client(db: Database, client_id: str) -> bool:
+    """Delete the client first, then its tokens: a crash in between leaves tokens that no longer
+    authenticate (every token lookup joins its client), and a retry of the delete finishes the job."""
+    result = await db.oauth2_clients.delete_one({"_id": client_id})
+    await db.oauth2_tokens.delete_many({"client_id": client_id})
+    await db.oauth2_codes.delete_many({"client_id": client_id})
+    return result.deleted_count == 1
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+async def insert_token(db: Database, document: dict[str, Any]) -> None:
+    await db.oauth2_tokens.insert_one(document)
+
+
+async def find_live_access_token(db: Database, digest: str) -> dict[str, Any] | None:
+    """The live token with its user and client, in one round trip; None if anything is not live."""
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"_id": digest, "revoked": False, "access_expires": {"$gt": utcnow()}}},
+        {"$lookup": {"from": "users", "localField": "user_id", "foreignField": "_id", "as": "user"}},
+        {"$lookup": {"from": "oauth2_clients", "localField": "client_id", "foreignField": "_id", "as": "client"}},
+        {"$limit": 1},
+    ]
+    found = await db.oauth2_tokens.aggregate(pipeline).to_list(1)
+    if not found:
+        return None
+    token = found[0]
+    if not token["client"] or not token["user"] or not token["user"][0].get("is_active"):
+        return None
+    token["user"] = token["user"][0]
+    return token
+
+
+async def find_token(db: Database, *, access_digest: str | None = None, refresh_digest: str | None = None) -> Any:
+    query = {"_id": access_digest} if access_digest else {"refresh_hash": refresh_digest}
+    return await db.oauth2_tokens.find_one(query)
+
+
+async def claim_refresh_token(db: Database, refresh_digest: str) -> dict[str, Any] | None:
+    """Atomically retire a live refresh token (and its access token); only one caller can win."""
+    return await db.oauth2_tokens.find_one_and_update(
+        {"refresh_hash": refresh_digest, "revoked": False, "rotated": False, "refresh_expires": {"$gt": utcnow()}},
+        {"$set": {"rotated": True, "revoked": True, "revoked_at": utcnow()}},
+        return_document=ReturnDocument.BEFORE,
+    )
+
+
+async def revoke_tokens(db: Database, query: dict[str, Any]) -> int:
+    result = await db.oauth2_tokens.update_many(
+        {**query, "revoked": False}, {"$set": {"revoked": True, "revoked_at": utcnow()}}
+    )
+    return result.modified_count
+
+
+# --- authorization codes ---------------------------------------------------------------------
+
+
+async def insert_code(db: Database, document: dict[str, Any]) -> None:
+    await db.oauth2_codes.insert_one(document)
+
+
+async def claim_code(db: Database, digest: str) -> tuple[dict[str, Any] | None, bool]:
+    """Mark a code used; returns (code, first_use). A second use returns the code with first_use False."""
+    before = await db.oauth2_codes.find_one_and_update(
+        {"_id": digest}, {"$set": {"used": True}}, return_document=ReturnDocument.BEFORE
+    )
+    if before is None:
+        return None, False
+    return before, not before.get("used", False)
+
+
+# --- login throttling ------------------------------------------------------------------------
+
+
+async def login_failures(db: Database, key: str, window: int) -> tuple[int, datetime | None]:
+    """Failures for `key` in the current window, and when that window started."""
+    record = await db.login_attempts.find_one({"_id": key})
+    if record is None or record["window_start"] <= utcnow() - timedelta(seconds=window):
+        return 0, None
+    return int(record["failures"]), record["window_start"]
+
+
+async def record_login_failure(db: Database, key: str, window: int) -> None:
+    """Count a failure in the current window, starting a new window when the last one has passed.
+
+    Shared through MongoDB, so every server process counts against the same window."""
+    now = utcnow()
+    fresh = {"window_start": now, "failures": 1, "expires_at": now + timedelta(seconds=window)}
+    counted = await db.login_attempts.update_one(
+        {"_id": key, "window_start": {"$gt": now - timedelta(seconds=window)}}, {"$inc": {"failures": 1}}
+    )
+    if counted.matched_count:
+        return
+    try:
+        await db.login_attempts.insert_one({"_id": key, **fresh})
+    except DuplicateKeyError:  # an expired window is still there (or a racing first failure)
+        replaced = await db.login_attempts.update_one(
+            {"_id": key, "window_start": {"$lte": now - timedelta(seconds=window)}}, {"$set": fresh}
+        )
+        if not replaced.matched_count:
+            await db.login_attempts.update_one({"_id": key}, {"$inc": {"failures": 1}})
+
+
+async def clear_login_failures(db: Database, key: str) -> None:
+    await db.login_attempts.delete_one({"_id": key})

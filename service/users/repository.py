@@ -1,5 +1,103 @@
-"""Users collections: every query and update, and their indexes."""
+"""The `users` collection: every query and update, and its indexes.
 
-from pymongo import IndexModel
+Usernames and emails are unique case-insensitively through unique indexes on lower-cased copies
+(`username_key`, `email_key`), so two concurrent sign-ups cannot both win.
+"""
 
-INDEXES: dict[str, list[IndexModel]] = {}
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from service.db import Database, utcnow
+from service.errors import Conflict
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "users": [
+        IndexModel("username_key", unique=True),
+        IndexModel("email_key", unique=True),
+        IndexModel([("created", ASCENDING), ("_id", ASCENDING)]),
+    ],
+}
+
+
+def _conflict(exc: DuplicateKeyError) -> Conflict:
+    field = "email" if "email_key" in str(exc) else "username"
+    return Conflict(f"A user with this {field} already exists.")
+
+
+def new_user_document(
+    *, username: str, email: str, password_hash: str, names: dict[str, str], roles: dict[str, bool]
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "_id": ObjectId(),
+        "username": username,
+        "username_key": username.lower(),
+        "email": email,
+        "email_key": email.lower(),
+        "password_hash": password_hash,
+        "first_name": names.get("first_name", ""),
+        "middle_name": names.get("middle_name", ""),
+        "last_name": names.get("last_name", ""),
+        "is_active": roles.get("is_active", True),
+        "is_regular_user": roles.get("is_regular_user", True),
+        "is_admin": roles.get("is_admin", False),
+        "created": now,
+        "updated": now,
+        "version": 1,
+    }
+
+
+async def insert_user(db: Database, document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        await db.users.insert_one(document)
+    except DuplicateKeyError as exc:
+        raise _conflict(exc) from None
+    return document
+
+
+async def get_user(db: Database, user_id: ObjectId) -> dict[str, Any] | None:
+    return await db.users.find_one({"_id": user_id})
+
+
+async def get_user_by_username(db: Database, username: str) -> dict[str, Any] | None:
+    return await db.users.find_one({"username_key": username.lower()})
+
+
+async def get_users_by_ids(db: Database, user_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+    found = await db.users.find({"_id": {"$in": user_ids}}).to_list(None)
+    return {user["_id"]: user for user in found}
+
+
+async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    cursor = db.users.find({}).sort([("created", 1), ("_id", 1)]).skip(offset).limit(limit)
+    return await cursor.to_list(limit), await db.users.count_documents({})
+
+
+async def update_user(db: Database, user_id: ObjectId, version: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """Apply `changes` only if the stored version is still `version`; None when it moved on or vanished."""
+    changes = dict(changes)
+    if "email" in changes:
+        changes["email_key"] = changes["email"].lower()
+    changes["updated"] = utcnow()
+    try:
+        return await db.users.find_one_and_update(
+            {"_id": user_id, "version": version},
+            {"$set": changes, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError as exc:
+        raise _conflict(exc) from None
+
+
+async def set_password_hash(db: Database, user_id: ObjectId, password_hash: str) -> None:
+    """Store a re-hashed password (same password, new parameters); not a user-visible change."""
+    await db.users.update_one({"_id": user_id}, {"$set": {"password_hash": password_hash}})
+
+
+async def count_users(db: Database) -> int:
+    return await db.users.count_documents({})

@@ -1,0 +1,408 @@
+"""The OAuth2 server: client authentication, grants, rotation, revocation, introspection, metadata.
+
+authlib's server classes are synchronous and would block on MongoDB, so these grant handlers are our
+own async functions; they use authlib's RFC error classes, PKCE helper and metadata model. A grant
+is a function of (context, client, params) registered in GRANTS, so the authorization-code grant
+slots in next to the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749 import errors as oauth
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from bson import ObjectId
+
+from service.auth import repository
+from service.auth.permissions import may_see_client
+from service.config import Settings
+from service.db import Database, document_id, utcnow
+from service.docs import SCOPES
+from service.errors import Forbidden, NotFound
+from service.security import PasswordHasher, Principal, hash_secret, new_token, secret_matches
+from service.users import repository as users_repository
+from service.users.permissions import is_admin
+
+SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
+QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
+
+
+class TooManyAttempts(oauth.OAuth2Error):
+    """429: the username is throttled after repeated failures."""
+
+    error = "slow_down"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many failed sign-in attempts; try again later.")
+        self.retry_after = max(1, retry_after)
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    db: Database
+    hasher: PasswordHasher
+    settings: Settings
+
+
+# --- request parsing and client authentication -----------------------------------------------
+
+
+def merge_parameters(form: Mapping[str, list[str]], query: Mapping[str, list[str]]) -> dict[str, str]:
+    """One value per parameter; secrets only from the body; repeats are invalid_request (RFC 6749 3.2)."""
+    params: dict[str, str] = {}
+    for source, allowed in ((query, QUERY_PARAMETERS), (form, None)):
+        for name, values in source.items():
+            if allowed is not None and name in SECRET_PARAMETERS:
+                raise oauth.InvalidRequestError(f"'{name}' must not be sent in the query string.")
+            if allowed is not None and name not in allowed:
+                continue
+            if len(values) != 1 or name in params:
+                raise oauth.InvalidRequestError(f"'{name}' is repeated.")
+            params[name] = values[0]
+    return params
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """client_id and secret from HTTP Basic (form-urlencoded inside, RFC 6749 2.3.1)."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise _invalid_client("Malformed Basic credentials.") from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise _invalid_client("Malformed Basic credentials.")
+    return unquote(client_id), unquote(secret)
+
+
+def _invalid_client(description: str) -> oauth.InvalidClientError:
+    return oauth.InvalidClientError(description, status_code=401)
+
+
+async def authenticate_client(
+    db: Database, params: dict[str, str], authorization: str | None, *, confidential_only: bool = False
+) -> dict[str, Any]:
+    """The calling client, by Basic, form secret or (public clients) client_id alone."""
+    basic = parse_basic(authorization)
+    if basic and ("client_secret" in params or params.get("client_id", basic[0]) != basic[0]):
+        raise oauth.InvalidRequestError("Use one client authentication method.")
+    client_id, secret = basic if basic else (params.get("client_id"), params.get("client_secret"))
+    if not client_id:
+        raise _invalid_client("Client authentication is required.")
+    client = await repository.get_client(db, client_id)
+    if client is None:
+        raise _invalid_client("Unknown client or wrong secret.")
+    if client["client_type"] == "confidential":
+        if secret is None or not secret_matches(secret, client["secret_hash"]):
+            raise _invalid_client("Unknown client or wrong secret.")
+    elif secret:
+        raise _invalid_client("Public clients have no secret.")
+    if confidential_only and client["client_type"] != "confidential":
+        raise _invalid_client("Only confidential clients may use this endpoint.")
+    return client
+
+
+def parse_scope(requested: str | None, allowed: list[str], default: list[str]) -> list[str]:
+    """Space-separated scopes; unknown or not allowed for the client is invalid_scope."""
+    if requested is None or not requested.strip():
+        return sorted(set(default))
+    scopes = set(requested.split())
+    if not scopes <= set(SCOPES) or not scopes <= set(allowed):
+        raise oauth.InvalidScopeError("The requested scope is unknown or not allowed for this client.")
+    return sorted(scopes)
+
+
+# --- token issue ------------------------------------------------------------------------------
+
+
+async def issue_token(
+    ctx: Context,
+    client: dict[str, Any],
+    user_id: ObjectId,
+    scopes: list[str],
+    *,
+    refresh: bool = True,
+    family_id: str | None = None,
+    code_id: str | None = None,
+) -> dict[str, Any]:
+    """Store a new token (hashes only) and return the RFC 6749 5.1 response."""
+    now = utcnow()
+    access_token = new_token()
+    refresh_token = new_token() if refresh else None
+    access_expires = now + timedelta(seconds=ctx.settings.access_token_ttl)
+    refresh_expires = now + timedelta(seconds=ctx.settings.refresh_token_ttl) if refresh else None
+    document = {
+        "_id": hash_secret(access_token),
+        "family_id": family_id or secrets.token_hex(16),
+        "code_id": code_id,
+        "client_id": client["_id"],
+        "user_id": user_id,
+        "scopes": scopes,
+        "access_expires": access_expires,
+        "refresh_expires": refresh_expires,
+        "expires_at": max(access_expires, refresh_expires or access_expires),
+        "revoked": False,
+        "rotated": False,
+        "created": now,
+    }
+    if refresh_token:
+        document["refresh_hash"] = hash_secret(refresh_token)
+    await repository.insert_token(ctx.db, document)
+    response: dict[str, Any] = {
+        "token_type": "Bearer",
+        "access_token": access_token,
+        "expires_in": ctx.settings.access_token_ttl,
+        "scope": " ".join(scopes),
+    }
+    if refresh_token:
+        response["refresh_token"] = refresh_token
+    return response
+
+
+def _required(params: dict[str, str], *names: str) -> list[str]:
+    missing = [name for name in names if not params.get(name)]
+    if missing:
+        raise oauth.InvalidRequestError(f"Missing parameter: {', '.join(missing)}.")
+    return [params[name] for name in names]
+
+
+async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    username, password = _required(params, "username", "password")
+    scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    key = username.lower()
+    failures, window_start = await repository.login_failures(ctx.db, key, ctx.settings.login_window)
+    if failures >= ctx.settings.login_max_failures and window_start is not None:
+        reopens = window_start + timedelta(seconds=ctx.settings.login_window)
+        raise TooManyAttempts(int((reopens - utcnow()).total_seconds()) + 1)
+    user = await users_repository.get_user_by_username(ctx.db, username)
+    # Unknown users cost a full hash too, so timing does not reveal which usernames exist.
+    if not await ctx.hasher.verify(user["password_hash"] if user else None, password):
+        await repository.record_login_failure(ctx.db, key, ctx.settings.login_window)
+        raise oauth.InvalidGrantError("Invalid username or password.")
+    assert user is not None
+    if failures:
+        await repository.clear_login_failures(ctx.db, key)
+    if not user.get("is_active"):
+        raise oauth.InvalidGrantError("This account is deactivated.")
+    if ctx.hasher.needs_rehash(user["password_hash"]):
+        await users_repository.set_password_hash(ctx.db, user["_id"], await ctx.hasher.hash(password))
+    return await issue_token(ctx, client, user["_id"], scopes)
+
+
+async def client_credentials_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    if client["client_type"] != "confidential":
+        raise oauth.UnauthorizedClientError("Only confidential clients may use client_credentials.")
+    scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    owner = await users_repository.get_user(ctx.db, client["user_id"])
+    if owner is None or not owner.get("is_active"):
+        raise oauth.InvalidGrantError("The client's owner is deactivated.")
+    return await issue_token(ctx, client, owner["_id"], scopes, refresh=False)
+
+
+async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family."""
+    (refresh_token,) = _required(params, "refresh_token")
+    digest = hash_secret(refresh_token)
+    old = await repository.find_token(ctx.db, refresh_digest=digest)
+    if old is None or old["client_id"] != client["_id"]:
+        raise oauth.InvalidGrantError("The refresh token is invalid.")
+    scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])
+    claimed = await repository.claim_refresh_token(ctx.db, digest)
+    if claimed is None:
+        if old.get("rotated"):
+            await repository.revoke_tokens(ctx.db, {"family_id": old["family_id"]})
+            raise oauth.InvalidGrantError("The refresh token was already used; its whole family is revoked.")
+        raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
+    user = await users_repository.get_user(ctx.db, claimed["user_id"])
+    if user is None or not user.get("is_active"):
+        raise oauth.InvalidGrantError("This account is deactivated.")
+    return await issue_token(ctx, client, user["_id"], scopes, family_id=claimed["family_id"])
+
+
+async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued."""
+    code, redirect_uri = _required(params, "code", "redirect_uri")
+    digest = hash_secret(code)
+    stored, first_use = await repository.claim_code(ctx.db, digest)
+    if stored is None or stored["client_id"] != client["_id"]:
+        raise oauth.InvalidGrantError("The authorization code is invalid.")
+    if not first_use:
+        await repository.revoke_tokens(ctx.db, {"code_id": digest})
+        raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
+    if stored["expires_at"] <= utcnow():
+        raise oauth.InvalidGrantError("The authorization code has expired.")
+    if stored["redirect_uri"] != redirect_uri:
+        raise oauth.InvalidGrantError("redirect_uri does not match the authorization request.")
+    challenge = stored.get("code_challenge")
+    verifier = params.get("code_verifier")
+    if challenge:
+        if not verifier or not secrets.compare_digest(create_s256_code_challenge(verifier), challenge):
+            raise oauth.InvalidGrantError("code_verifier does not match the code challenge.")
+    elif verifier:
+        raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
+    user = await users_repository.get_user(ctx.db, stored["user_id"])
+    if user is None or not user.get("is_active"):
+        raise oauth.InvalidGrantError("This account is deactivated.")
+    return await issue_token(ctx, client, user["_id"], stored["scopes"], code_id=digest)
+
+
+Grant = Callable[[Context, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
+GRANTS: dict[str, Grant] = {
+    "password": password_grant,
+    "client_credentials": client_credentials_grant,
+    "refresh_token": refresh_token_grant,
+    "authorization_code": authorization_code_grant,
+}
+
+
+async def token(ctx: Context, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+    (grant_type,) = _required(params, "grant_type")
+    grant = GRANTS.get(grant_type)
+    if grant is None:
+        raise oauth.UnsupportedGrantTypeError(f"Unsupported grant_type '{grant_type}'.")
+    client = await authenticate_client(ctx.db, params, authorization)
+    return await grant(ctx, client, params)
+
+
+# --- revocation and introspection ------------------------------------------------------------
+
+
+async def _find_any(db: Database, token_value: str, hint: str | None) -> dict[str, Any] | None:
+    digest = hash_secret(token_value)
+    order = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
+    for kind in order:
+        found = await repository.find_token(
+            db, **({"access_digest": digest} if kind == "access" else {"refresh_digest": digest})
+        )
+        if found is not None:
+            found["_kind"] = kind
+            return found
+    return None
+
+
+async def revoke(db: Database, params: dict[str, str], authorization: str | None) -> None:
+    """RFC 7009: revoke the client's own token; a refresh token takes its family with it."""
+    client = await authenticate_client(db, params, authorization)
+    (value,) = _required(params, "token")
+    found = await _find_any(db, value, params.get("token_type_hint"))
+    if found is None or found["client_id"] != client["_id"]:
+        return  # RFC 7009 2.2: unknown tokens are not an error
+    if found["_kind"] == "refresh":
+        await repository.revoke_tokens(db, {"family_id": found["family_id"]})
+    else:
+        await repository.revoke_tokens(db, {"_id": found["_id"]})
+
+
+async def introspect(db: Database, params: dict[str, str], authorization: str | None, issuer: str) -> dict[str, Any]:
+    """RFC 7662 for confidential clients, about their own tokens only."""
+    client = await authenticate_client(db, params, authorization, confidential_only=True)
+    (value,) = _required(params, "token")
+    found = await _find_any(db, value, params.get("token_type_hint"))
+    if found is None or found["client_id"] != client["_id"] or found["revoked"]:
+        return {"active": False}
+    expires = found["access_expires"] if found["_kind"] == "access" else found["refresh_expires"]
+    if expires <= utcnow():
+        return {"active": False}
+    user = await users_repository.get_user(db, found["user_id"])
+    if user is None or not user.get("is_active"):
+        return {"active": False}
+    return {
+        "active": True,
+        "scope": " ".join(found["scopes"]),
+        "client_id": found["client_id"],
+        "username": user["username"],
+        "token_type": "Bearer" if found["_kind"] == "access" else "refresh_token",
+        "exp": int(expires.timestamp()),
+        "iat": int(found["created"].replace(tzinfo=found["created"].tzinfo or UTC).timestamp()),
+        "sub": str(user["_id"]),
+        "iss": issuer,
+    }
+
+
+def metadata(issuer: str) -> dict[str, Any]:
+    """RFC 8414 authorization server metadata."""
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/auth/oauth2/authorize",
+        "token_endpoint": f"{issuer}/auth/oauth2/token",
+        "revocation_endpoint": f"{issuer}/auth/oauth2/revoke",
+        "introspection_endpoint": f"{issuer}/auth/oauth2/introspect",
+        "scopes_supported": list(SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": list(GRANTS),
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "service_documentation": f"{issuer}/api/v1/",
+    }
+
+
+# --- OAuth2 clients (the /api/v1/auth/oauth2_clients resource) --------------------------------
+
+
+def new_client_document(client_id: str, data: dict[str, Any], secret: str | None, owner_id: ObjectId) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "_id": client_id,
+        "client_type": data["client_type"],
+        "secret_hash": hash_secret(secret) if secret else None,
+        "redirect_uris": data["redirect_uris"],
+        "default_scopes": data["default_scopes"],
+        "allowed_scopes": data["allowed_scopes"],
+        "user_id": owner_id,
+        "created": now,
+        "updated": now,
+        "version": 1,
+    }
+
+
+async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Register a client; the secret of a confidential client is returned once and stored hashed."""
+    secret = new_token(36) if data["client_type"] == "confidential" else None
+    document = new_client_document(new_token(24), data, secret, owner_id)
+    return await repository.insert_client(db, document), secret
+
+
+async def list_clients(
+    db: Database, caller: Principal, user_id: str | None, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    owner = caller.user_id
+    if user_id is not None and user_id != str(caller.user_id):
+        if not is_admin(caller.user):
+            raise Forbidden("Only administrators may list another user's clients.")
+        owner = document_id(user_id)
+        if owner is None:
+            return [], 0
+    return await repository.list_clients(db, owner, offset, limit)
+
+
+async def get_visible_client(db: Database, caller: Principal, client_id: str) -> dict[str, Any]:
+    client = await repository.get_client(db, client_id)
+    if client is None or not may_see_client(caller.user, client):
+        raise NotFound("No such OAuth2 client.")
+    return client
+
+
+async def delete_client(db: Database, caller: Principal, client_id: str) -> None:
+    client = await get_visible_client(db, caller, client_id)
+    await repository.delete_client(db, client["_id"])
+
+
+def code_expiry(settings: Settings) -> datetime:
+    return utcnow() + timedelta(seconds=settings.auth_code_ttl)

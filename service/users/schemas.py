@@ -1,0 +1,72 @@
+"""User request and response schemas."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from service.patch import patch_schema
+from service.schemas import IdField
+
+USERNAME = validate.And(
+    validate.Length(min=3, max=80),
+    validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' and '-' only."),
+)
+NAME = validate.Length(max=50)
+
+
+class BaseUserSchema(Schema):
+    id = IdField(attribute="_id", dump_only=True, metadata={"example": "65f0c0ffee0000000000beef"})
+    username = fields.String(dump_only=True)
+    first_name = fields.String(dump_only=True)
+    middle_name = fields.String(dump_only=True)
+    last_name = fields.String(dump_only=True)
+
+
+class UserSchema(BaseUserSchema):
+    email = fields.Email(dump_only=True)
+    is_active = fields.Boolean(dump_only=True)
+    is_regular_user = fields.Boolean(dump_only=True)
+    is_admin = fields.Boolean(dump_only=True)
+    created = fields.AwareDateTime(dump_only=True)
+    updated = fields.AwareDateTime(dump_only=True)
+
+
+class SignupSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    username = fields.String(required=True, validate=USERNAME, metadata={"example": "jane"})
+    email = fields.Email(required=True, validate=validate.Length(max=254), metadata={"example": "jane@example.com"})
+    password = fields.String(
+        required=True, load_only=True, validate=validate.Length(min=8, max=1024), metadata={"example": "correct horse"}
+    )
+    first_name = fields.String(load_default="", validate=NAME)
+    middle_name = fields.String(load_default="", validate=NAME)
+    last_name = fields.String(load_default="", validate=NAME)
+
+
+class EditableUserSchema(Schema):
+    """The representation a user PATCH is applied to, re-validated after the patch."""
+
+    first_name = fields.String(required=True, validate=NAME)
+    middle_name = fields.String(required=True, validate=NAME)
+    last_name = fields.String(required=True, validate=NAME)
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(allow_none=True, validate=validate.Length(min=8, max=1024))
+    is_active = fields.Boolean(required=True)
+    is_regular_user = fields.Boolean(required=True)
+    is_admin = fields.Boolean(required=True)
+
+
+USER_PATCH_PATHS = (
+    "/first_name",
+    "/middle_name",
+    "/last_name",
+    "/email",
+    "/password",
+    "/is_active",
+    "/is_regular_user",
+    "/is_admin",
+    "/current_password",
+)
+UserPatchOperationSchema = patch_schema("UserPatchOperationSchema", USER_PATCH_PATHS)

@@ -1,0 +1,101 @@
+"""User rules: sign-up, who sees whom, and JSON Patch with its password and role guards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import patch
+from service.auth import repository as auth_repository
+from service.config import Settings
+from service.db import Database, document_id
+from service.errors import Forbidden, NotFound, PreconditionFailed
+from service.http import check_version
+from service.middlewares import load
+from service.security import PasswordHasher, Principal
+from service.users import repository
+from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, is_admin, may_see_user
+from service.users.schemas import EditableUserSchema
+
+EDITABLE = EditableUserSchema()
+_PATCH_ATTEMPTS = 5
+
+
+async def signup(
+    db: Database, hasher: PasswordHasher, settings: Settings, data: dict[str, Any], caller: Principal | None
+) -> dict[str, Any]:
+    if not settings.signup_enabled and not (caller and is_admin(caller.user)):
+        raise Forbidden("Sign-up is disabled; an administrator can create your account.")
+    password_hash = await hasher.hash(data.pop("password"))
+    document = repository.new_user_document(
+        username=data["username"], email=data["email"], password_hash=password_hash, names=data, roles={}
+    )
+    return await repository.insert_user(db, document)
+
+
+async def get_visible_user(db: Database, caller: Principal, user_id: str) -> dict[str, Any]:
+    oid = document_id(user_id)
+    target = await repository.get_user(db, oid) if oid is not None else None
+    if target is None or not may_see_user(caller.user, target):
+        raise NotFound("No such user.")
+    return target
+
+
+async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    return await repository.list_users(db, offset, limit)
+
+
+def _editable(user: dict[str, Any]) -> dict[str, Any]:
+    fields = ("first_name", "middle_name", "last_name", "email", "is_active", "is_regular_user", "is_admin")
+    return {**{name: user[name] for name in fields}, "password": None}
+
+
+async def _check_guards(hasher: PasswordHasher, caller: Principal, operations: list[dict[str, Any]]) -> None:
+    """Role paths need an admin; email and password need a preceding `test /current_password`."""
+    if not is_admin(caller.user) and any(op["path"] in ADMIN_ONLY_PATHS for op in operations):
+        raise Forbidden("Only administrators may change is_active, is_regular_user or is_admin.")
+    proofs = [i for i, op in enumerate(operations) if op["path"] == "/current_password"]
+    guarded = [i for i, op in enumerate(operations) if op["path"] in PASSWORD_GUARDED_PATHS]
+    if any(operations[i]["op"] != "test" for i in proofs):
+        raise Forbidden("/current_password can only be tested.")
+    if guarded and not (proofs and proofs[0] < guarded[0]):
+        raise Forbidden("Changing email or password needs a preceding test of /current_password.")
+    for i in proofs:
+        value = operations[i].get("value")
+        if not isinstance(value, str) or not await hasher.verify(caller.user.get("password_hash"), value):
+            raise Forbidden("The current password is wrong.")
+
+
+async def patch_user(
+    db: Database,
+    hasher: PasswordHasher,
+    caller: Principal,
+    user_id: str,
+    operations: list[dict[str, Any]],
+    expected_version: int | None,
+) -> tuple[dict[str, Any], bool]:
+    """Apply a JSON Patch atomically; returns the user and whether their tokens were revoked.
+
+    The patch is applied to what was read and stored only if the document is still at that version,
+    so a concurrent change is never overwritten: with If-Match the caller gets 412, without it the
+    patch is re-applied to the fresh document.
+    """
+    await _check_guards(hasher, caller, operations)
+    changes_ops = [op for op in operations if op["path"] != "/current_password"]
+    for _ in range(_PATCH_ATTEMPTS):
+        target = await get_visible_user(db, caller, user_id)
+        check_version(expected_version, target)
+        result = load(EDITABLE, patch.apply(_editable(target), changes_ops))
+        changes = {key: value for key, value in result.items() if key != "password" and value != target.get(key)}
+        if result.get("password"):
+            changes["password_hash"] = await hasher.hash(result["password"])
+        if not changes:
+            return target, False
+        updated = await repository.update_user(db, target["_id"], target["version"], changes)
+        if updated is not None:
+            revoke = "password_hash" in changes or changes.get("is_active") is False
+            if revoke:
+                await auth_repository.revoke_tokens(db, {"user_id": updated["_id"]})
+            return updated, revoke
+        if expected_version is not None:
+            raise PreconditionFailed("The user changed while the patch was applied.")
+    raise PreconditionFailed("The user keeps changing; read it again and retry.")
