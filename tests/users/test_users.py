@@ -1,0 +1,159 @@
+"""/api/v1/users: sign-up, reading, listing, permissions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+
+PROBLEM = "application/problem+json"
+
+
+async def test_signup_creates_an_active_regular_user(client: TestClient, signup) -> None:  # type: ignore[no-untyped-def]
+    response = await client.post(
+        "/api/v1/users/",
+        json={"username": "Jane.Doe", "email": "Jane@Example.com", "password": "long enough", "first_name": "Jane"},
+    )
+    assert response.status == 201
+    user = await response.json()
+    assert response.headers["Location"] == f"/api/v1/users/{user['id']}"
+    assert response.headers["ETag"] == '"1"'
+    assert set(user) == {
+        "id",
+        "username",
+        "email",
+        "first_name",
+        "middle_name",
+        "last_name",
+        "is_active",
+        "is_regular_user",
+        "is_admin",
+        "created",
+        "updated",
+    }
+    assert user["is_active"] is True
+    assert user["is_admin"] is False
+    assert user["created"].endswith("+00:00")
+
+
+async def test_signup_never_returns_or_stores_the_password(client: TestClient, signup, db) -> None:  # type: ignore[no-untyped-def]
+    user = await signup("secretive", password="my password 1")
+    assert "password" not in str(user)
+    stored = await db.users.find_one({"username": "secretive"})
+    assert stored["password_hash"].startswith("$argon2id$")
+    assert "my password 1" not in str(stored)
+
+
+async def test_signup_then_sign_in(client: TestClient, signup, login) -> None:  # type: ignore[no-untyped-def]
+    await signup("newbie", password="newbie password")
+    token = await login("newbie", "newbie password")
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert (await me.json())["username"] == "newbie"
+
+
+async def test_username_and_email_are_unique_case_insensitively(client: TestClient, signup) -> None:  # type: ignore[no-untyped-def]
+    await signup("alice")
+    same_name = await client.post(
+        "/api/v1/users/", json={"username": "ALICE", "email": "other@example.com", "password": "long enough"}
+    )
+    assert same_name.status == 409
+    assert (await same_name.json(content_type=PROBLEM))["detail"] == "A user with this username already exists."
+    same_email = await client.post(
+        "/api/v1/users/", json={"username": "alice2", "email": "Alice@EXAMPLE.com", "password": "long enough"}
+    )
+    assert same_email.status == 409
+
+
+async def test_signup_validation_errors_are_422_with_fields(client: TestClient) -> None:
+    response = await client.post("/api/v1/users/", json={"username": "a b", "email": "nope", "password": "short"})
+    assert response.status == 422
+    body = await response.json(content_type=PROBLEM)
+    assert set(body["errors"]) == {"username", "email", "password"}
+
+
+async def test_signup_malformed_json_and_wrong_content_type(client: TestClient) -> None:
+    bad_json = await client.post("/api/v1/users/", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad_json.status == 400
+    form = await client.post("/api/v1/users/", data={"username": "x"})
+    assert form.status == 415
+    assert (await form.json(content_type=PROBLEM))["status"] == 415
+
+
+async def test_deeply_nested_json_is_refused(client: TestClient) -> None:
+    deep = b"[" * 100 + b"]" * 100
+    response = await client.post("/api/v1/users/", data=deep, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+
+
+async def test_signup_can_be_disabled_except_for_admins(aiohttp_client, settings, mongo_client, bearer) -> None:  # type: ignore[no-untyped-def]
+    closed = await aiohttp_client(
+        create_app(dataclasses.replace(settings, signup_enabled=False), mongo_client=mongo_client)
+    )
+    body = {"username": "late", "email": "late@example.com", "password": "long enough"}
+    assert (await closed.post("/api/v1/users/", json=body)).status == 403
+    admin = await bearer("root")  # the fixtures are in the same database
+    assert (await closed.post("/api/v1/users/", json=body, headers=admin)).status == 201
+
+
+async def test_me_requires_a_token(client: TestClient) -> None:
+    response = await client.get("/api/v1/users/me")
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    garbage = await client.get("/api/v1/users/me", headers={"Authorization": "Bearer nope"})
+    assert garbage.status == 401
+    assert 'error="invalid_token"' in garbage.headers["WWW-Authenticate"]
+
+
+async def test_missing_scope_is_403_insufficient_scope(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user", scope="teams:read")
+    response = await client.get("/api/v1/users/me", headers=headers)
+    assert response.status == 403
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api", error="insufficient_scope", scope="users:read"'
+
+
+async def test_list_users_is_admin_only_with_total_count(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+    for name in ("usr1", "usr2", "usr3"):
+        await signup(name)
+    assert (await client.get("/api/v1/users/", headers=await bearer("user"))).status == 403
+    admin = await bearer("root")
+    response = await client.get("/api/v1/users/?offset=1&limit=2", headers=admin)
+    assert response.status == 200
+    assert response.headers["X-Total-Count"] == "5"
+    names = [user["username"] for user in await response.json()]
+    assert names == ["user", "usr1"]  # creation order: root, user, usr1, usr2, usr3
+    same = await client.get("/api/v1/users?offset=1&limit=2", headers=admin)  # no trailing slash
+    assert [user["username"] for user in await same.json()] == names
+
+
+async def test_list_users_pagination_validation(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    admin = await bearer("root")
+    for query in ("limit=0", "limit=101", "offset=-1", "limit=abc"):
+        response = await client.get(f"/api/v1/users/?{query}", headers=admin)
+        assert response.status == 422, query
+
+
+async def test_users_see_themselves_and_admins_see_all(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    user_headers = await bearer("user")
+    me = await (await client.get("/api/v1/users/me", headers=user_headers)).json()
+    root = await (await client.get("/api/v1/users/me", headers=await bearer("root"))).json()
+    own = await client.get(f"/api/v1/users/{me['id']}", headers=user_headers)
+    assert own.status == 200
+    assert own.headers["ETag"] == '"1"'
+    assert (await client.get(f"/api/v1/users/{root['id']}", headers=user_headers)).status == 404
+    assert (await client.get(f"/api/v1/users/{me['id']}", headers=await bearer("root"))).status == 200
+    assert (await client.get("/api/v1/users/not-an-id", headers=user_headers)).status == 404
+    assert (await client.get("/api/v1/users/" + "0" * 24, headers=user_headers)).status == 404
+
+
+async def test_another_process_with_the_same_database_sees_tokens(
+    aiohttp_client, settings, mongo_client, login
+) -> None:  # type: ignore[no-untyped-def]
+    token = await login("user", "w")
+    async with TestServer(create_app(settings, mongo_client=mongo_client)) as server:
+        other = TestClient(server)
+        await other.start_server()
+        response = await other.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert response.status == 200
+        await other.close()
