@@ -1,0 +1,88 @@
+"""/api/v1/auth/oauth2_clients: register, list, read, delete."""
+
+from __future__ import annotations
+
+from aiohttp.test_utils import TestClient
+
+from service.security import hash_secret
+
+URL = "/api/v1/auth/oauth2_clients/"
+PROBLEM = "application/problem+json"
+
+
+async def create(client: TestClient, headers, **body):  # type: ignore[no-untyped-def]
+    payload = {"client_type": "confidential", "allowed_scopes": ["users:read"], **body}
+    return await client.post(URL, json=payload, headers=headers)
+
+
+async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    response = await create(client, headers, redirect_uris=["https://app.example.com/cb"], default_scopes=["users:read"])
+    assert response.status == 201
+    assert response.headers["Cache-Control"] == "no-store"
+    body = await response.json()
+    assert response.headers["Location"] == f"/api/v1/auth/oauth2_clients/{body['client_id']}"
+    assert set(body) == {
+        "client_id", "client_type", "redirect_uris", "default_scopes", "allowed_scopes", "user_id", "created",
+        "client_secret",
+    }
+    stored = await db.oauth2_clients.find_one({"_id": body["client_id"]})
+    assert stored["secret_hash"] == hash_secret(body["client_secret"])
+    assert body["client_secret"] not in str(stored)
+    again = await client.get(f"{URL}{body['client_id']}", headers=headers)
+    assert "client_secret" not in await again.json()
+
+
+async def test_public_client_has_no_secret(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    body = await (await create(client, await bearer("user"), client_type="public")).json()
+    assert "client_secret" not in body
+    assert body["default_scopes"] == []
+
+
+async def test_create_validation(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    cases = [
+        {"client_type": "weird"},
+        {"allowed_scopes": ["nope:read"]},
+        {"allowed_scopes": []},
+        {"default_scopes": ["users:write"]},
+        {"redirect_uris": ["not a url"]},
+        {"redirect_uris": ["https://x.example.com/cb#frag"]},
+    ]
+    for extra in cases:
+        response = await create(client, headers, **extra)
+        assert response.status == 422, extra
+        assert "errors" in await response.json(content_type=PROBLEM)
+
+
+async def test_list_own_clients_and_admin_may_pass_user_id(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    user = await bearer("user")
+    for _ in range(3):
+        await create(client, user)
+    listed = await client.get(f"{URL}?limit=2", headers=user)
+    assert listed.headers["X-Total-Count"] == "3"
+    assert len(await listed.json()) == 2
+    me = await (await client.get("/api/v1/users/me", headers=user)).json()
+    admin = await bearer("root")
+    own_admin = await client.get(URL, headers=admin)
+    assert [c["client_id"] for c in await own_admin.json()] == ["documentation"]
+    by_admin = await client.get(f"{URL}?user_id={me['id']}", headers=admin)
+    assert by_admin.headers["X-Total-Count"] == "3"
+    by_user = await client.get(f"{URL}?user_id=000000000000000000000000", headers=user)
+    assert by_user.status == 403
+
+
+async def test_others_cannot_see_or_delete(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    user = await bearer("user")
+    assert (await client.get(f"{URL}documentation", headers=user)).status == 404
+    assert (await client.delete(f"{URL}documentation", headers=user)).status == 404
+    assert (await client.get(f"{URL}documentation", headers=await bearer("root"))).status == 200
+    assert (await client.get(f"{URL}missing", headers=user)).status == 404
+
+
+async def test_scopes_are_enforced(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    read_only = await bearer("user", scope="auth:read")
+    response = await create(client, read_only)
+    assert response.status == 403
+    assert 'scope="auth:write"' in response.headers["WWW-Authenticate"]
+    assert (await client.get(URL)).status == 401
