@@ -26,7 +26,7 @@ async def test_loading_twice_creates_nothing_new(client, app, db) -> None:  # ty
 async def test_bad_fixture_file_names_file_and_problem(client, app, db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.json"
     bad.write_text('{"users": [{"username": "x y", "email": "nope"}]}')
-    with pytest.raises(fixtures.FixtureError, match="bad.json"):
+    with pytest.raises(fixtures.FixtureError, match=r"bad\.json"):
         await fixtures.load(db, app[keys.hasher], [bad])
     assert await db.users.count_documents({}) == 0
 
