@@ -21,6 +21,7 @@ from service.middlewares import (
     validation_middleware,
 )
 from service.security import auth_middleware, hasher_ctx
+from service.teams import routes as teams_routes
 from service.users import routes as users_routes
 from service.users.repository import count_users
 
@@ -55,7 +56,7 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
 def _create_api() -> web.Application:
     # Authentication runs before validation, so an anonymous caller never gets a body parsed.
     api = web.Application(middlewares=[auth_middleware, validation_middleware])
-    for routes in (auth_routes.routes, users_routes.routes):
+    for routes in (auth_routes.routes, users_routes.routes, teams_routes.routes):
         api.router.add_routes(routes)
     docs.add_docs_routes(api)
     _add_slashless_aliases(api)

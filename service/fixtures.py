@@ -18,8 +18,10 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from service.auth import repository as auth_repository
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.auth.service import new_client_document
-from service.db import Database
+from service.db import Database, utcnow
 from service.security import PasswordHasher
+from service.teams import repository as teams_repository
+from service.teams.schemas import TITLE
 from service.users import repository as users_repository
 from service.users.schemas import NAME, USERNAME
 
@@ -51,10 +53,29 @@ class ClientFixtureSchema(CreateOAuth2ClientSchema):
     owner = fields.String(required=True)
 
 
+def _has_leader(members: list[dict[str, Any]]) -> None:
+    if not any(member["is_leader"] for member in members):
+        raise ValidationError("A team needs at least one leader.")
+
+
+class MemberFixtureSchema(Schema):
+    username = fields.String(required=True)
+    is_leader = fields.Boolean(load_default=False)
+
+
+class TeamFixtureSchema(Schema):
+    title = fields.String(required=True, validate=TITLE)
+    members = fields.List(
+        fields.Nested(MemberFixtureSchema),
+        required=True,
+        validate=_has_leader,
+    )
+
+
 class FixtureFileSchema(Schema):
     users = fields.List(fields.Nested(UserFixtureSchema), load_default=list)
     oauth2_clients = fields.List(fields.Nested(ClientFixtureSchema), load_default=list)
-    teams = fields.List(fields.Dict(), load_default=list)
+    teams = fields.List(fields.Nested(TeamFixtureSchema), load_default=list)
 
 
 def read(paths: Iterable[Path]) -> dict[str, list[dict[str, Any]]]:
@@ -101,4 +122,17 @@ async def load(db: Database, hasher: PasswordHasher, paths: Iterable[Path]) -> d
         document = new_client_document(client["client_id"], client, client.get("client_secret"), owner["_id"])
         await auth_repository.insert_client(db, document)
         created["oauth2_clients"] += 1
+    for team in data["teams"]:
+        if await teams_repository.get_team_by_title(db, team["title"]) is not None:
+            continue
+        members = []
+        for member in team["members"]:
+            user = await users_repository.get_user_by_username(db, member["username"])
+            if user is None:
+                raise FixtureError(f"Team {team['title']!r}: unknown member {member['username']!r}")
+            members.append({"user_id": user["_id"], "is_leader": member["is_leader"], "created": utcnow()})
+        document = teams_repository.new_team_document(team["title"], members[0]["user_id"])
+        document["members"] = members
+        await teams_repository.insert_team(db, document)
+        created["teams"] += 1
     return created

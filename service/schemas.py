@@ -17,3 +17,10 @@ class IdField(fields.String):
 
     def _serialize(self, value, attr, obj, **kwargs):  # type: ignore[no-untyped-def]
         return None if value is None else str(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true/false only; marshmallow's default would also take "yes", 1 or "off"."""
+
+    truthy = frozenset({True})
+    falsy = frozenset({False})

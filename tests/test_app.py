@@ -86,3 +86,32 @@ async def test_swagger_ui_is_served_with_a_strict_csp(client: TestClient) -> Non
     assert 'clientId: "documentation"' in await script.text()
     assert (await client.get("/api/v1/static/swagger-ui-bundle.js")).status == 200
     assert (await client.get("/api/v1/static/oauth2-redirect.html")).status == 200
+
+
+async def test_every_operation_documents_scopes_and_error_responses(client: TestClient) -> None:
+    document = orjson.loads(await (await client.get("/api/v1/openapi.json")).read())
+    operations = {
+        (method, path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert len(operations) == 18
+    for (method, path), operation in operations.items():
+        assert operation["security"][0]["oauth2"] or path == "/users/", (method, path)
+        assert "401" in operation["responses"], (method, path)
+        if "{" in path:
+            assert "404" in operation["responses"], (method, path)
+        if method == "patch":
+            assert {"400", "409", "412", "422"} <= set(operation["responses"]), path
+            assert "application/json-patch+json" in operation["requestBody"]["content"]
+    teams = operations[("patch", "/teams/{team_id}")]
+    assert teams["security"] == [{"oauth2": ["teams:write"]}]
+    assert "403" in teams["responses"]
+    assert "team leaders or admins" in teams["description"]
+    assert operations[("get", "/users/")]["description"].startswith("**Who:** admins")
+
+
+async def test_trailing_slash_is_optional_and_not_documented_twice(client: TestClient) -> None:
+    document = orjson.loads(await (await client.get("/api/v1/openapi.json")).read())
+    assert "/users" not in document["paths"]
+    assert (await client.get("/api/v1/teams")).status == (await client.get("/api/v1/teams/")).status == 401

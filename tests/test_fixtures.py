@@ -54,13 +54,29 @@ def test_cli_fixtures_users_and_clients(tmp_path: Path) -> None:
     assert "2 users" in loaded.stdout
     assert "0 users" in run_cli(tmp_path, "fixtures", "load").stdout
     created = run_cli(
-        tmp_path, "users", "create", "--username", "ops", "--email", "ops@example.com", "--admin", "--password-stdin",
+        tmp_path,
+        "users",
+        "create",
+        "--username",
+        "ops",
+        "--email",
+        "ops@example.com",
+        "--admin",
+        "--password-stdin",
         stdin="operator password\n",
     )
     assert created.returncode == 0, created.stderr
     assert "created user ops" in created.stdout
     duplicate = run_cli(
-        tmp_path, "users", "create", "--username", "OPS", "--email", "x@example.com", "--password-stdin", stdin="whatever12\n"
+        tmp_path,
+        "users",
+        "create",
+        "--username",
+        "OPS",
+        "--email",
+        "x@example.com",
+        "--password-stdin",
+        stdin="whatever12\n",
     )
     assert duplicate.returncode == 1
     assert "already exists" in duplicate.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.patch import patch_schema
-from service.schemas import IdField
+from service.schemas import IdField, StrictBoolean
 
 USERNAME = validate.And(
     validate.Length(min=3, max=80),
@@ -53,9 +53,9 @@ class EditableUserSchema(Schema):
     last_name = fields.String(required=True, validate=NAME)
     email = fields.Email(required=True, validate=validate.Length(max=254))
     password = fields.String(allow_none=True, validate=validate.Length(min=8, max=1024))
-    is_active = fields.Boolean(required=True)
-    is_regular_user = fields.Boolean(required=True)
-    is_admin = fields.Boolean(required=True)
+    is_active = StrictBoolean(required=True)
+    is_regular_user = StrictBoolean(required=True)
+    is_admin = StrictBoolean(required=True)
 
 
 USER_PATCH_PATHS = (

@@ -17,13 +17,21 @@ async def create(client: TestClient, headers, **body):  # type: ignore[no-untype
 
 async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
     headers = await bearer("user")
-    response = await create(client, headers, redirect_uris=["https://app.example.com/cb"], default_scopes=["users:read"])
+    response = await create(
+        client, headers, redirect_uris=["https://app.example.com/cb"], default_scopes=["users:read"]
+    )
     assert response.status == 201
     assert response.headers["Cache-Control"] == "no-store"
     body = await response.json()
     assert response.headers["Location"] == f"/api/v1/auth/oauth2_clients/{body['client_id']}"
     assert set(body) == {
-        "client_id", "client_type", "redirect_uris", "default_scopes", "allowed_scopes", "user_id", "created",
+        "client_id",
+        "client_type",
+        "redirect_uris",
+        "default_scopes",
+        "allowed_scopes",
+        "user_id",
+        "created",
         "client_secret",
     }
     stored = await db.oauth2_clients.find_one({"_id": body["client_id"]})

@@ -1,0 +1,190 @@
+"""Memberships: add, list, promote/demote, remove; the one-leader rule, also under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp.test_utils import TestClient
+from bson import ObjectId
+
+from service.db import utcnow
+
+PROBLEM = "application/problem+json"
+
+
+async def setup_team(client: TestClient, bearer):  # type: ignore[no-untyped-def]
+    leader = await bearer("user")
+    team = await (await client.post("/api/v1/teams/", json={"title": "Crew"}, headers=leader)).json()
+    return leader, f"/api/v1/teams/{team['id']}"
+
+
+async def user_id(client: TestClient, headers) -> str:  # type: ignore[no-untyped-def]
+    return (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
+
+
+async def test_add_member_then_duplicate_and_unknown_user(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    root = await bearer("root")
+    root_id = await user_id(client, root)
+    added = await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": False}, headers=leader)
+    assert added.status == 201
+    body = await added.json()
+    assert body["user"]["username"] == "root"
+    assert body["is_leader"] is False
+    assert added.headers["Location"] == f"{url}/members/{root_id}"
+    again = await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)
+    assert again.status == 409
+    ghost = await client.post(f"{url}/members/", json={"user_id": "0" * 24}, headers=leader)
+    assert ghost.status == 404
+    garbage = await client.post(f"{url}/members/", json={"user_id": "zzz"}, headers=leader)
+    assert garbage.status == 404
+    missing = await client.post(f"{url}/members/", json={}, headers=leader)
+    assert missing.status == 422
+
+
+async def test_list_members_paginated(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    for name in ("mem1", "mem2", "mem3"):
+        created = await signup(name)
+        await client.post(f"{url}/members/", json={"user_id": created["id"]}, headers=leader)
+    response = await client.get(f"{url}/members/?offset=1&limit=2", headers=leader)
+    assert response.headers["X-Total-Count"] == "4"
+    assert [m["user"]["username"] for m in await response.json()] == ["mem1", "mem2"]
+
+
+async def test_promote_and_last_leader_rule(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    me = await user_id(client, leader)
+    demote_me = [{"op": "replace", "path": "/is_leader", "value": False}]
+    last = await client.patch(f"{url}/members/{me}", json=demote_me, headers=leader)
+    assert last.status == 409
+    assert "leader" in (await last.json(content_type=PROBLEM))["detail"]
+    assert (await client.delete(f"{url}/members/{me}", headers=leader)).status == 409
+
+    root = await bearer("root")
+    root_id = await user_id(client, root)
+    await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)
+    promote = await client.patch(
+        f"{url}/members/{root_id}", json=[{"op": "replace", "path": "/is_leader", "value": True}], headers=leader
+    )
+    assert promote.status == 200
+    assert (await promote.json())["is_leader"] is True
+    assert (await client.patch(f"{url}/members/{me}", json=demote_me, headers=leader)).status == 200
+    bad_path = await client.patch(
+        f"{url}/members/{root_id}", json=[{"op": "replace", "path": "/user", "value": 1}], headers=root
+    )
+    assert bad_path.status == 422
+    bad_value = await client.patch(
+        f"{url}/members/{root_id}", json=[{"op": "replace", "path": "/is_leader", "value": "yes"}], headers=root
+    )
+    assert bad_value.status == 422
+
+
+async def test_members_may_leave_but_not_remove_others(client: TestClient, bearer, signup, login) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    for name in ("erin", "fred"):
+        created = await signup(name)
+        await client.post(f"{url}/members/", json={"user_id": created["id"]}, headers=leader)
+    erin = {"Authorization": f"Bearer {(await login('erin', 'long enough pw'))['access_token']}"}
+    erin_id = await user_id(client, erin)
+    members = await (await client.get(f"{url}/members/", headers=erin)).json()
+    fred_id = next(m["user"]["id"] for m in members if m["user"]["username"] == "fred")
+    assert (await client.delete(f"{url}/members/{fred_id}", headers=erin)).status == 403
+    assert (await client.delete(f"{url}/members/{erin_id}", headers=erin)).status == 204
+    assert (await client.get(url, headers=erin)).status == 404
+    assert (await client.delete(f"{url}/members/{fred_id}", headers=leader)).status == 204
+    assert (await client.delete(f"{url}/members/{fred_id}", headers=leader)).status == 404
+
+
+async def test_stale_if_match_on_membership_changes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    root_id = await user_id(client, await bearer("root"))
+    added = await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)
+    etag = added.headers["ETag"]
+    assert etag == '"2"'
+    promote = [{"op": "replace", "path": "/is_leader", "value": True}]
+    assert (
+        await client.patch(f"{url}/members/{root_id}", json=promote, headers={**leader, "If-Match": '"1"'})
+    ).status == 412
+    assert (await client.delete(f"{url}/members/{root_id}", headers={**leader, "If-Match": '"1"'})).status == 412
+    assert (await client.delete(f"{url}/members/{root_id}", headers={**leader, "If-Match": etag})).status == 204
+
+
+async def test_deactivated_member_keeps_membership_but_loses_access(
+    client: TestClient, bearer, signup, login, db
+) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    created = await signup("gina")
+    await client.post(f"{url}/members/", json={"user_id": created["id"]}, headers=leader)
+    gina = {"Authorization": f"Bearer {(await login('gina', 'long enough pw'))['access_token']}"}
+    await db.users.update_one({"username": "gina"}, {"$set": {"is_active": False}})
+    assert (await client.get(url, headers=gina)).status == 401
+    members = await (await client.get(f"{url}/members/", headers=leader)).json()
+    assert "gina" in [m["user"]["username"] for m in members]
+
+
+async def test_fifty_concurrent_additions_all_land(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    docs = [
+        {
+            "username": f"bulk{i}",
+            "username_key": f"bulk{i}",
+            "email": f"bulk{i}@example.com",
+            "email_key": f"bulk{i}@example.com",
+            "password_hash": "x",
+            "first_name": "",
+            "middle_name": "",
+            "last_name": "",
+            "is_active": True,
+            "is_regular_user": True,
+            "is_admin": False,
+            "version": 1,
+        }
+        for i in range(50)
+    ]
+    for doc in docs:
+        doc["created"] = doc["updated"] = utcnow()
+    ids = (await db.users.insert_many(docs)).inserted_ids
+    responses = await asyncio.gather(
+        *(client.post(f"{url}/members/", json={"user_id": str(oid)}, headers=leader) for oid in ids)
+    )
+    assert sorted(r.status for r in responses) == [201] * 50
+    team = await db.teams.find_one({"title": "Crew"})
+    assert len(team["members"]) == 51
+    assert team["version"] == 51
+
+
+async def test_two_leaders_demoting_each_other_at_once_keep_one_leader(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(5):
+        leader, url = await setup_team(client, bearer)
+        root = await bearer("root")
+        me, root_id = await user_id(client, leader), await user_id(client, root)
+        await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": True}, headers=leader)
+        demote = [{"op": "replace", "path": "/is_leader", "value": False}]
+        first, second = await asyncio.gather(
+            client.patch(f"{url}/members/{root_id}", json=demote, headers=leader),
+            client.patch(f"{url}/members/{me}", json=demote, headers=root),
+        )
+        # One wins; the other is refused: 409 if it re-read a one-leader team, or 403 if by then its
+        # caller had already been demoted. Either way the team keeps exactly one leader.
+        statuses = sorted([first.status, second.status])
+        assert statuses[0] == 200
+        assert statuses[1] in (403, 409)
+        team = await db.teams.find_one({"_id": ObjectId(url.rsplit("/", 1)[1])})
+        assert sum(m["is_leader"] for m in team["members"]) == 1
+        await db.teams.delete_one({"_id": team["_id"]})
+
+
+async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+    leader, url = await setup_team(client, bearer)
+    root = await bearer("root")
+    me, root_id = await user_id(client, leader), await user_id(client, root)
+    await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": True}, headers=leader)
+    first, second = await asyncio.gather(
+        client.delete(f"{url}/members/{me}", headers=leader),
+        client.delete(f"{url}/members/{root_id}", headers=root),
+    )
+    assert sorted([first.status, second.status]) == [204, 409]
+    team = await db.teams.find_one({"title": "Crew"})
+    assert len(team["members"]) == 1
+    assert team["members"][0]["is_leader"] is True
