@@ -119,6 +119,10 @@ async def test_readyz_turns_503_when_the_database_stops_and_recovers(tmp_path: P
         embedded = app[keys.mongo].embedded
         assert embedded is not None
         await embedded.stop()
+        api = await client.get("/api/v1/users/me", headers={"Authorization": "Bearer some-token"})
+        assert api.status == 503
+        assert api.headers["Retry-After"] == "5"
+        assert (await api.json(content_type=PROBLEM))["detail"] == "The database is unavailable; try again shortly."
         down = await client.get("/readyz")
         assert down.status == 503
         assert down.headers["Retry-After"] == "5"
