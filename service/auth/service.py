@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -179,26 +180,34 @@ def _required(params: dict[str, str], *names: str) -> list[str]:
     return [params[name] for name in names]
 
 
-async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
-    username, password = _required(params, "username", "password")
-    scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+async def authenticate_user(ctx: Context, username: str, password: str) -> dict[str, Any]:
+    """Check a username and password, throttled per username across every server process.
+
+    Unknown users cost a full hash too, so neither timing nor the answer reveals which usernames exist.
+    """
     key = username.lower()
     failures, window_start = await repository.login_failures(ctx.db, key, ctx.settings.login_window)
     if failures >= ctx.settings.login_max_failures and window_start is not None:
         reopens = window_start + timedelta(seconds=ctx.settings.login_window)
         raise TooManyAttempts(int((reopens - utcnow()).total_seconds()) + 1)
     user = await users_repository.get_user_by_username(ctx.db, username)
-    # Unknown users cost a full hash too, so timing does not reveal which usernames exist.
-    if not await ctx.hasher.verify(user["password_hash"] if user else None, password):
+    verified = await ctx.hasher.verify(user["password_hash"] if user else None, password)
+    if user is None or not verified:
         await repository.record_login_failure(ctx.db, key, ctx.settings.login_window)
         raise oauth.InvalidGrantError("Invalid username or password.")
-    assert user is not None
     if failures:
         await repository.clear_login_failures(ctx.db, key)
     if not user.get("is_active"):
         raise oauth.InvalidGrantError("This account is deactivated.")
     if ctx.hasher.needs_rehash(user["password_hash"]):
         await users_repository.set_password_hash(ctx.db, user["_id"], await ctx.hasher.hash(password))
+    return user
+
+
+async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    username, password = _required(params, "username", "password")
+    scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    user = await authenticate_user(ctx, username, password)
     return await issue_token(ctx, client, user["_id"], scopes)
 
 
@@ -404,5 +413,81 @@ async def delete_client(db: Database, caller: Principal, client_id: str) -> None
     await repository.delete_client(db, client["_id"])
 
 
-def code_expiry(settings: Settings) -> datetime:
-    return utcnow() + timedelta(seconds=settings.auth_code_ttl)
+# --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------
+
+_CHALLENGE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+
+
+class AuthorizePageError(Exception):
+    """The client or redirect URI cannot be trusted: show an error page, never redirect (RFC 6749 4.1.2.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    client: dict[str, Any]
+    redirect_uri: str
+    scopes: list[str]
+    state: str | None
+    code_challenge: str | None
+
+    def as_form(self) -> dict[str, str]:
+        """The request as hidden form fields, re-validated when the form comes back."""
+        fields = {
+            "response_type": "code",
+            "client_id": self.client["_id"],
+            "redirect_uri": self.redirect_uri,
+            "scope": " ".join(self.scopes),
+        }
+        if self.state is not None:
+            fields["state"] = self.state
+        if self.code_challenge:
+            fields.update(code_challenge=self.code_challenge, code_challenge_method="S256")
+        return fields
+
+
+async def check_authorization_request(db: Database, params: Mapping[str, str]) -> AuthorizationRequest:
+    """Validate an authorization request; errors after the redirect URI is trusted carry it (and state)."""
+    client = await repository.get_client(db, params.get("client_id", "")) if params.get("client_id") else None
+    if client is None:
+        raise AuthorizePageError("Unknown client.")
+    redirect_uri = params.get("redirect_uri")
+    if redirect_uri is None and len(client["redirect_uris"]) == 1:
+        redirect_uri = client["redirect_uris"][0]
+    if redirect_uri is None or redirect_uri not in client["redirect_uris"]:
+        raise AuthorizePageError("The redirect URI is not registered for this client.")
+    state = params.get("state")
+    where = {"redirect_uri": redirect_uri, "state": state}
+    if params.get("response_type") != "code":
+        raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
+    try:
+        scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    except oauth.InvalidScopeError as exc:
+        raise oauth.InvalidScopeError(exc.description, **where) from None
+    challenge = params.get("code_challenge")
+    if challenge:
+        if params.get("code_challenge_method") != "S256":
+            raise oauth.InvalidRequestError("code_challenge_method must be S256.", **where)
+        if not _CHALLENGE.match(challenge):
+            raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
+    elif client["client_type"] == "public":
+        raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
+    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None)
+
+
+async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str, Any]) -> str:
+    """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed."""
+    code = new_token()
+    await repository.insert_code(
+        ctx.db,
+        {
+            "_id": hash_secret(code),
+            "client_id": request.client["_id"],
+            "redirect_uri": request.redirect_uri,
+            "scopes": request.scopes,
+            "user_id": user["_id"],
+            "code_challenge": request.code_challenge,
+            "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
+            "used": False,
+        },
+    )
+    return code

@@ -1,0 +1,229 @@
+"""Authorization code flow with PKCE: the sign-in/consent page, its refusals, and the code exchange."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from datetime import timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.db import utcnow
+
+REDIRECT = "http://127.0.0.1:8080/api/v1/static/oauth2-redirect.html"
+AUTHORIZE = "/auth/oauth2/authorize"
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def query(challenge: str | None, **extra: str) -> dict[str, str]:
+    params = {
+        "response_type": "code",
+        "client_id": "documentation",
+        "redirect_uri": REDIRECT,
+        "state": "xyz",
+        "scope": "users:read",
+    }
+    if challenge:
+        params.update(code_challenge=challenge, code_challenge_method="S256")
+    params.update(extra)
+    return {k: v for k, v in params.items() if v != ""}
+
+
+async def open_page(client: TestClient, params: dict[str, str]):  # type: ignore[no-untyped-def]
+    response = await client.get(f"{AUTHORIZE}?{urlencode(params)}", allow_redirects=False)
+    return response, await response.text()
+
+
+def form_of(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html))
+
+
+async def decide(
+    client: TestClient, html: str, action: str = "approve", username: str = "user", password: str = "w", **override: str
+):  # type: ignore[no-untyped-def]
+    form = {**form_of(html), "action": action, "username": username, "password": password, **override}
+    return await client.post(AUTHORIZE, data=form, allow_redirects=False)
+
+
+def redirect_params(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT)
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+async def get_code(client: TestClient, challenge: str) -> str:
+    _, html = await open_page(client, query(challenge))
+    response = await decide(client, html)
+    assert response.status == 302
+    params = redirect_params(response)
+    assert params["state"] == "xyz"
+    return params["code"]
+
+
+async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):  # type: ignore[no-untyped-def]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "client_id": "documentation",
+        **extra,
+    }
+    if verifier:
+        form["code_verifier"] = verifier
+    return await client.post("/auth/oauth2/token", data=form)
+
+
+async def test_full_flow_signs_in_and_the_token_works(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    verifier, challenge = pkce()
+    response, html = await open_page(client, query(challenge))
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert "documentation" in html
+    assert "users:read" in html
+    assert "<script" not in html
+    assert "form-action 'self' http://127.0.0.1:8080" in response.headers["Content-Security-Policy"]
+    code = await get_code(client, challenge)
+    token = await exchange(client, code, verifier)
+    assert token.status == 200
+    body = await token.json()
+    assert body["scope"] == "users:read"
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert (await me.json())["username"] == "user"
+
+
+async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    code = await get_code(client, challenge)
+    assert await db.oauth2_codes.count_documents({}) == 1
+    assert code not in str(await db.oauth2_codes.find_one({}))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"client_id": "nobody"}, "Unknown client"),
+        ({"redirect_uri": "https://evil.example.com/cb"}, "not registered"),
+        ({"client_id": ""}, "Unknown client"),
+    ],
+)
+async def test_bad_client_or_redirect_shows_an_error_page_and_never_redirects(
+    client: TestClient, seeded, override, message
+) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    response, html = await open_page(client, query(challenge, **override))
+    assert response.status == 400
+    assert "Location" not in response.headers
+    assert message in html
+
+
+async def test_missing_challenge_for_a_public_client_redirects_with_error(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    response, _ = await open_page(client, query(None))
+    assert response.status == 302
+    params = redirect_params(response)
+    assert params["error"] == "invalid_request"
+    assert params["state"] == "xyz"
+
+
+async def test_plain_challenge_is_refused(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    verifier, _ = pkce()
+    response, _ = await open_page(client, query(None, code_challenge=verifier, code_challenge_method="plain"))
+    assert redirect_params(response)["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [({"response_type": "token"}, "unsupported_response_type"), ({"scope": "root:everything"}, "invalid_scope")],
+)
+async def test_other_request_errors_redirect(client: TestClient, seeded, override, error) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    response, _ = await open_page(client, query(challenge, **override))
+    assert redirect_params(response)["error"] == error
+
+
+async def test_deny_redirects_with_access_denied(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    _, html = await open_page(client, query(challenge))
+    response = await decide(client, html, action="deny")
+    assert response.status == 302
+    assert redirect_params(response) == {"error": "access_denied", "state": "xyz"}
+    assert await db.oauth2_codes.count_documents({}) == 0
+
+
+async def test_missing_or_wrong_csrf_token_is_refused(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    _, html = await open_page(client, query(challenge))
+    forged = await decide(client, html, csrf_token="forged")
+    assert forged.status == 403
+    client.session.cookie_jar.clear()
+    no_cookie = await decide(client, html)
+    assert no_cookie.status == 403
+    assert "Location" not in no_cookie.headers
+
+
+async def test_wrong_password_reshows_the_form(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    _, html = await open_page(client, query(challenge))
+    response = await decide(client, html, password="nope")
+    assert response.status == 400
+    text = await response.text()
+    assert "Invalid username or password." in text
+    assert "csrf_token" in text
+
+
+async def test_wrong_or_missing_verifier_is_invalid_grant(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    _, challenge = pkce()
+    other_verifier, _ = pkce()
+    code = await get_code(client, challenge)
+    wrong = await exchange(client, code, other_verifier)
+    assert wrong.status == 400
+    assert (await wrong.json())["error"] == "invalid_grant"
+    code2 = await get_code(client, challenge)
+    missing = await exchange(client, code2, None)
+    assert (await missing.json())["error"] == "invalid_grant"
+
+
+async def test_reused_code_is_refused_and_revokes_its_tokens(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+    verifier, challenge = pkce()
+    code = await get_code(client, challenge)
+    first = await (await exchange(client, code, verifier)).json()
+    again = await exchange(client, code, verifier)
+    assert again.status == 400
+    assert (await again.json())["error"] == "invalid_grant"
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {first['access_token']}"})
+    assert me.status == 401
+
+
+async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+    verifier, challenge = pkce()
+    code = await get_code(client, challenge)
+    await db.oauth2_codes.update_many({}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}})
+    response = await exchange(client, code, verifier)
+    assert (await response.json())["error"] == "invalid_grant"
+
+
+async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seeded, bearer) -> None:  # type: ignore[no-untyped-def]
+    verifier, challenge = pkce()
+    code = await get_code(client, challenge)
+    other_uri = await exchange(
+        client, code, verifier, redirect_uri="http://localhost:8080/api/v1/static/oauth2-redirect.html"
+    )
+    assert (await other_uri.json())["error"] == "invalid_grant"
+    code2 = await get_code(client, challenge)
+    created = await (
+        await client.post(
+            "/api/v1/auth/oauth2_clients/",
+            json={"client_type": "public", "allowed_scopes": ["users:read"]},
+            headers=await bearer("user"),
+        )
+    ).json()
+    other_client = await exchange(client, code2, verifier, client_id=created["client_id"])
+    assert (await other_client.json())["error"] == "invalid_grant"
