@@ -31,5 +31,10 @@ test-mongomock: $(VENV)/.dev
 test-secantus: $(VENV)/.dev
 	$(PY) -m pytest --backend=secantus
 
+## Black-box checks against a live server: Swagger UI in headless Chromium (Debian's /usr/bin/chromium).
+e2e: $(VENV)/.dev
+	@test -x "$${CHROMIUM:-/usr/bin/chromium}" || { echo "e2e needs Chromium: apt-get install chromium" >&2; exit 1; }
+	$(PY) -m pytest -m e2e --backend=secantus tests/e2e
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage

@@ -51,7 +51,8 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")
-    is_html = (response.content_type or "").startswith("text/html")
+    # A FileResponse learns its content type only when sent, so static files get the page policy.
+    is_html = isinstance(response, web.FileResponse) or (response.content_type or "").startswith("text/html")
     headers.setdefault("Content-Security-Policy", _HTML_CSP if is_html else _API_CSP)
     return response
 

@@ -85,7 +85,11 @@ async def test_swagger_ui_is_served_with_a_strict_csp(client: TestClient) -> Non
     script = await client.get("/api/v1/swagger-initializer.js")
     assert 'clientId: "documentation"' in await script.text()
     assert (await client.get("/api/v1/static/swagger-ui-bundle.js")).status == 200
-    assert (await client.get("/api/v1/static/oauth2-redirect.html")).status == 200
+    redirect_page = await client.get("/api/v1/static/oauth2-redirect.html")
+    assert redirect_page.status == 200
+    # Regression: static files were sent with the JSON API's `default-src 'none'`, which blocked
+    # oauth2-redirect.js and so the authorization-code sign-in from Swagger UI.
+    assert "script-src 'self'" in redirect_page.headers["Content-Security-Policy"]
 
 
 async def test_every_operation_documents_scopes_and_error_responses(client: TestClient) -> None:

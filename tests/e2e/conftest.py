@@ -1,0 +1,91 @@
+"""Browser tests: Playwright drives Debian's Chromium (never a downloaded browser) against a live server.
+
+Every step saves a screenshot under test-output/e2e/<test>/; the folder is kept only when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from service import fixtures, keys
+from service.app import create_app
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "e2e"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+async def live_server(settings, mongo_client) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """The service on a free port with the fixtures loaded and the docs client allowed to redirect to it."""
+    app = create_app(settings, mongo_client=mongo_client)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}"
+    db = app[keys.mongo].db
+    await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    await db.oauth2_clients.update_one(
+        {"_id": "documentation"}, {"$push": {"redirect_uris": f"{base}/api/v1/static/oauth2-redirect.html"}}
+    )
+    yield base
+    await server.close()
+
+
+@pytest.fixture
+async def page(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = await context.new_page()
+        yield page
+        await browser.close()
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest, page) -> Callable[[str], Coroutine[Any, Any, None]]:  # type: ignore[no-untyped-def]
+    """`await shot("step")` saves a numbered screenshot; kept only if the test fails."""
+    folder = OUTPUT / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    counter = iter(range(1, 1000))
+
+    async def take(name: str, target=None) -> None:  # type: ignore[no-untyped-def]
+        await (target or page).screenshot(path=str(folder / f"{next(counter):02d}-{name}.png"), full_page=True)
+
+    yield take
+    if not request.node.stash.get(FAILED, True):
+        shutil.rmtree(folder, ignore_errors=True)
