@@ -24,6 +24,8 @@ test: lint test-mongomock test-secantus
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/hadolint ops/Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 test-mongomock: $(VENV)/.dev
 	$(PY) -m pytest --backend=mongomock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server (the default command)")
     serve.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: PORT or 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: WORKERS or 1)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by the master
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="database maintenance")
@@ -95,6 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
+    workers = settings.workers if args.workers is None else args.workers
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from service.workers import Master
+
+        return Master(settings, host, port or _free_port(host), workers).run()
     app = create_app(settings)
 
     def announce(_: Any) -> None:
@@ -107,9 +118,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=port,
         access_log_class=log.AccessLogger,
         shutdown_timeout=30.0,  # in-flight requests get this long to finish on SIGTERM/Ctrl-C
-        print=announce,
+        print=None if args.reuse_port else announce,
+        reuse_port=args.reuse_port or None,
     )
     return 0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def with_database(work: Callable[[Mongo], Awaitable[int]]) -> Callable[[argparse.Namespace, Settings], int]:

@@ -42,4 +42,4 @@ def test_text_format_includes_request_id() -> None:
         log.RequestIdFilter().filter(record)
     finally:
         log.request_id_var.reset(token)
-    assert logging.Formatter(log.TEXT_FORMAT).format(record).endswith("INFO x [abc] hello")
+    assert logging.Formatter(log.TEXT_FORMAT).format(record).endswith(f"INFO {record.process} x [abc] hello")
