@@ -13,7 +13,7 @@ from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 from marshmallow import Schema, fields
 
 import service
-from service import keys
+from service import keys, patch
 
 SCOPES = {
     "auth:read": "Read your OAuth2 clients",
@@ -101,7 +101,11 @@ def build_openapi(api: web.Application) -> dict[str, Any]:
             if body:
                 body["required"] = True
                 if "patch" in operations and operation is operations["patch"]:
+                    body["content"]["application/json"]["schema"]["minItems"] = 1
                     body["content"]["application/json-patch+json"] = body["content"]["application/json"]
+            for status, links in LINKS.get(operation.get("operationId", ""), {}).items():
+                operation["responses"][status]["links"] = links
+    document["components"]["schemas"].update(patch.documented_operations())
     return document
 
 
@@ -217,10 +221,48 @@ def responds(
     return docs(responses=responses)
 
 
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+_TEAM = "$response.body#/id"
+_TEAM_FROM_PATH = "$request.path.team_id"
+# OpenAPI links: what a created object's id leads to (used by Swagger UI and stateful fuzzing).
+LINKS: dict[str, dict[str, dict[str, Any]]] = {
+    "createUser": {
+        "201": {
+            "GetUser": _link("getUser", user_id="$response.body#/id"),
+            "PatchUser": _link("patchUser", user_id="$response.body#/id"),
+        }
+    },
+    "createTeam": {
+        "201": {
+            "GetTeam": _link("getTeam", team_id=_TEAM),
+            "PatchTeam": _link("patchTeam", team_id=_TEAM),
+            "DeleteTeam": _link("deleteTeam", team_id=_TEAM),
+            "ListTeamMembers": _link("listTeamMembers", team_id=_TEAM),
+            "AddTeamMember": _link("addTeamMember", team_id=_TEAM),
+        }
+    },
+    "addTeamMember": {
+        "201": {
+            "PatchTeamMember": _link("patchTeamMember", team_id=_TEAM_FROM_PATH, user_id="$response.body#/user/id"),
+            "RemoveTeamMember": _link("removeTeamMember", team_id=_TEAM_FROM_PATH, user_id="$response.body#/user/id"),
+        }
+    },
+    "createOAuth2Client": {
+        "201": {
+            "GetOAuth2Client": _link("getOAuth2Client", client_id="$response.body#/client_id"),
+            "DeleteOAuth2Client": _link("deleteOAuth2Client", client_id="$response.body#/client_id"),
+        }
+    },
+}
+
+
 IF_MATCH = {
     "in": "header",
     "name": "If-Match",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": r'^(\*|"[0-9]+")$', "example": '"1"'},
     "description": "An ETag from a previous read; the change applies only if the object is unchanged.",
 }

@@ -28,8 +28,8 @@ def with_etag(data: Any, document: dict[str, Any], *, status: int = 200, **heade
 
 def if_match_version(request: web.Request) -> int | None:
     """The version an If-Match header pins (None when absent or `*`); a malformed tag matches nothing."""
-    header = request.headers.get("If-Match")
-    if header is None or header.strip() == "*":
+    header = request.headers.get("If-Match", "").strip()
+    if header in ("", "*"):
         return None
     for tag in header.split(","):
         tag = tag.strip()

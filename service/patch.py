@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jsonpatch
@@ -12,30 +12,60 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from service.errors import Conflict, ValidationFailed
 
-OPERATIONS = ("test", "add", "remove", "replace")
+OPERATIONS = ("test", "add", "replace")
+_DOCUMENTED: dict[str, dict[str, Any]] = {}
 
 
 class PatchOperationSchema(Schema):
-    """One RFC 6902 operation; `move` and `copy` are not offered (they would reach other paths)."""
+    """One RFC 6902 operation. Every editable field is required, so `remove` could only fail, and
+    `move`/`copy` would reach other paths: they are not offered."""
 
     op = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
     path = fields.String(required=True, metadata={"example": "/first_name"})
     value = fields.Raw(allow_none=True, metadata={"description": "Required for add, replace and test."})
 
+    test_only: frozenset[str] = frozenset()
+
     @validates_schema(pass_original=True)
     def _value_present(self, data: dict[str, Any], original: Any, **_: Any) -> None:
-        if data.get("op") in ("add", "replace", "test") and isinstance(original, dict) and "value" not in original:
+        if isinstance(original, dict) and "value" not in original:
             raise ValidationError(["A value is required for this operation."], "value")
+        if data.get("path") in self.test_only and data.get("op") != "test":
+            raise ValidationError([f"{data['path']} can only be tested."], "op")
 
 
-def patch_schema(name: str, paths: Iterable[str]) -> type[Schema]:
-    """A named schema for one operation restricted to `paths` (documented as an enum in OpenAPI)."""
-    allowed = tuple(paths)
+def patch_schema(name: str, values: Mapping[str, dict[str, Any]], *, test_only: Iterable[str] = ()) -> type[Schema]:
+    """A named schema for one operation on one of the `values` paths (each with its JSON Schema).
+
+    Validation uses the marshmallow schema; the OpenAPI document gets a precise `oneOf` per path
+    (see `documented_operations`), so generated clients and fuzzers send values of the right type.
+    """
+    allowed = tuple(values)
+    probes = frozenset(test_only)
+    _DOCUMENTED[name.removesuffix("Schema")] = {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "op": {"type": "string", "enum": ["test"] if path in probes else list(OPERATIONS)},
+                    "path": {"type": "string", "enum": [path]},
+                    "value": value,
+                },
+                "required": ["op", "path", "value"],
+            }
+            for path, value in values.items()
+        ]
+    }
     return type(
         name,
         (PatchOperationSchema,),
-        {"path": fields.String(required=True, validate=validate.OneOf(allowed))},
+        {"path": fields.String(required=True, validate=validate.OneOf(allowed)), "test_only": probes},
     )
+
+
+def documented_operations() -> dict[str, dict[str, Any]]:
+    """OpenAPI component schemas for the patch operations, by component name."""
+    return _DOCUMENTED
 
 
 def apply(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:

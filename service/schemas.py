@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+MAX_OFFSET = 1_000_000_000
+
 
 class PaginationSchema(Schema):
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0), metadata={"description": "Items to skip."})
+    offset = fields.Integer(
+        load_default=0,
+        # The driver takes a 64-bit skip; far beyond any real collection, and never a 500.
+        validate=validate.Range(min=0, max=MAX_OFFSET),
+        metadata={"description": "Items to skip."},
+    )
     limit = fields.Integer(
-        load_default=20, validate=validate.Range(min=1, max=100), metadata={"description": "Items to return (1-100)."}
+        load_default=20,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Items to return (1-100)."},
     )
 
 
@@ -22,5 +31,8 @@ class IdField(fields.String):
 class StrictBoolean(fields.Boolean):
     """JSON true/false only; marshmallow's default would also take "yes", 1 or "off"."""
 
-    truthy = frozenset({True})
-    falsy = frozenset({False})
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        # A type check, not set membership: 0 == False and 1 == True in Python.
+        if type(value) is not bool:
+            raise self.make_error("invalid", input=value)
+        return value

@@ -112,7 +112,7 @@ async def server_metadata(request: web.Request) -> web.Response:
 # --- /api/v1/auth/oauth2_clients -------------------------------------------------------------
 
 
-@routes.get("/auth/oauth2_clients/")
+@routes.get("/auth/oauth2_clients/", allow_head=False)
 @docs(tags=["auth"], summary="List OAuth2 clients", operation_id="listOAuth2Clients")
 @requires("auth:read", who="your own clients; admins may pass user_id")
 @querystring_schema(ListOAuth2ClientsSchema)
@@ -139,7 +139,7 @@ async def create_client(request: web.Request) -> web.Response:
     return json_response(body, status=201, headers=headers)
 
 
-@routes.get("/auth/oauth2_clients/{client_id}")
+@routes.get("/auth/oauth2_clients/{client_id}", allow_head=False)
 @docs(tags=["auth"], summary="Get an OAuth2 client", operation_id="getOAuth2Client")
 @requires("auth:read", who="the client's owner or an admin")
 @responds(CLIENT, errors=(404,))

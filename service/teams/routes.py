@@ -35,7 +35,7 @@ def db(request: web.Request):  # type: ignore[no-untyped-def]
     return request.config_dict[keys.mongo].db
 
 
-@routes.get("/teams/")
+@routes.get("/teams/", allow_head=False)
 @docs(tags=["teams"], summary="List teams (yours; admins: all)", operation_id="listTeams")
 @requires("teams:read")
 @querystring_schema(PaginationSchema)
@@ -56,7 +56,7 @@ async def create_team(request: web.Request) -> web.Response:
     return with_etag(TEAM.dump(team), team, status=201, Location=f"/api/v1/teams/{team['_id']}")
 
 
-@routes.get("/teams/{team_id}")
+@routes.get("/teams/{team_id}", allow_head=False)
 @docs(tags=["teams"], summary="Get a team", operation_id="getTeam")
 @requires("teams:read", who=MEMBERS)
 @responds(TEAM, headers=("ETag",), errors=(404,))
@@ -91,7 +91,7 @@ async def delete_team(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/teams/{team_id}/members/")
+@routes.get("/teams/{team_id}/members/", allow_head=False)
 @docs(tags=["teams"], summary="List a team's members", operation_id="listTeamMembers")
 @requires("teams:read", who=MEMBERS)
 @querystring_schema(PaginationSchema)

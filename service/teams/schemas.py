@@ -47,5 +47,7 @@ class EditableMembershipSchema(Schema):
     is_leader = StrictBoolean(required=True)
 
 
-TeamPatchOperationSchema = patch_schema("TeamPatchOperationSchema", ("/title",))
-MembershipPatchOperationSchema = patch_schema("MembershipPatchOperationSchema", ("/is_leader",))
+TeamPatchOperationSchema = patch_schema(
+    "TeamPatchOperationSchema", {"/title": {"type": "string", "minLength": 1, "maxLength": 50}}
+)
+MembershipPatchOperationSchema = patch_schema("MembershipPatchOperationSchema", {"/is_leader": {"type": "boolean"}})

@@ -19,7 +19,7 @@ USERS = UserSchema(many=True)
 PATCH_OPERATIONS = UserPatchOperationSchema(many=True)
 
 
-@routes.get("/users/")
+@routes.get("/users/", allow_head=False)
 @docs(tags=["users"], summary="List users", operation_id="listUsers")
 @requires("users:read", admin=True)
 @querystring_schema(PaginationSchema)
@@ -51,7 +51,7 @@ async def create_user(request: web.Request) -> web.Response:
     return with_etag(USER.dump(user), user, status=201, Location=f"/api/v1/users/{user['_id']}")
 
 
-@routes.get("/users/me")
+@routes.get("/users/me", allow_head=False)
 @docs(tags=["users"], summary="The signed-in user", operation_id="getCurrentUser")
 @requires("users:read")
 @responds(USER, headers=("ETag",))
@@ -60,7 +60,7 @@ async def get_me(request: web.Request) -> web.Response:
     return with_etag(USER.dump(user), user)
 
 
-@routes.get("/users/{user_id}")
+@routes.get("/users/{user_id:[0-9a-fA-F]{24}}", allow_head=False)
 @docs(tags=["users"], summary="Get a user", operation_id="getUser")
 @requires("users:read", who="the user themself or an admin")
 @responds(USER, headers=("ETag",), errors=(404,))
@@ -71,7 +71,7 @@ async def get_user(request: web.Request) -> web.Response:
     return with_etag(USER.dump(user), user)
 
 
-@routes.patch("/users/{user_id}")
+@routes.patch("/users/{user_id:[0-9a-fA-F]{24}}")
 @docs(
     tags=["users"],
     summary="Change a user (RFC 6902 JSON Patch)",

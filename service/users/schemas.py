@@ -7,10 +7,10 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from service.patch import patch_schema
 from service.schemas import IdField, StrictBoolean
 
-USERNAME = validate.And(
+USERNAME = [
     validate.Length(min=3, max=80),
     validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' and '-' only."),
-)
+]
 NAME = validate.Length(max=50)
 
 
@@ -58,15 +58,20 @@ class EditableUserSchema(Schema):
     is_admin = StrictBoolean(required=True)
 
 
-USER_PATCH_PATHS = (
-    "/first_name",
-    "/middle_name",
-    "/last_name",
-    "/email",
-    "/password",
-    "/is_active",
-    "/is_regular_user",
-    "/is_admin",
-    "/current_password",
+_NAME_VALUE = {"type": "string", "maxLength": 50}
+_BOOLEAN = {"type": "boolean"}
+UserPatchOperationSchema = patch_schema(
+    "UserPatchOperationSchema",
+    {
+        "/first_name": _NAME_VALUE,
+        "/middle_name": _NAME_VALUE,
+        "/last_name": _NAME_VALUE,
+        "/email": {"type": "string", "format": "email", "maxLength": 254},
+        "/password": {"type": "string", "minLength": 8, "maxLength": 1024},
+        "/is_active": _BOOLEAN,
+        "/is_regular_user": _BOOLEAN,
+        "/is_admin": _BOOLEAN,
+        "/current_password": {"type": "string"},
+    },
+    test_only=("/current_password",),
 )
-UserPatchOperationSchema = patch_schema("UserPatchOperationSchema", USER_PATCH_PATHS)

@@ -188,3 +188,12 @@ async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, be
     team = await db.teams.find_one({"title": "Crew"})
     assert len(team["members"]) == 1
     assert team["members"][0]["is_leader"] is True
+
+
+async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    # Regression (found by schemathesis): {"is_leader": 0} was accepted because 0 == False in Python.
+    leader, url = await setup_team(client, bearer)
+    root_id = await user_id(client, await bearer("root"))
+    for value in (0, 1, "true"):
+        response = await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": value}, headers=leader)
+        assert response.status == 422, value

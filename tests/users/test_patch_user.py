@@ -198,3 +198,19 @@ async def test_patch_needs_users_write_scope(client: TestClient, bearer) -> None
     response = await patch(client, me, [{"op": "replace", "path": "/first_name", "value": "X"}], headers)
     assert response.status == 403
     assert 'scope="users:write"' in response.headers["WWW-Authenticate"]
+
+
+async def test_empty_if_match_is_treated_as_absent(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    me = await user_id(client, headers)
+    response = await patch(
+        client, me, [{"op": "replace", "path": "/first_name", "value": "E"}], headers, **{"If-Match": ""}
+    )
+    assert response.status == 200
+
+
+async def test_current_password_can_only_be_tested(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    me = await user_id(client, headers)
+    response = await patch(client, me, [{"op": "replace", "path": "/current_password", "value": "w"}], headers)
+    assert response.status == 422

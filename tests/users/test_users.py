@@ -157,3 +157,19 @@ async def test_another_process_with_the_same_database_sees_tokens(
         response = await other.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
         assert response.status == 200
         await other.close()
+
+
+async def test_huge_offset_is_422_not_500(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    # Regression (found by schemathesis): an offset beyond 64 bits overflowed in the driver -> 500.
+    admin = await bearer("root")
+    for path in ("/api/v1/users/", "/api/v1/teams/", "/api/v1/auth/oauth2_clients/"):
+        response = await client.get(f"{path}?offset=1906241762145120515260416", headers=admin)
+        assert response.status == 422, path
+        assert "offset" in (await response.json(content_type=PROBLEM))["errors"]
+
+
+async def test_head_is_not_offered_on_api_routes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    # The Allow header lists exactly the documented methods (schemathesis' Allow check).
+    response = await client.options("/api/v1/users/me", headers=await bearer("user"))
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET"
