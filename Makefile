@@ -36,7 +36,7 @@ test-secantus: $(VENV)/.dev
 ## Black-box checks against a live server: Swagger UI in headless Chromium (Debian's /usr/bin/chromium).
 e2e: $(VENV)/.dev
 	@test -x "$${CHROMIUM:-/usr/bin/chromium}" || { echo "e2e needs Chromium: apt-get install chromium" >&2; exit 1; }
-	$(PY) -m pytest -m e2e --backend=secantus tests/e2e
+	$(PY) -m pytest -m e2e --backend=secantus tests/e2e -rA
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage
