@@ -78,7 +78,9 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        # journal=true: SecantusDB acknowledges w:1 writes before its log reaches the OS, so without it
+        # a crash (kill -9) loses the last second of acknowledged writes (found by the fault tests).
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&journal=true"
 
     async def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,8 @@ class EmbeddedServer:
             self._lock = _acquire_lock(self.data_dir / "service.lock")
         if not self.port:
             self.port = _free_port()
+        if self._log is not None:  # restarting after the child died on its own
+            self._log.close()
         self._log = open(self.data_dir / "secantusd.log", "ab")  # noqa: SIM115, ASYNC230 (start-up only; lives with the child)
         self.process = await asyncio.create_subprocess_exec(
             _secantusd_executable(),

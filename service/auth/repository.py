@@ -79,10 +79,16 @@ async def find_live_access_token(db: Database, digest: str) -> dict[str, Any] | 
     if not found:
         return None
     token = found[0]
-    if not token["client"] or not token["user"] or not token["user"][0].get("is_active"):
+    if not token["client"] or not token["user"]:
         return None
     token["user"] = token["user"][0]
-    return token
+    return token if is_current(token, token["user"]) else None
+
+
+def is_current(token: dict[str, Any], user: dict[str, Any] | None) -> bool:
+    """A token (or code) still speaks for its user: the user is active and has not revoked everything
+    since it was issued (a password change or deactivation bumps `token_generation` atomically)."""
+    return bool(user and user.get("is_active")) and token.get("generation", 0) == user.get("token_generation", 0)
 
 
 async def find_token(db: Database, *, access_digest: str | None = None, refresh_digest: str | None = None) -> Any:

@@ -20,7 +20,9 @@ from service.auth.schemas import (
     ListOAuth2ClientsSchema,
     OAuth2ClientSchema,
 )
+from service.db import is_unavailable_error
 from service.docs import SCOPES, responds
+from service.errors import DB_RETRY_AFTER
 from service.http import json_response, page
 from service.security import principal, requires
 
@@ -73,6 +75,11 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
             status, body, headers = exc()
             extra = {name: value for name, value in headers if name.lower() != "content-type"}
             response = json_response(body, status=status, headers=extra)
+        except Exception as exc:
+            if not is_unavailable_error(exc):
+                raise
+            body = {"error": "temporarily_unavailable", "error_description": "The database is unavailable."}
+            response = json_response(body, status=503, headers={"Retry-After": DB_RETRY_AFTER})
         response.headers.update(NO_STORE)
         return response
 

@@ -132,7 +132,7 @@ def parse_scope(requested: str | None, allowed: list[str], default: list[str]) -
 async def issue_token(
     ctx: Context,
     client: dict[str, Any],
-    user_id: ObjectId,
+    user: dict[str, Any],
     scopes: list[str],
     *,
     refresh: bool = True,
@@ -150,7 +150,8 @@ async def issue_token(
         "family_id": family_id or secrets.token_hex(16),
         "code_id": code_id,
         "client_id": client["_id"],
-        "user_id": user_id,
+        "user_id": user["_id"],
+        "generation": user.get("token_generation", 0),
         "scopes": scopes,
         "access_expires": access_expires,
         "refresh_expires": refresh_expires,
@@ -208,7 +209,7 @@ async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str,
     username, password = _required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     user = await authenticate_user(ctx, username, password)
-    return await issue_token(ctx, client, user["_id"], scopes)
+    return await issue_token(ctx, client, user, scopes)
 
 
 async def client_credentials_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -218,7 +219,7 @@ async def client_credentials_grant(ctx: Context, client: dict[str, Any], params:
     owner = await users_repository.get_user(ctx.db, client["user_id"])
     if owner is None or not owner.get("is_active"):
         raise oauth.InvalidGrantError("The client's owner is deactivated.")
-    return await issue_token(ctx, client, owner["_id"], scopes, refresh=False)
+    return await issue_token(ctx, client, owner, scopes, refresh=False)
 
 
 async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -236,9 +237,10 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
             raise oauth.InvalidGrantError("The refresh token was already used; its whole family is revoked.")
         raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
     user = await users_repository.get_user(ctx.db, claimed["user_id"])
-    if user is None or not user.get("is_active"):
-        raise oauth.InvalidGrantError("This account is deactivated.")
-    return await issue_token(ctx, client, user["_id"], scopes, family_id=claimed["family_id"])
+    if not repository.is_current(claimed, user):
+        raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
+    assert user is not None
+    return await issue_token(ctx, client, user, scopes, family_id=claimed["family_id"])
 
 
 async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -263,9 +265,10 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
     elif verifier:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
     user = await users_repository.get_user(ctx.db, stored["user_id"])
-    if user is None or not user.get("is_active"):
-        raise oauth.InvalidGrantError("This account is deactivated.")
-    return await issue_token(ctx, client, user["_id"], stored["scopes"], code_id=digest)
+    if not repository.is_current(stored, user):
+        raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
+    assert user is not None
+    return await issue_token(ctx, client, user, stored["scopes"], code_id=digest)
 
 
 Grant = Callable[[Context, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
@@ -326,7 +329,7 @@ async def introspect(db: Database, params: dict[str, str], authorization: str | 
     if expires <= utcnow():
         return {"active": False}
     user = await users_repository.get_user(db, found["user_id"])
-    if user is None or not user.get("is_active"):
+    if user is None or not repository.is_current(found, user):
         return {"active": False}
     return {
         "active": True,
@@ -485,6 +488,7 @@ async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str
             "redirect_uri": request.redirect_uri,
             "scopes": request.scopes,
             "user_id": user["_id"],
+            "generation": user.get("token_generation", 0),
             "code_challenge": request.code_challenge,
             "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
             "used": False,

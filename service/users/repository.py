@@ -78,16 +78,22 @@ async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[s
     return await cursor.to_list(limit), await db.users.count_documents({})
 
 
-async def update_user(db: Database, user_id: ObjectId, version: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Apply `changes` only if the stored version is still `version`; None when it moved on or vanished."""
+async def update_user(
+    db: Database, user_id: ObjectId, version: int, changes: dict[str, Any], *, revoke_tokens: bool = False
+) -> dict[str, Any] | None:
+    """Apply `changes` only if the stored version is still `version`; None when it moved on or vanished.
+
+    `revoke_tokens` bumps `token_generation` in the same write, which invalidates every token and code
+    issued before it at once: no window where the password changed but old tokens still work."""
     changes = dict(changes)
+    increments = {"version": 1, **({"token_generation": 1} if revoke_tokens else {})}
     if "email" in changes:
         changes["email_key"] = changes["email"].lower()
     changes["updated"] = utcnow()
     try:
         return await db.users.find_one_and_update(
             {"_id": user_id, "version": version},
-            {"$set": changes, "$inc": {"version": 1}},
+            {"$set": changes, "$inc": increments},
             return_document=ReturnDocument.AFTER,
         )
     except DuplicateKeyError as exc:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from service import patch
 from service.auth import repository as auth_repository
 from service.config import Settings
-from service.db import Database, document_id
+from service.db import Database, document_id, is_unavailable_error
 from service.errors import Forbidden, NotFound, PreconditionFailed
 from service.http import check_version
 from service.middlewares import load
@@ -16,6 +17,7 @@ from service.users import repository
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, is_admin, may_see_user
 from service.users.schemas import EditableUserSchema
 
+log = logging.getLogger(__name__)
 EDITABLE = EditableUserSchema()
 _PATCH_ATTEMPTS = 5
 
@@ -47,6 +49,17 @@ async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[s
 def _editable(user: dict[str, Any]) -> dict[str, Any]:
     fields = ("first_name", "middle_name", "last_name", "email", "is_active", "is_regular_user", "is_admin")
     return {**{name: user[name] for name in fields}, "password": None}
+
+
+async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
+    """Bookkeeping only: the generation bump in the user's update already made the tokens useless,
+    so a failure here must not turn a successful change into an error."""
+    try:
+        await auth_repository.revoke_tokens(db, {"user_id": user_id})
+    except Exception as exc:
+        if not is_unavailable_error(exc):
+            raise
+        log.warning("could not mark revoked tokens of user %s (already ineffective)", user_id)
 
 
 async def _check_guards(hasher: PasswordHasher, caller: Principal, operations: list[dict[str, Any]]) -> None:
@@ -90,11 +103,11 @@ async def patch_user(
             changes["password_hash"] = await hasher.hash(result["password"])
         if not changes:
             return target, False
-        updated = await repository.update_user(db, target["_id"], target["version"], changes)
+        revoke = "password_hash" in changes or changes.get("is_active") is False
+        updated = await repository.update_user(db, target["_id"], target["version"], changes, revoke_tokens=revoke)
         if updated is not None:
-            revoke = "password_hash" in changes or changes.get("is_active") is False
             if revoke:
-                await auth_repository.revoke_tokens(db, {"user_id": updated["_id"]})
+                await _mark_tokens_revoked(db, updated["_id"])
             return updated, revoke
         if expected_version is not None:
             raise PreconditionFailed("The user changed while the patch was applied.")
