@@ -107,17 +107,16 @@ class EmbeddedServer:
             stderr=self._log,
             preexec_fn=_die_with_parent,
         )
-        await self._wait_until_listening(timeout)
+        await self._wait_until_listening(self.process, timeout)
         log.info("embedded database listening on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
 
-    async def _wait_until_listening(self, timeout: float) -> None:
-        assert self.process is not None
+    async def _wait_until_listening(self, process: asyncio.subprocess.Process, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            if self.process.returncode is not None:
+            if process.returncode is not None:
                 await self.stop()
                 raise EmbeddedServerError(
-                    f"the embedded database exited with code {self.process.returncode}; "
+                    f"the embedded database exited with code {process.returncode}; "
                     f"see {self.data_dir / 'secantusd.log'}"
                 )
             try:
@@ -217,7 +216,8 @@ class Mongo:
 
     @property
     def db(self) -> Database:
-        assert self.client is not None, "the database is not connected (app not started)"
+        if self.client is None:
+            raise RuntimeError("the database is not connected (the app has not started)")
         return self.client[self.settings.mongodb_db]
 
     async def connect(self) -> None:

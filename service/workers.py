@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404
 import sys
 import time
 
@@ -59,7 +59,7 @@ class Master:
             str(self.port),
             "--reuse-port",
         ]
-        return subprocess.Popen(command, env=env)  # noqa: S603 (our own interpreter and module)
+        return subprocess.Popen(command, env=env)  # noqa: S603  # nosec B603
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signal = signum
@@ -70,7 +70,8 @@ class Master:
         env = {**os.environ, "WORKERS": "1"}  # a worker must not become a master itself
         if self.settings.mongodb_url is None:
             mongo = loop.run_until_complete(_prepare_embedded(self.settings))
-            assert mongo.embedded is not None
+            if mongo.embedded is None:
+                raise RuntimeError("the embedded database did not start")
             env["MONGODB_URL"] = mongo.embedded.url
         for signum in (*_STOP_SIGNALS, signal.SIGHUP):
             signal.signal(signum, self._on_signal)

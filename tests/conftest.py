@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.config import Settings
 from service.db import Client, create_client
+from service.log import AccessLogger
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,7 +131,10 @@ def app(settings: Settings, mongo_client: Client) -> web.Application:
 
 @pytest.fixture
 async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: ignore[no-untyped-def]
-    return await aiohttp_client(app)
+    """A client of the app served the way `serve` serves it (the production access logger included)."""
+    server = TestServer(app)
+    await server.start_server(access_log_class=AccessLogger)
+    return await aiohttp_client(server)
 
 
 @pytest.fixture

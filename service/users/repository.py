@@ -86,7 +86,7 @@ async def update_user(
     `revoke_tokens` bumps `token_generation` in the same write, which invalidates every token and code
     issued before it at once: no window where the password changed but old tokens still work."""
     changes = dict(changes)
-    increments = {"version": 1, **({"token_generation": 1} if revoke_tokens else {})}
+    increments = {"version": 1, **({"token_generation": 1} if revoke_tokens else {})}  # nosec B105
     if "email" in changes:
         changes["email_key"] = changes["email"].lower()
     changes["updated"] = utcnow()

@@ -48,7 +48,7 @@ async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[s
 
 def _editable(user: dict[str, Any]) -> dict[str, Any]:
     fields = ("first_name", "middle_name", "last_name", "email", "is_active", "is_regular_user", "is_admin")
-    return {**{name: user[name] for name in fields}, "password": None}
+    return {**{name: user[name] for name in fields}, "password": None}  # nosec B105
 
 
 async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
