@@ -61,7 +61,7 @@ async def test_no_token_secret_or_password_reaches_the_logs(client: TestClient, 
             "client_id": "documentation",
         },
     )
-    await client.post(f"/auth/oauth2/token?password=leaky-query-pw&grant_type=password")
+    await client.post("/auth/oauth2/token?password=leaky-query-pw&grant_type=password")
     await client.get("/api/v1/users/me", headers={"Authorization": "Bearer forged-token-value"})
     logged = "\n".join(record.getMessage() + str(getattr(record, "fields", "")) for record in caplog.records)
     assert logged  # the flow did log (access lines, warnings)
