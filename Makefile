@@ -39,5 +39,10 @@ e2e: $(VENV)/.dev
 	@test -x "$${CHROMIUM:-/usr/bin/chromium}" || { echo "e2e needs Chromium: apt-get install chromium" >&2; exit 1; }
 	$(PY) -m pytest -m e2e --backend=secantus tests/e2e -rA
 
+## Load benchmark against the bare aiohttp ceiling (needs wrk: apt-get install wrk); prints a table, writes var/bench/results.json.
+bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	$(PY) ops/bench/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage
