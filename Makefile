@@ -23,7 +23,7 @@ run: $(VENV)/.runtime
 test: lint test-mongomock test-secantus
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/ruff check service tests ops
 	$(VENV)/bin/bandit -q -r service
 	$(VENV)/bin/hadolint ops/Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml

@@ -213,12 +213,16 @@ class Mongo:
     client: Client | None = None
     owns_client: bool = True
     embedded: EmbeddedServer | None = None
+    _db: Database | None = field(default=None, init=False, repr=False)
 
     @property
     def db(self) -> Database:
-        if self.client is None:
-            raise RuntimeError("the database is not connected (the app has not started)")
-        return self.client[self.settings.mongodb_db]
+        # Cached: building a Motor/PyMongo Database object costs tens of microseconds per request.
+        if self._db is None:
+            if self.client is None:
+                raise RuntimeError("the database is not connected (the app has not started)")
+            self._db = self.client[self.settings.mongodb_db]
+        return self._db
 
     async def connect(self) -> None:
         if self.client is not None:
@@ -234,6 +238,7 @@ class Mongo:
         if self.client is not None and self.owns_client:
             self.client.close()
         self.client = None
+        self._db = None
         if self.embedded is not None:
             await self.embedded.close()
             self.embedded = None

@@ -52,6 +52,11 @@ def configure(level: str, fmt: str) -> None:
 class AccessLogger(AbstractAccessLogger):
     """One line per request with its id, status and duration; never the query string (it may hold secrets)."""
 
+    @property
+    def enabled(self) -> bool:
+        """aiohttp skips `log` entirely when access lines would be filtered out anyway."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         request_id = response.headers.get("X-Request-ID", "-")
         fields = {

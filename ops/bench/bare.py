@@ -29,7 +29,7 @@ def main() -> None:
         return web.Response(body=BODY, content_type="application/json")
 
     async def find_one(request: web.Request) -> web.Response:
-        await request.app[DB].users.find_one({"username_key": "root"}, {"_id": 1})
+        await request.app[DB].users.find_one({"username_key": "root"})  # a whole principal, as a real lookup
         return web.Response(body=BODY, content_type="application/json")
 
     app.cleanup_ctx.append(connect)

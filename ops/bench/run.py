@@ -56,7 +56,7 @@ def wait_ready(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -64,7 +64,9 @@ def wait_ready(url: str, timeout: float = 90) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
-def http(method: str, url: str, data: dict[str, str] | None = None, json_body: Any = None, token: str | None = None) -> Any:
+def http(
+    method: str, url: str, data: dict[str, str] | None = None, json_body: Any = None, token: str | None = None
+) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = None
     if data is not None:
@@ -73,8 +75,8 @@ def http(method: str, url: str, data: dict[str, str] | None = None, json_body: A
     elif json_body is not None:
         body = json.dumps(json_body).encode()
         headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback only
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
 
 
@@ -101,21 +103,28 @@ def wrk(url: str, seconds: int, connections: int, script: str | None = None, thr
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
     if script:
         command += ["-s", script]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout  # noqa: S603
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+
     def latency(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
         if not match:
             return float("nan")
         value, unit = float(match.group(1)), match.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    return {"requests": requests, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-            "p50_ms": latency("50"), "p99_ms": latency("99"), "errors": errors}
+    return {
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "errors": errors,
+    }
 
 
 def lua(directory: Path, name: str, body: str) -> str:
@@ -124,21 +133,31 @@ def lua(directory: Path, name: str, body: str) -> str:
     return str(path)
 
 
-def measure(name: str, workers: int, root_pid: int, url: str, seconds: int, connections: int,
-            script: str | None = None) -> Result:
+def measure(
+    name: str, workers: int, root_pid: int, url: str, seconds: int, connections: int, script: str | None = None
+) -> Result:
     service, database = processes(root_pid)
     before, db_before = cpu(service), cpu(database)
     stats = wrk(url, seconds, connections, script)
     used, db_used = cpu(service) - before, cpu(database) - db_before
-    return Result(name, workers, stats["requests"], stats["rps"], stats["p50_ms"], stats["p99_ms"], stats["errors"],
-                  used / max(stats["requests"], 1) * 1e6, db_used / max(used + db_used, 1e-9))
+    return Result(
+        name,
+        workers,
+        stats["requests"],
+        stats["rps"],
+        stats["p50_ms"],
+        stats["p99_ms"],
+        stats["errors"],
+        used / max(stats["requests"], 1) * 1e6,
+        db_used / max(used + db_used, 1e-9),
+    )
 
 
 class Server:
     """A process we start and, whatever happens, stop."""
 
     def __init__(self, command: list[str], env: dict[str, str], ready_url: str) -> None:
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(ready_url)
 
     def stop(self) -> None:
@@ -175,31 +194,67 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
         for workers in (1, 2):
             service = Server([PYTHON, "-m", "service", "serve", "--workers", str(workers)], env, f"{base}/readyz")
             try:
-                token = http("POST", f"{base}/auth/oauth2/token", data={
-                    "grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"})["access_token"]
+                token = http(
+                    "POST",
+                    f"{base}/auth/oauth2/token",
+                    data={"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"},
+                )["access_token"]
                 teams = http("GET", f"{base}/api/v1/teams/?limit=100", token=token)
                 for i in range(len(teams), 20):
                     http("POST", f"{base}/api/v1/teams/", json_body={"title": f"Team {i:02d}"}, token=token)
                 teams = http("GET", f"{base}/api/v1/teams/?limit=100", token=token)
                 auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
                 me = lua(work, "me", auth)
-                patch = lua(work, "patch", auth + 'wrk.method = "PATCH"\nwrk.headers["Content-Type"] = "application/json"\n'
-                            'counter = 0\nrequest = function()\n  counter = counter + 1\n'
-                            '  return wrk.format(nil, nil, nil, \'[{"op":"replace","path":"/title","value":"T\' .. counter .. \'"}]\')\nend\n')
-                login = lua(work, "login", 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
-                            'wrk.body = "grant_type=password&client_id=documentation&username=root&password=q"\n')
+                patch = lua(
+                    work,
+                    "patch",
+                    auth + 'wrk.method = "PATCH"\nwrk.headers["Content-Type"] = "application/json"\n'
+                    "counter = 0\nrequest = function()\n  counter = counter + 1\n"
+                    '  return wrk.format(nil, nil, nil, \'[{"op":"replace","path":"/title","value":"T\' .. counter .. \'"}]\')\nend\n',
+                )
+                login = lua(
+                    work,
+                    "login",
+                    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+                    'wrk.body = "grant_type=password&client_id=documentation&username=root&password=q"\n',
+                )
                 root_pid = service.process.pid
                 results.append(measure("GET /users/me", workers, root_pid, f"{base}/api/v1/users/me", seconds, 32, me))
                 results.append(measure("GET /teams/ (20)", workers, root_pid, f"{base}/api/v1/teams/", seconds, 32, me))
-                results.append(measure("PATCH /teams/{id}", workers, root_pid, f"{base}/api/v1/teams/{teams[0]['id']}",
-                                       seconds, 32, patch))
-                results.append(measure("POST /auth/oauth2/token", workers, root_pid, f"{base}/auth/oauth2/token",
-                                       seconds, 8, login))
-                storm = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds + 2}s", "-s", login,  # noqa: S603, S607
-                                          f"{base}/auth/oauth2/token"], stdout=subprocess.DEVNULL)
+                results.append(
+                    measure(
+                        "PATCH /teams/{id}",
+                        workers,
+                        root_pid,
+                        f"{base}/api/v1/teams/{teams[0]['id']}",
+                        seconds,
+                        32,
+                        patch,
+                    )
+                )
+                results.append(
+                    measure(
+                        "POST /auth/oauth2/token", workers, root_pid, f"{base}/auth/oauth2/token", seconds, 8, login
+                    )
+                )
+                storm = subprocess.Popen(
+                    [
+                        "wrk",
+                        "-t1",
+                        "-c8",
+                        f"-d{seconds + 2}s",
+                        "-s",
+                        login,
+                        f"{base}/auth/oauth2/token",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
                 time.sleep(1)
-                results.append(measure("GET /users/me + login storm", workers, root_pid, f"{base}/api/v1/users/me",
-                                       seconds, 32, me))
+                results.append(
+                    measure(
+                        "GET /users/me + login storm", workers, root_pid, f"{base}/api/v1/users/me", seconds, 32, me
+                    )
+                )
                 storm.wait()
                 service_procs, _ = processes(root_pid)
                 workers_rss = [p.memory_info().rss for p in service_procs if p.pid != root_pid or workers == 1]
@@ -211,19 +266,39 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
 
         # The bare app needs the same kind of database: an idle service holds the embedded one for it.
         bare_port, holder_port = free_port(), free_port()
-        holder = Server([PYTHON, "-m", "service", "serve"], {**env, "PORT": str(holder_port)},
-                        f"http://127.0.0.1:{holder_port}/readyz")
+        holder = Server(
+            [PYTHON, "-m", "service", "serve"],
+            {**env, "PORT": str(holder_port)},
+            f"http://127.0.0.1:{holder_port}/readyz",
+        )
         try:
             _, db_procs = processes(holder.process.pid)
             db_port = next(c.laddr.port for c in db_procs[0].net_connections() if c.status == "LISTEN")
-            bare = Server([PYTHON, str(Path(__file__).with_name("bare.py")), str(bare_port),
-                           f"mongodb://127.0.0.1:{db_port}/?directConnection=true", "service"],
-                          env, f"http://127.0.0.1:{bare_port}/json")
+            bare = Server(
+                [
+                    PYTHON,
+                    str(Path(__file__).with_name("bare.py")),
+                    str(bare_port),
+                    f"mongodb://127.0.0.1:{db_port}/?directConnection=true",
+                    "service",
+                ],
+                env,
+                f"http://127.0.0.1:{bare_port}/json",
+            )
             try:
-                results.append(measure("bare aiohttp /json", 1, bare.process.pid, f"http://127.0.0.1:{bare_port}/json",
-                                       seconds, 32))
-                bare_find = measure("bare aiohttp + find_one", 1, bare.process.pid,
-                                    f"http://127.0.0.1:{bare_port}/find_one", seconds, 32)
+                results.append(
+                    measure(
+                        "bare aiohttp /json", 1, bare.process.pid, f"http://127.0.0.1:{bare_port}/json", seconds, 32
+                    )
+                )
+                bare_find = measure(
+                    "bare aiohttp + find_one",
+                    1,
+                    bare.process.pid,
+                    f"http://127.0.0.1:{bare_port}/find_one",
+                    seconds,
+                    32,
+                )
                 bare_find.db_cpu_share = float("nan")  # the database belongs to another process tree here
                 results.append(bare_find)
             finally:
@@ -246,16 +321,21 @@ def memory_check(root_pid: int, url: str, script: str, total: int) -> dict[str, 
         while done < per_step:
             done += wrk(url, 2, 32, script)["requests"]
         samples.append(round(service.memory_info().rss / 2**20, 1))
-    return {"requests": per_step * 10, "rss_mb_samples": samples,
-            "growth_second_half_mb": round(samples[-1] - samples[len(samples) // 2], 1)}
+    return {
+        "requests": per_step * 10,
+        "rss_mb_samples": samples,
+        "growth_second_half_mb": round(samples[-1] - samples[len(samples) // 2], 1),
+    }
 
 
 def table(report: dict[str, Any]) -> str:
     rows = report["results"]
     bare = next(r for r in rows if r["scenario"] == "bare aiohttp /json")
     floor = next(r for r in rows if r["scenario"] == "bare aiohttp + find_one")
-    lines = [f"{'scenario':34} {'w':>2} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'cpu us/req':>10} "
-             f"{'x bare':>7} {'x floor':>7} {'db cpu':>6}"]
+    lines = [
+        f"{'scenario':34} {'w':>2} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'cpu us/req':>10} "
+        f"{'x bare':>7} {'x floor':>7} {'db cpu':>6}"
+    ]
     for r in rows:
         lines.append(
             f"{r['scenario']:34} {r['workers']:>2} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
