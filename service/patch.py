@@ -68,6 +68,19 @@ def documented_operations() -> dict[str, dict[str, Any]]:
     return _DOCUMENTED
 
 
+def is_blind(operations: list[dict[str, Any]], expected_version: int | None) -> bool:
+    """True when the outcome cannot depend on the stored state: only add/replace, and no If-Match.
+
+    Such a patch may be written without the version guard (last writer wins, as the caller asked by
+    sending no If-Match); one with a `test` or an If-Match must apply to exactly the version it read."""
+    return expected_version is None and all(op["op"] in ("add", "replace") for op in operations)
+
+
+def touched(operations: list[dict[str, Any]]) -> set[str]:
+    """The top-level fields the operations write."""
+    return {op["path"].lstrip("/").split("/", 1)[0] for op in operations if op["op"] != "test"}
+
+
 def apply(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
     """Apply all operations to a copy, or none: a failed `test` is 409, an impossible operation 422."""
     try:

@@ -58,10 +58,14 @@ async def list_teams(
     return await cursor.to_list(limit), await db.teams.count_documents(query)
 
 
-async def update_team(db: Database, team_id: ObjectId, version: int, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Set `changes` (title, or the whole members array) only if the team is still at `version`."""
+async def update_team(
+    db: Database, team_id: ObjectId, version: int | None, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Set `changes` (title, or the whole members array) only if the team is still at `version`
+    (any version when None: a blind write)."""
+    query: dict[str, Any] = {"_id": team_id} if version is None else {"_id": team_id, "version": version}
     return await db.teams.find_one_and_update(
-        {"_id": team_id, "version": version},
+        query,
         {"$set": {**changes, "updated": utcnow()}, "$inc": {"version": 1}},
         return_document=ReturnDocument.AFTER,
     )

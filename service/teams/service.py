@@ -59,13 +59,14 @@ async def get_team(db: Database, caller: Principal, team_id: str) -> dict[str, A
 async def patch_team(
     db: Database, caller: Principal, team_id: str, operations: list[dict[str, Any]], expected_version: int | None
 ) -> dict[str, Any]:
+    blind = patch.is_blind(operations, expected_version)
     for _ in range(_ATTEMPTS):
         team = await _managed_team(db, caller, team_id)
         check_version(expected_version, team)
         result = load(EDITABLE_TEAM, patch.apply({"title": team["title"]}, operations))
-        if result["title"] == team["title"]:
+        if result["title"] == team["title"] and not blind:
             return team
-        updated = await repository.update_team(db, team["_id"], team["version"], result)
+        updated = await repository.update_team(db, team["_id"], None if blind else team["version"], result)
         if updated is not None:
             return updated
         if expected_version is not None:

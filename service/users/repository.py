@@ -79,9 +79,10 @@ async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[s
 
 
 async def update_user(
-    db: Database, user_id: ObjectId, version: int, changes: dict[str, Any], *, revoke_tokens: bool = False
+    db: Database, user_id: ObjectId, version: int | None, changes: dict[str, Any], *, revoke_tokens: bool = False
 ) -> dict[str, Any] | None:
-    """Apply `changes` only if the stored version is still `version`; None when it moved on or vanished.
+    """Apply `changes` only if the stored version is still `version` (any when None: a blind write);
+    None when it moved on or vanished.
 
     `revoke_tokens` bumps `token_generation` in the same write, which invalidates every token and code
     issued before it at once: no window where the password changed but old tokens still work."""
@@ -92,7 +93,7 @@ async def update_user(
     changes["updated"] = utcnow()
     try:
         return await db.users.find_one_and_update(
-            {"_id": user_id, "version": version},
+            {"_id": user_id} if version is None else {"_id": user_id, "version": version},
             {"$set": changes, "$inc": increments},
             return_document=ReturnDocument.AFTER,
         )

@@ -94,17 +94,21 @@ async def patch_user(
     """
     await _check_guards(hasher, caller, operations)
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
+    blind = patch.is_blind(changes_ops, expected_version)
     for _ in range(_PATCH_ATTEMPTS):
         target = await get_visible_user(db, caller, user_id)
         check_version(expected_version, target)
         result = load(EDITABLE, patch.apply(_editable(target), changes_ops))
-        changes = {key: value for key, value in result.items() if key != "password" and value != target.get(key)}
+        changes = {key: result[key] for key in patch.touched(changes_ops) if key != "password"}
+        if not blind:  # guarded: write only what differs from the version we read
+            changes = {key: value for key, value in changes.items() if value != target.get(key)}
         if result.get("password"):
             changes["password_hash"] = await hasher.hash(result["password"])
         if not changes:
             return target, False
         revoke = "password_hash" in changes or changes.get("is_active") is False
-        updated = await repository.update_user(db, target["_id"], target["version"], changes, revoke_tokens=revoke)
+        version = None if blind else target["version"]
+        updated = await repository.update_user(db, target["_id"], version, changes, revoke_tokens=revoke)
         if updated is not None:
             if revoke:
                 await _mark_tokens_revoked(db, updated["_id"])
