@@ -121,7 +121,7 @@ async def test_scopes(client: TestClient, bearer) -> None:  # type: ignore[no-un
 
 
 async def test_concurrent_renames_without_if_match_all_succeed(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
-    # Regression (found by the benchmark): 32 concurrent PATCHes of one team exhausted the optimistic
+    # Regression (found by the benchmark): many concurrent PATCHes of one team exhausted the optimistic
     # retries and answered 409. A patch with no `test` and no If-Match does not depend on the stored
     # state, so it is written unguarded: every request lands, the last one wins.
     import asyncio
@@ -132,12 +132,12 @@ async def test_concurrent_renames_without_if_match_all_succeed(client: TestClien
     responses = await asyncio.gather(
         *(
             client.patch(url, json=[{"op": "replace", "path": "/title", "value": f"T{i}"}], headers=headers)
-            for i in range(32)
+            for i in range(100)
         )
     )
-    assert [r.status for r in responses] == [200] * 32
+    assert [r.status for r in responses] == [200] * 100
     stored = await db.teams.find_one({"title": {"$regex": "^T"}})
-    assert stored["version"] == 33
+    assert stored["version"] == 101
     guarded = await client.patch(
         url, json=[{"op": "replace", "path": "/title", "value": "X"}], headers={**headers, "If-Match": '"1"'}
     )
