@@ -20,7 +20,7 @@ from service.middlewares import (
     security_headers_middleware,
     validation_middleware,
 )
-from service.security import auth_middleware, hasher_ctx
+from service.security import PrincipalCache, auth_middleware, hasher_ctx, principal_cache_ctx
 from service.teams import routes as teams_routes
 from service.users import routes as users_routes
 from service.users.repository import count_users
@@ -41,6 +41,8 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(hasher_ctx)
+    app[keys.principal_cache] = PrincipalCache()
+    app.cleanup_ctx.append(principal_cache_ctx)
     if settings.mongodb_url is None:
         app.cleanup_ctx.append(_first_run_fixtures_ctx)
     app.add_routes(auth_routes.oauth_routes)
@@ -79,7 +81,7 @@ def _undocumented(handler: Handler) -> Handler:
     async def alias(request: web.Request) -> web.StreamResponse:
         return await handler(request)
 
-    for attribute in ("__schemas__", "__requirement__"):
+    for attribute in ("__schemas__", "__requirement__"):  # not __apispec__: one documented route
         if hasattr(handler, attribute):
             setattr(alias, attribute, getattr(handler, attribute))
     return alias

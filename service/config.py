@@ -41,6 +41,7 @@ class Settings:
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
     workers: int = 1
+    principal_cache: bool = True
 
     @property
     def mongomock(self) -> bool:
@@ -139,6 +140,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ARGON2_TIME_COST": ("argon2_time_cost", _int(1)),
     "ARGON2_MEMORY_KIB": ("argon2_memory_kib", _int(8)),
     "WORKERS": ("workers", _int(1, 64)),
+    "PRINCIPAL_CACHE": ("principal_cache", _bool),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

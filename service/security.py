@@ -11,13 +11,17 @@ before the body is parsed, and the same declaration documents the operation in O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import argon2
@@ -30,6 +34,7 @@ from service.auth import repository as tokens
 from service.docs import problem
 from service.errors import Forbidden, InsufficientScope, Unauthorized
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -154,9 +159,15 @@ async def authenticate(request: web.Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
-    found = await tokens.find_live_access_token(request.config_dict[keys.mongo].db, hash_secret(token.strip()))
+    digest = hash_secret(token.strip())
+    cache = request.config_dict[keys.principal_cache]
+    found = cache.get(digest)
     if found is None:
-        raise Unauthorized("The access token is invalid, expired or revoked.")
+        epoch = cache.epoch
+        found = await tokens.find_live_access_token(request.config_dict[keys.mongo].db, digest)
+        if found is None:
+            raise Unauthorized("The access token is invalid, expired or revoked.")
+        cache.put(digest, found, epoch)
     return Principal(
         user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
     )
@@ -189,3 +200,112 @@ def principal(request: web.Request) -> Principal:
 
 def optional_principal(request: web.Request) -> Principal | None:
     return request.get(keys.principal)
+
+
+class PrincipalCache:
+    """Principals of hot tokens, so a repeated token costs no database round trip.
+
+    Safe by construction (each point is tested on the real server with two app instances):
+    - it answers only while the change stream is provably current: an empty `getMore` proves every
+      write acknowledged before it was sent has been seen, and the cache trusts that for FRESHNESS
+      seconds; a slow, failed or backlogged stream makes every lookup go to the database;
+    - every update, replacement or deletion of a user, token or client evicts what it touches;
+    - a fill whose database read overlapped an eviction is dropped (the epoch moved);
+    - the process that makes a change clears the cache itself, at once (`invalidate`);
+    - token expiry is checked on every hit, entries live at most MAX_AGE, and the size is bounded.
+    """
+
+    FRESHNESS = 0.1
+    MAX_AGE = 30.0
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self.epoch = 0
+        self.hits = 0
+        self._valid_until = 0.0
+        self._entries: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def get(self, digest: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        if now >= self._valid_until:
+            return None
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        token, stored_at = entry
+        if now - stored_at > self.MAX_AGE or token["access_expires"] <= datetime.now(UTC):
+            self._entries.pop(digest, None)
+            return None
+        self.hits += 1
+        return token
+
+    def put(self, digest: str, token: dict[str, Any], epoch: int) -> None:
+        """Store what was read while the epoch was `epoch`, unless something was evicted since."""
+        if epoch != self.epoch or time.monotonic() >= self._valid_until:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[digest] = (token, time.monotonic())
+
+    def invalidate(self) -> None:
+        """Forget everything (a local write, or the stream lost)."""
+        self.epoch += 1
+        self._entries.clear()
+
+    def evict(self, collection: str, key: Any) -> None:
+        self.epoch += 1
+        field = {"oauth2_tokens": "_id", "users": "user_id", "oauth2_clients": "client_id"}[collection]
+        for digest, (token, _) in list(self._entries.items()):
+            if (digest if field == "_id" else token.get(field)) == key:
+                del self._entries[digest]
+
+    def current_until(self, deadline: float) -> None:
+        self._valid_until = deadline
+
+    def go_dark(self) -> None:
+        self._valid_until = 0.0
+        self.invalidate()
+
+
+async def _follow_changes(cache: PrincipalCache, db: Any) -> None:
+    """Apply the change stream to the cache for as long as the app runs; go dark on any trouble."""
+    resume = None
+    while True:
+        try:
+            async with tokens.watch_principal_changes(db, resume) as stream:
+                while True:
+                    sent = time.monotonic()
+                    change = await stream.try_next()
+                    resume = stream.resume_token
+                    if change is None:  # an empty getMore: everything acknowledged before `sent` is applied
+                        cache.current_until(sent + cache.FRESHNESS)
+                    else:
+                        cache.evict(change["ns"]["coll"], change["documentKey"]["_id"])
+        except asyncio.CancelledError:
+            cache.go_dark()
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: stop trusting the cache, then reconnect
+            cache.go_dark()
+            log.warning("principal cache disabled until the change stream resumes: %s", type(exc).__name__)
+            resume = None  # after a gap, start afresh: the cache is empty anyway
+            await asyncio.sleep(0.5)
+
+
+async def principal_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the cache's change-stream follower (not on mongomock, which has no change streams)."""
+    settings = app[keys.settings]
+    cache = app[keys.principal_cache]
+    if settings.mongomock or not settings.principal_cache:
+        yield
+        return
+    follower = asyncio.create_task(_follow_changes(cache, app[keys.mongo].db))
+    yield
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+
+
+def invalidate_principals(request: web.Request) -> None:
+    """After a write to users, tokens or clients: this process forgets cached principals at once
+    (other processes hear of it through the change stream)."""
+    request.config_dict[keys.principal_cache].invalidate()

@@ -163,3 +163,25 @@ async def record_login_failure(db: Database, key: str, window: int) -> None:
 
 async def clear_login_failures(db: Database, key: str) -> None:
     await db.login_attempts.delete_one({"_id": key})
+
+
+# --- change feed for the principal cache -----------------------------------------------------
+
+PRINCIPAL_COLLECTIONS = ("users", "oauth2_tokens", "oauth2_clients")
+
+
+def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
+    """A change stream of every update, replacement and deletion that can alter a principal.
+
+    Inserts are left out: a new document cannot make a cached principal stale. `max_await_time_ms`
+    bounds how long an empty `getMore` waits, which is what proves the stream current."""
+    pipeline = [
+        {
+            "$match": {
+                "operationType": {"$in": ["update", "replace", "delete"]},
+                "ns.coll": {"$in": list(PRINCIPAL_COLLECTIONS)},
+            }
+        },
+        {"$project": {"operationType": 1, "ns": 1, "documentKey": 1}},
+    ]
+    return db.watch(pipeline, max_await_time_ms=40, resume_after=resume_after)

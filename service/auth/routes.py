@@ -24,7 +24,7 @@ from service.db import is_unavailable_error
 from service.docs import SCOPES, responds
 from service.errors import DB_RETRY_AFTER
 from service.http import json_response, page
-from service.security import principal, requires
+from service.security import invalidate_principals, principal, requires
 
 oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
@@ -90,7 +90,11 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
 @oauth_endpoint
 async def token(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    return json_response(await service.token(context(request), params, request.headers.get("Authorization")))
+    try:
+        return json_response(await service.token(context(request), params, request.headers.get("Authorization")))
+    finally:
+        if params.get("grant_type") in ("refresh_token", "authorization_code"):  # they retire or revoke tokens
+            invalidate_principals(request)
 
 
 @oauth_routes.post("/auth/oauth2/revoke")
@@ -98,6 +102,7 @@ async def token(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     params = await form_parameters(request)
     await service.revoke(request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"))
+    invalidate_principals(request)
     return web.Response(status=200)
 
 
@@ -163,6 +168,7 @@ async def get_client(request: web.Request) -> web.Response:
 @responds(None, 204, description="Deleted", errors=(404,))
 async def delete_client(request: web.Request) -> web.Response:
     await service.delete_client(request.config_dict[keys.mongo].db, principal(request), request.match_info["client_id"])
+    invalidate_principals(request)
     return web.Response(status=204)
 
 

@@ -9,7 +9,7 @@ from service import keys
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
 from service.schemas import PaginationSchema
-from service.security import optional_principal, principal, requires
+from service.security import invalidate_principals, optional_principal, principal, requires
 from service.users import service
 from service.users.schemas import SignupSchema, UserPatchOperationSchema, UserSchema
 
@@ -97,4 +97,5 @@ async def patch_user(request: web.Request) -> web.Response:
         request[keys.body],
         if_match_version(request),
     )
+    invalidate_principals(request)
     return with_etag(USER.dump(user), user, **({"X-Tokens-Revoked": "true"} if revoked else {}))

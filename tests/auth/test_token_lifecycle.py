@@ -205,7 +205,16 @@ async def test_throttle_window_passes(client: TestClient, seeded, db) -> None:  
 async def test_deactivation_and_client_deletion_cut_access_at_once(client: TestClient, login, bearer, db) -> None:  # type: ignore[no-untyped-def]
     token = await login("user", "w")
     assert await me(client, token["access_token"]) == 200
-    await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
+    admin = await bearer("root")
+    user_id = (
+        await (
+            await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
+        ).json()
+    )["id"]
+    off = await client.patch(
+        f"/api/v1/users/{user_id}", json=[{"op": "replace", "path": "/is_active", "value": False}], headers=admin
+    )
+    assert off.status == 200
     assert await me(client, token["access_token"]) == 401
     await db.users.update_one({"username": "user"}, {"$set": {"is_active": True}})
 

@@ -1,0 +1,145 @@
+"""The in-process principal cache: used when provably current, and never a way around a revocation.
+
+Two app instances share one real database. The one that makes a change must refuse the old token at
+once; the other within 100 ms (its change stream); with the stream broken it must not trust the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from service import keys
+from service.app import create_app
+from service.security import PrincipalCache
+
+TOKEN = "/auth/oauth2/token"
+
+
+def entry(expires_in: float = 60) -> dict:  # type: ignore[type-arg]
+    return {
+        "_id": "d",
+        "user_id": 1,
+        "client_id": "c",
+        "access_expires": datetime.now(UTC) + timedelta(seconds=expires_in),
+    }
+
+
+def test_cache_answers_only_while_current_and_refuses_racing_fills() -> None:
+    cache = PrincipalCache()
+    cache.put("d", entry(), cache.epoch)
+    assert cache.get("d") is None  # never proven current: nothing stored, nothing served
+    cache.current_until(time.monotonic() + 10)
+    epoch = cache.epoch
+    cache.evict("users", 99)  # an eviction while a read was in flight ...
+    cache.put("d", entry(), epoch)  # ... so that read's result is dropped
+    assert cache.get("d") is None
+    cache.put("d", entry(), cache.epoch)
+    assert cache.get("d") is not None
+    cache.evict("users", 1)
+    assert cache.get("d") is None
+    cache.put("d", entry(expires_in=-1), cache.epoch)
+    assert cache.get("d") is None  # expired tokens are never served
+    cache.put("d", entry(), cache.epoch)
+    cache.current_until(time.monotonic() - 0.001)  # the stream stopped proving itself current
+    assert cache.get("d") is None
+
+
+@pytest.fixture
+def real_server(backend: str) -> None:
+    if backend != "secantus":
+        pytest.skip("change streams need the real wire-protocol server (--backend=secantus)")
+
+
+@pytest.fixture
+async def other(real_server, settings, mongo_client):  # type: ignore[no-untyped-def]
+    """A second app instance (another process, as far as the cache is concerned) on the same database."""
+    async with TestClient(TestServer(create_app(settings, mongo_client=mongo_client))) as second:
+        yield second
+
+
+async def warm(client: TestClient, headers: dict[str, str]) -> None:
+    """Request until the token is served from the cache."""
+    cache = client.app[keys.principal_cache]
+    for _ in range(200):
+        before = cache.hits
+        assert (await client.get("/api/v1/users/me", headers=headers)).status == 200
+        if cache.hits > before:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the cache never served the token")
+
+
+async def refused_within(client: TestClient, headers: dict[str, str], started: float) -> float:
+    while time.monotonic() - started < 2:
+        if (await client.get("/api/v1/users/me", headers=headers)).status == 401:
+            return (time.monotonic() - started) * 1000
+    raise AssertionError("the old token still works after 2 s")
+
+
+async def sign_in(client: TestClient, username: str, password: str) -> dict[str, str]:
+    form = {"grant_type": "password", "username": username, "password": password, "client_id": "documentation"}
+    body = await (await client.post(TOKEN, data=form)).json()
+    return {"Authorization": f"Bearer {body['access_token']}", "token": body["access_token"]}
+
+
+@pytest.mark.parametrize("change", ["revoke", "deactivate", "password"])
+async def test_changes_reach_every_instance_within_100_ms(
+    client: TestClient, other: TestClient, seeded, change: str, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    session = await sign_in(client, "user", "w")
+    headers = {"Authorization": session["Authorization"]}
+    await warm(client, headers)
+    await warm(other, headers)
+    user_id = (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
+    admin = {"Authorization": (await sign_in(other, "root", "q"))["Authorization"]}
+    started = time.monotonic()
+    if change == "revoke":
+        response = await other.post(
+            "/auth/oauth2/revoke", data={"token": session["token"], "client_id": "documentation"}
+        )
+    elif change == "deactivate":
+        response = await other.patch(
+            f"/api/v1/users/{user_id}", json=[{"op": "replace", "path": "/is_active", "value": False}], headers=admin
+        )
+    else:
+        response = await other.patch(
+            f"/api/v1/users/{user_id}",
+            headers=headers,
+            json=[
+                {"op": "test", "path": "/current_password", "value": "w"},
+                {"op": "replace", "path": "/password", "value": "a fresh password"},
+            ],
+        )
+    assert response.status == 200
+    assert (await other.get("/api/v1/users/me", headers=headers)).status == 401  # at once where it happened
+    elapsed = await refused_within(client, headers, started)
+    with capsys.disabled():
+        print(f"\nprincipal cache: {change} took effect in the other instance after {elapsed:.1f} ms")
+    assert elapsed <= 100
+
+
+async def test_a_broken_change_stream_stops_the_cache(
+    real_server, client: TestClient, seeded, db, mongo_client
+) -> None:  # type: ignore[no-untyped-def]
+    session = await sign_in(client, "user", "w")
+    headers = {"Authorization": session["Authorization"]}
+    await warm(client, headers)
+    await mongo_client.admin.command(
+        {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["getMore"], "closeConnection": True},
+        }
+    )
+    try:
+        await asyncio.sleep(0.3)  # the follower notices, goes dark, keeps retrying
+        # A change the cache cannot hear about: it must not be trusted any more.
+        await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
+        assert (await client.get("/api/v1/users/me", headers=headers)).status == 401
+    finally:
+        await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
