@@ -14,12 +14,7 @@ from service.auth import routes as auth_routes
 from service.config import Settings
 from service.db import Client, Mongo, upgrade
 from service.errors import problem_middleware, problem_response
-from service.middlewares import (
-    body_limit_middleware,
-    request_id_middleware,
-    security_headers_middleware,
-    validation_middleware,
-)
+from service.middlewares import edge_middleware, validation_middleware
 from service.security import PrincipalCache, auth_middleware, hasher_ctx, principal_cache_ctx
 from service.teams import routes as teams_routes
 from service.users import routes as users_routes
@@ -30,11 +25,11 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web.Application:
     """Build the service. Pass `mongo_client` to run on a database the caller owns (tests)."""
-    # Order matters: the request id wraps everything so even error responses carry it; security
-    # headers go on every response, errors included; the problem middleware turns every failure
-    # below it into problem+json; oversize bodies are refused before anything else runs.
+    # Order matters: the edge (request id, security headers, body limit) wraps everything so even error
+    # responses carry them and oversize bodies are refused first; the problem middleware turns every
+    # failure below it into problem+json.
     app = web.Application(
-        middlewares=[request_id_middleware, security_headers_middleware, problem_middleware, body_limit_middleware],
+        middlewares=[edge_middleware, problem_middleware],
         client_max_size=settings.max_body_size,
     )
     app[keys.settings] = settings

@@ -14,11 +14,12 @@ from aiohttp_apigami.validation import ValidationSchema
 from marshmallow import ValidationError
 
 from service import keys
-from service.errors import ApiError, BadRequest, UnsupportedMediaType, ValidationFailed
+from service.errors import ApiError, BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
 from service.log import request_id_var
 
 # Unique without a syscall per request: a random per-process prefix and a counter.
-_request_ids = (f"{uuid.uuid4().hex[:16]}{n:016x}" for n in itertools.count(1))
+_PROCESS_PREFIX = uuid.uuid4().hex[:16]
+_request_ids = (f"{_PROCESS_PREFIX}{n:016x}" for n in itertools.count(1))
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = frozenset({"application/json", "application/json-patch+json"})
 _HTML_CSP = (
@@ -29,28 +30,28 @@ _API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Keep the caller's X-Request-ID when it is sane, else make one; every log line and response carries it."""
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: give the request an id (the caller's X-Request-ID when sane) for every log line, and put
+    it and the security headers on every response, errors included. One layer, since it runs per request."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else next(_request_ids)
     request[keys.request_id] = request_id
     token = request_id_var.set(request_id)
     try:
         try:
-            response = await handler(request)
+            limit = request.config_dict[keys.settings].max_body_size
+            if request.content_length is not None and request.content_length > limit:
+                # Refused before anything reads it; chunked bodies hit aiohttp's own client_max_size.
+                response = problem_response(413, "The request body is too large.")
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:  # redirects and the like, which the problem middleware lets through
             exc.headers["X-Request-ID"] = request_id
             raise
-        response.headers["X-Request-ID"] = request_id
-        return response
     finally:
         request_id_var.reset(token)
-
-
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
     headers = response.headers
+    headers["X-Request-ID"] = request_id
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")
@@ -58,15 +59,6 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     is_html = isinstance(response, web.FileResponse) or (response.content_type or "").startswith("text/html")
     headers.setdefault("Content-Security-Policy", _HTML_CSP if is_html else _API_CSP)
     return response
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a declared oversize body before anything reads it; chunked bodies hit aiohttp's own limit."""
-    limit = request.config_dict[keys.settings].max_body_size
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    return await handler(request)
 
 
 def _json_depth(value: Any, limit: int) -> bool:

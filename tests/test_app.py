@@ -119,3 +119,12 @@ async def test_trailing_slash_is_optional_and_not_documented_twice(client: TestC
     document = orjson.loads(await (await client.get("/api/v1/openapi.json")).read())
     assert "/users" not in document["paths"]
     assert (await client.get("/api/v1/teams")).status == (await client.get("/api/v1/teams/")).status == 401
+
+
+def test_generated_request_ids_share_one_random_prefix_per_process() -> None:
+    # Regression: the id generator called uuid4() (a urandom syscall) for every request.
+    from service import middlewares
+
+    first, second = next(middlewares._request_ids), next(middlewares._request_ids)
+    assert first[:16] == second[:16]
+    assert first != second

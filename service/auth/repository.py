@@ -184,4 +184,4 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
         },
         {"$project": {"operationType": 1, "ns": 1, "documentKey": 1}},
     ]
-    return db.watch(pipeline, max_await_time_ms=40, resume_after=resume_after)
+    return db.watch(pipeline, max_await_time_ms=10, resume_after=resume_after)
