@@ -43,6 +43,7 @@ e2e: $(VENV)/.dev
 bench: $(VENV)/.dev
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(PY) ops/bench/run.py
+	PYTHONPATH=. $(PY) ops/bench/drivers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage

@@ -17,6 +17,7 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,12 +53,25 @@ def new_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+HASHING_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Runs in each hashing thread: yield the CPU to the event loop, so a sign-in storm (all cores
+    hashing) does not slow every other request; the hashes still get all the CPU left over."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):  # Linux: per-thread; raising niceness needs no privilege
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+
+
 class PasswordHasher:
     """argon2id hashing and verification off the event loop."""
 
     def __init__(self, time_cost: int, memory_kib: int, threads: int | None = None) -> None:
         self._argon2 = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
-        self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="argon2", initializer=_lower_priority
+        )
         self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:

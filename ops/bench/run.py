@@ -347,6 +347,26 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """Each target of the performance issue, computed from this run's figures."""
+    rows = {(r["scenario"], r["workers"]): r for r in report["results"]}
+    bare, floor = rows[("bare aiohttp /json", 1)], rows[("bare aiohttp + find_one", 1)]
+    ceiling = report["cores"] / (report["argon2_hash_ms"] / 1000)
+    summary: dict[str, Any] = {"password_grant_ceiling_rps": round(ceiling, 1)}
+    for workers in (1, 2):
+        me, storm = rows[("GET /users/me", workers)], rows[("GET /users/me + login storm", workers)]
+        token = rows[("POST /auth/oauth2/token", workers)]
+        summary[f"workers_{workers}"] = {
+            "users_me_cpu_vs_bare_plus_find_one (<= 1.3)": round(me["service_cpu_us"] / floor["service_cpu_us"], 2),
+            "users_me_cpu_vs_bare_handler (stretch <= 3)": round(me["service_cpu_us"] / bare["service_cpu_us"], 2),
+            "password_grant_vs_cores_over_hash_time (>= 0.8)": round(token["rps"] / ceiling, 2),
+            "users_me_p99_storm_vs_quiet (< 4)": round(storm["p99_ms"] / me["p99_ms"], 2),
+            "rss_mb_per_worker (< 120)": report[f"rss_mb_workers_{workers}"],
+        }
+    summary["rss_growth_over_second_half_of_memory_run_mb"] = report["memory"]["growth_second_half_mb"]
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="duration of each scenario")
@@ -357,10 +377,12 @@ def main() -> int:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
     report = run(args.seconds, args.memory_requests)
+    report["targets"] = targets(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(table(report))
-    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("results", "targets")}, indent=2))
+    print(json.dumps(report["targets"], indent=2))
     print(f"written to {args.output}")
     return 0
 

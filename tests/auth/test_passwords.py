@@ -60,3 +60,15 @@ async def test_throttling_counts_across_server_instances(
     for instance in (client, other):
         blocked = await instance.post("/auth/oauth2/token", data={**form, "password": "w"})
         assert blocked.status == 429
+
+
+async def test_hashing_threads_run_at_lower_priority() -> None:
+    import os
+    import threading
+
+    hasher = PasswordHasher(time_cost=1, memory_kib=64, threads=1)
+    try:
+        niceness = await hasher._run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert niceness >= os.getpriority(os.PRIO_PROCESS, 0) + 1
+    finally:
+        hasher.close()
