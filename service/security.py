@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,8 +32,9 @@ from aiohttp_apigami import docs
 
 from service import keys
 from service.auth import repository as tokens
+from service.db import document_id
 from service.docs import problem
-from service.errors import Forbidden, InsufficientScope, Unauthorized
+from service.errors import Forbidden, InsufficientScope, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,6 +206,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise Forbidden("Only administrators may do this.")
         request[keys.principal] = principal
     return await handler(request)
+
+
+async def visible_or_404(
+    fetch: Callable[[Any], Awaitable[dict[str, Any] | None]],
+    raw_id: str,
+    caller: Principal,
+    may_see: Callable[[dict[str, Any], dict[str, Any]], bool],
+    what: str,
+) -> dict[str, Any]:
+    """The object with id `raw_id` if the caller may see it. A malformed id, a missing object and one
+    the caller may not see all get the same 404: they may not learn that it exists."""
+    oid = document_id(raw_id)
+    found = await fetch(oid) if oid is not None else None
+    if found is None or not may_see(caller.user, found):
+        raise NotFound(f"No such {what}.")
+    return found
 
 
 def principal(request: web.Request) -> Principal:

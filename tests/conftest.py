@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -185,6 +186,19 @@ def signup(client: TestClient):  # type: ignore[no-untyped-def]
     async def create(username: str, password: str = "long enough pw", **extra: str):  # type: ignore[no-untyped-def]
         body = {"username": username, "email": f"{username}@example.com", "password": password, **extra}
         response = await client.post("/api/v1/users/", json=body)
+        assert response.status == 201, await response.text()
+        return await response.json()
+
+    return create
+
+
+@pytest.fixture
+def register_client(client: TestClient, bearer):  # type: ignore[no-untyped-def]
+    """`await register_client("user", client_type=..., allowed_scopes=[...])` -> the created client (with secret)."""
+
+    async def create(owner: str = "user", **body: Any):  # type: ignore[no-untyped-def]
+        payload = {"client_type": "confidential", "allowed_scopes": ["users:read"], **body}
+        response = await client.post("/api/v1/auth/oauth2_clients/", json=payload, headers=await bearer(owner))
         assert response.status == 201, await response.text()
         return await response.json()
 

@@ -15,7 +15,7 @@ from service.db import Database, document_id, utcnow
 from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed
 from service.http import check_version
 from service.middlewares import load
-from service.security import Principal
+from service.security import Principal, visible_or_404
 from service.teams import repository
 from service.teams.permissions import leader_count, may_manage_team, may_see_team
 from service.teams.schemas import EditableMembershipSchema, EditableTeamSchema
@@ -28,11 +28,7 @@ _ATTEMPTS = 20
 
 async def _team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
     """The team if the caller may see it; 404 otherwise (non-members may not learn it exists)."""
-    oid = document_id(team_id)
-    team = await repository.get_team(db, oid) if oid is not None else None
-    if team is None or not may_see_team(caller.user, team):
-        raise NotFound("No such team.")
-    return team
+    return await visible_or_404(lambda oid: repository.get_team(db, oid), team_id, caller, may_see_team, "team")
 
 
 async def _managed_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from typing import Any
 from service import patch
 from service.auth import repository as auth_repository
 from service.config import Settings
-from service.db import Database, document_id, is_unavailable_error
-from service.errors import Forbidden, NotFound, PreconditionFailed
+from service.db import Database, is_unavailable_error
+from service.errors import Forbidden, PreconditionFailed
 from service.http import check_version
 from service.middlewares import load
-from service.security import PasswordHasher, Principal
+from service.security import PasswordHasher, Principal, visible_or_404
 from service.users import repository
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, is_admin, may_see_user
 from service.users.schemas import EditableUserSchema
@@ -35,11 +35,7 @@ async def signup(
 
 
 async def get_visible_user(db: Database, caller: Principal, user_id: str) -> dict[str, Any]:
-    oid = document_id(user_id)
-    target = await repository.get_user(db, oid) if oid is not None else None
-    if target is None or not may_see_user(caller.user, target):
-        raise NotFound("No such user.")
-    return target
+    return await visible_or_404(lambda oid: repository.get_user(db, oid), user_id, caller, may_see_user, "user")
 
 
 async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:

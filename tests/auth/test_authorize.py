@@ -210,7 +210,7 @@ async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None: 
     assert (await response.json())["error"] == "invalid_grant"
 
 
-async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seeded, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seeded, register_client) -> None:  # type: ignore[no-untyped-def]
     verifier, challenge = pkce()
     code = await get_code(client, challenge)
     other_uri = await exchange(
@@ -218,12 +218,6 @@ async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seed
     )
     assert (await other_uri.json())["error"] == "invalid_grant"
     code2 = await get_code(client, challenge)
-    created = await (
-        await client.post(
-            "/api/v1/auth/oauth2_clients/",
-            json={"client_type": "public", "allowed_scopes": ["users:read"]},
-            headers=await bearer("user"),
-        )
-    ).json()
+    created = await register_client("user", client_type="public")
     other_client = await exchange(client, code2, verifier, client_id=created["client_id"])
     assert (await other_client.json())["error"] == "invalid_grant"

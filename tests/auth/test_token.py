@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
 from service.security import hash_secret
+from tests.helpers import basic
 
 TOKEN = "/auth/oauth2/token"
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
-
-
-async def confidential_client(client: TestClient, bearer, scopes=("users:read", "teams:read")):  # type: ignore[no-untyped-def]
-    headers = await bearer("user")
-    response = await client.post(
-        "/api/v1/auth/oauth2_clients/",
-        json={"client_type": "confidential", "allowed_scopes": list(scopes), "default_scopes": [scopes[0]]},
-        headers=headers,
-    )
-    assert response.status == 201
-    return await response.json()
 
 
 async def test_password_grant_issues_bearer_and_refresh_token(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
@@ -154,8 +138,8 @@ async def test_scope_rules(client: TestClient, seeded) -> None:  # type: ignore[
     assert (await unknown.json())["error"] == "invalid_scope"
 
 
-async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
-    created = await confidential_client(client, bearer)
+async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+    created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     response = await client.post(
         TOKEN,
         data={"grant_type": "password", "username": "user", "password": "w", "scope": "users:write"},
@@ -165,8 +149,8 @@ async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, bear
     assert (await response.json())["error"] == "invalid_scope"
 
 
-async def test_client_credentials_for_confidential_clients(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
-    created = await confidential_client(client, bearer)
+async def test_client_credentials_for_confidential_clients(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+    created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     by_basic = await client.post(
         TOKEN, data={"grant_type": "client_credentials"}, headers=basic(created["client_id"], created["client_secret"])
     )
@@ -187,8 +171,8 @@ async def test_client_credentials_for_confidential_clients(client: TestClient, b
     assert by_post.status == 200
 
 
-async def test_client_credentials_wrong_secret_and_public_client(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
-    created = await confidential_client(client, bearer)
+async def test_client_credentials_wrong_secret_and_public_client(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+    created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     wrong = await client.post(
         TOKEN, data={"grant_type": "client_credentials"}, headers=basic(created["client_id"], "wrong")
     )

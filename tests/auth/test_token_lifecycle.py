@@ -3,7 +3,6 @@ brute-force throttling, and tokens losing their power."""
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 
 from aiohttp.test_utils import TestClient
@@ -11,13 +10,10 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
 from service.db import utcnow
 from service.security import hash_secret
+from tests.helpers import basic
 
 TOKEN = "/auth/oauth2/token"
 DOCS = {"client_id": "documentation"}
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
 async def refresh(client: TestClient, refresh_token: str, **extra: str):  # type: ignore[no-untyped-def]
@@ -60,15 +56,11 @@ async def test_refresh_can_narrow_but_not_widen_scope(client: TestClient, login)
     assert (await widened.json())["error"] == "invalid_scope"
 
 
-async def test_refresh_token_of_another_client_is_invalid_grant(client: TestClient, login, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_refresh_token_of_another_client_is_invalid_grant(
+    client: TestClient, login, register_client, bearer
+) -> None:  # type: ignore[no-untyped-def]
     token = await login("user", "w")
-    created = await (
-        await client.post(
-            "/api/v1/auth/oauth2_clients/",
-            json={"client_type": "public", "allowed_scopes": ["users:read"]},
-            headers=await bearer("user"),
-        )
-    ).json()
+    created = await register_client("user", client_type="public")
     response = await client.post(
         TOKEN,
         data={
@@ -108,17 +100,11 @@ async def test_revoking_a_refresh_token_takes_the_family(client: TestClient, log
 
 
 async def test_revoke_unknown_token_is_200_and_other_clients_tokens_are_untouched(
-    client: TestClient, login, bearer
+    client: TestClient, login, register_client
 ) -> None:  # type: ignore[no-untyped-def]
     assert (await client.post("/auth/oauth2/revoke", data={"token": "nonsense", **DOCS})).status == 200
     token = await login("user", "w")
-    other = await (
-        await client.post(
-            "/api/v1/auth/oauth2_clients/",
-            json={"client_type": "public", "allowed_scopes": ["users:read"]},
-            headers=await bearer("root"),
-        )
-    ).json()
+    other = await register_client("root", client_type="public")
     response = await client.post(
         "/auth/oauth2/revoke", data={"token": token["access_token"], "client_id": other["client_id"]}
     )
@@ -132,17 +118,8 @@ async def test_revoke_needs_token_parameter(client: TestClient, seeded) -> None:
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def _confidential(client: TestClient, bearer, owner: str = "user"):  # type: ignore[no-untyped-def]
-    response = await client.post(
-        "/api/v1/auth/oauth2_clients/",
-        json={"client_type": "confidential", "allowed_scopes": ["users:read"], "default_scopes": ["users:read"]},
-        headers=await bearer(owner),
-    )
-    return await response.json()
-
-
-async def test_introspection_of_own_tokens(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
-    created = await _confidential(client, bearer)
+async def test_introspection_of_own_tokens(client: TestClient, register_client, bearer) -> None:  # type: ignore[no-untyped-def]
+    created = await register_client("user", default_scopes=["users:read"])
     auth = basic(created["client_id"], created["client_secret"])
     issued = await (await client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=auth)).json()
     live = await (
@@ -156,11 +133,13 @@ async def test_introspection_of_own_tokens(client: TestClient, bearer) -> None: 
     assert await dead.json() == {"active": False}
 
 
-async def test_introspection_refuses_public_clients_and_foreign_tokens(client: TestClient, bearer, login) -> None:  # type: ignore[no-untyped-def]
+async def test_introspection_refuses_public_clients_and_foreign_tokens(
+    client: TestClient, register_client, bearer, login
+) -> None:  # type: ignore[no-untyped-def]
     public = await client.post("/auth/oauth2/introspect", data={"token": "x", **DOCS})
     assert public.status == 401
     assert (await public.json())["error"] == "invalid_client"
-    created = await _confidential(client, bearer)
+    created = await register_client("user", default_scopes=["users:read"])
     foreign = await login("root", "q")  # issued to the documentation client
     response = await client.post(
         "/auth/oauth2/introspect",
@@ -202,7 +181,9 @@ async def test_throttle_window_passes(client: TestClient, seeded, db) -> None:  
     assert (await client.post(TOKEN, data={**form, "password": "w"})).status == 200
 
 
-async def test_deactivation_and_client_deletion_cut_access_at_once(client: TestClient, login, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_deactivation_and_client_deletion_cut_access_at_once(
+    client: TestClient, login, register_client, bearer, db
+) -> None:  # type: ignore[no-untyped-def]
     token = await login("user", "w")
     assert await me(client, token["access_token"]) == 200
     admin = await bearer("root")
@@ -218,7 +199,7 @@ async def test_deactivation_and_client_deletion_cut_access_at_once(client: TestC
     assert await me(client, token["access_token"]) == 401
     await db.users.update_one({"username": "user"}, {"$set": {"is_active": True}})
 
-    created = await _confidential(client, bearer)
+    created = await register_client("user", default_scopes=["users:read"])
     auth = basic(created["client_id"], created["client_secret"])
     issued = await (await client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=auth)).json()
     assert await me(client, issued["access_token"]) == 200

@@ -6,6 +6,8 @@ import asyncio
 
 from aiohttp.test_utils import TestClient
 
+from tests.helpers import with_current_password
+
 PROBLEM = "application/problem+json"
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 
@@ -129,10 +131,7 @@ async def test_email_change_needs_current_password_first(client: TestClient, bea
 async def test_email_taken_is_409(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
     headers = await bearer("user")
     me = await user_id(client, headers)
-    ops = [
-        {"op": "test", "path": "/current_password", "value": "w"},
-        {"op": "replace", "path": "/email", "value": "ROOT@example.com"},
-    ]
+    ops = with_current_password({"op": "replace", "path": "/email", "value": "ROOT@example.com"})
     assert (await patch(client, me, ops, headers)).status == 409
 
 
@@ -140,10 +139,7 @@ async def test_password_change_revokes_tokens_and_says_so(client: TestClient, be
     headers = await bearer("user")
     other_session = await bearer("user")
     me = await user_id(client, headers)
-    ops = [
-        {"op": "test", "path": "/current_password", "value": "w"},
-        {"op": "replace", "path": "/password", "value": "a much better password"},
-    ]
+    ops = with_current_password({"op": "replace", "path": "/password", "value": "a much better password"})
     response = await patch(client, me, ops, headers)
     assert response.status == 200
     assert response.headers["X-Tokens-Revoked"] == "true"
@@ -155,10 +151,7 @@ async def test_password_change_revokes_tokens_and_says_so(client: TestClient, be
 async def test_short_new_password_is_422(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
     headers = await bearer("user")
     me = await user_id(client, headers)
-    ops = [
-        {"op": "test", "path": "/current_password", "value": "w"},
-        {"op": "replace", "path": "/password", "value": "short"},
-    ]
+    ops = with_current_password({"op": "replace", "path": "/password", "value": "short"})
     assert (await patch(client, me, ops, headers)).status == 422
 
 
