@@ -18,7 +18,6 @@ from service.middlewares import edge_middleware, validation_middleware
 from service.security import PrincipalCache, auth_middleware, hasher_ctx, principal_cache_ctx
 from service.teams import routes as teams_routes
 from service.users import routes as users_routes
-from service.users.repository import count_users
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,8 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
     """On the embedded database's first run, load the development data so `make run` can sign in at once."""
-    db = app[keys.mongo].db
-    if await count_users(db) == 0:
-        created = await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    created = await fixtures.load_on_first_run(app[keys.mongo].db, app[keys.hasher])
+    if created:
         log.info("first run: loaded fixtures %s", created)
     yield
 

@@ -93,6 +93,13 @@ def read(paths: Iterable[Path]) -> dict[str, list[dict[str, Any]]]:
     return merged
 
 
+async def load_on_first_run(db: Database, hasher: PasswordHasher) -> dict[str, int] | None:
+    """Load the default fixtures into an empty database (the embedded one's first run); None if not empty."""
+    if await users_repository.count_users(db) > 0:
+        return None
+    return await load(db, hasher, default_files())
+
+
 def default_files() -> list[Path]:
     return sorted(DEFAULT_DIR.glob("*.json"))
 

@@ -14,7 +14,7 @@ from aiohttp_apigami.validation import ValidationSchema
 from marshmallow import ValidationError
 
 from service import keys
-from service.errors import ApiError, BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
+from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
 from service.log import request_id_var
 
 # Unique without a syscall per request: a random per-process prefix and a counter.
@@ -118,5 +118,5 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
         elif declared.location == "querystring":
             request[keys.query] = load(declared.schema, {k: request.query.getone(k) for k in request.query})
         else:  # pragma: no cover - a programming error, caught by the route tests
-            raise ApiError(f"unsupported schema location {declared.location}")
+            raise RuntimeError(f"unsupported schema location {declared.location}")
     return await handler(request)

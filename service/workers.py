@@ -32,12 +32,11 @@ async def _prepare_embedded(settings: Settings) -> Mongo:
     mongo = Mongo(settings)
     await mongo.connect()
     await upgrade(mongo.db)
-    if await mongo.db.users.count_documents({}) == 0:
-        hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
-        try:
-            await fixtures.load(mongo.db, hasher, fixtures.default_files())
-        finally:
-            hasher.close()
+    hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
+    try:
+        await fixtures.load_on_first_run(mongo.db, hasher)
+    finally:
+        hasher.close()
     return mongo
 
 
