@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
 from service import docs, fixtures, keys
@@ -14,24 +14,43 @@ from service.auth import routes as auth_routes
 from service.config import Settings
 from service.db import Client, Mongo, upgrade
 from service.errors import problem_middleware, problem_response
+from service.log import harden_aiohttp_logging
 from service.middlewares import edge_middleware, validation_middleware
-from service.security import PrincipalCache, auth_middleware, hasher_ctx, principal_cache_ctx
+from service.passwords import hasher_ctx
+from service.ratelimit import TokenBuckets, oauth_rate_limit_middleware
+from service.security import PrincipalCache, auth_middleware, principal_cache_ctx
 from service.teams import routes as teams_routes
 from service.users import routes as users_routes
 
 log = logging.getLogger(__name__)
 
 
+SERVER_HEADER = "service"
+
+
+def _harden_server() -> None:
+    """Say nothing of versions, and log nothing a client sent when aiohttp cannot parse a request.
+
+    aiohttp has no setting for its `Server` header (`Python/3.x aiohttp/3.x`), and its answers to
+    malformed requests never reach the app's middlewares or signals, so the module default is the one
+    place that covers every response."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER
+    harden_aiohttp_logging()
+
+
 def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web.Application:
     """Build the service. Pass `mongo_client` to run on a database the caller owns (tests)."""
+    _harden_server()
     # Order matters: the edge (request id, security headers, body limit) wraps everything so even error
     # responses carry them and oversize bodies are refused first; the problem middleware turns every
     # failure below it into problem+json.
+    # The per-address limit on the OAuth2 endpoints comes next, before any work is done for them.
     app = web.Application(
-        middlewares=[edge_middleware, problem_middleware],
+        middlewares=[edge_middleware, problem_middleware, oauth_rate_limit_middleware],
         client_max_size=settings.max_body_size,
     )
     app[keys.settings] = settings
+    app[keys.rate_limiter] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
     app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(hasher_ctx)

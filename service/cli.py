@@ -23,7 +23,7 @@ from service.config import Settings, SettingsError
 from service.db import EmbeddedServerError, Mongo, upgrade
 from service.docs import SCOPES
 from service.errors import ApiError
-from service.security import PasswordHasher
+from service.passwords import PasswordHasher
 from service.users import repository as users_repository
 from service.users.schemas import SignupSchema
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ class Settings:
     argon2_memory_kib: int = 19 * 1024
     workers: int = 1
     principal_cache: bool = True
+    hash_queue_wait_ms: int = 250
+    oauth_rate_limit: float = 20.0
+    oauth_rate_burst: int = 100
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @property
     def mongomock(self) -> bool:
@@ -120,6 +125,27 @@ def _host(raw: str) -> str:
     return raw
 
 
+def _float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated addresses or CIDR ranges, e.g. `10.0.0.0/8,127.0.0.1`."""
+    try:
+        return tuple(ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("expected comma-separated IP addresses or CIDR ranges") from None
+
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MONGODB_URL": ("mongodb_url", _mongodb_url),
     "MONGODB_DB": ("mongodb_db", _db_name),
@@ -141,6 +167,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ARGON2_MEMORY_KIB": ("argon2_memory_kib", _int(8)),
     "WORKERS": ("workers", _int(1, 64)),
     "PRINCIPAL_CACHE": ("principal_cache", _bool),
+    "HASH_QUEUE_WAIT_MS": ("hash_queue_wait_ms", _int(1, 60_000)),
+    "OAUTH_RATE_LIMIT": ("oauth_rate_limit", _float(0.01, 1_000_000)),
+    "OAUTH_RATE_BURST": ("oauth_rate_burst", _int(1, 1_000_000)),
+    "TRUSTED_PROXIES": ("trusted_proxies", _networks),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

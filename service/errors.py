@@ -103,8 +103,10 @@ class TooManyRequests(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
 
-    def __init__(self, detail: str = "The database is unavailable; try again shortly.") -> None:
-        super().__init__(detail, headers={"Retry-After": DB_RETRY_AFTER})
+    def __init__(
+        self, detail: str = "The database is unavailable; try again shortly.", retry_after: int | None = None
+    ) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after) if retry_after else DB_RETRY_AFTER})
 
 
 def problem_response(

@@ -19,7 +19,7 @@ from service.auth import repository as auth_repository
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.auth.service import new_client_document
 from service.db import Database, utcnow
-from service.security import PasswordHasher
+from service.passwords import PasswordHasher
 from service.teams import repository as teams_repository
 from service.teams.schemas import TITLE
 from service.users import repository as users_repository

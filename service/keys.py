@@ -10,13 +10,16 @@ from service.config import Settings
 from service.db import Mongo
 
 if TYPE_CHECKING:
-    from service.security import PasswordHasher, Principal, PrincipalCache
+    from service.passwords import PasswordHasher
+    from service.ratelimit import TokenBuckets
+    from service.security import Principal, PrincipalCache
 
 settings = web.AppKey("service.settings", Settings)
 mongo = web.AppKey("service.mongo", Mongo)
 openapi = web.AppKey("service.openapi", bytes)
 hasher: web.AppKey[PasswordHasher] = web.AppKey("service.hasher")
 principal_cache: web.AppKey[PrincipalCache] = web.AppKey("service.principal_cache")
+rate_limiter: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter")
 
 request_id = web.RequestKey("service.request_id", str)
 body = web.RequestKey("service.body", Any)

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami.validation import ValidationSchema
 from marshmallow import ValidationError
@@ -52,6 +52,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request_id_var.reset(token)
     headers = response.headers
     headers["X-Request-ID"] = request_id
+    if hdrs.AUTHORIZATION in request.headers:  # personal data: no shared or private cache may keep it
+        headers["Cache-Control"] = "no-store"
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")

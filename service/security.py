@@ -1,8 +1,4 @@
-"""Security primitives and route permissions.
-
-Passwords: argon2id in a dedicated thread pool (argon2-cffi releases the GIL, so hashing runs in
-parallel and never on the event loop, nor in the pool Motor uses). Tokens and client secrets are
-high-entropy random strings stored as SHA-256 digests and compared in constant time.
+"""Bearer authentication, route permissions and the principal cache.
 
 Permissions are declared on the route with `@requires(...)`: the auth middleware enforces them
 before the body is parsed, and the same declaration documents the operation in OpenAPI.
@@ -12,98 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
-import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import argon2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami import docs
 
 from service import keys
 from service.auth import repository as tokens
+from service.crypto import hash_secret
 from service.db import document_id
 from service.docs import problem
 from service.errors import Forbidden, InsufficientScope, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 H = TypeVar("H", bound=Callable[..., Any])
-
-
-def hash_secret(value: str) -> str:
-    """Digest of a random token or client secret (they carry 256 bits, so a fast hash is enough)."""
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def secret_matches(value: str, digest: str) -> bool:
-    return hmac.compare_digest(hash_secret(value), digest)
-
-
-def new_token(nbytes: int = 32) -> str:
-    return secrets.token_urlsafe(nbytes)
-
-
-HASHING_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """Runs in each hashing thread: yield the CPU to the event loop, so a sign-in storm (all cores
-    hashing) does not slow every other request; the hashes still get all the CPU left over."""
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
-        with contextlib.suppress(OSError):  # Linux: per-thread; raising niceness needs no privilege
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
-
-
-class PasswordHasher:
-    """argon2id hashing and verification off the event loop."""
-
-    def __init__(self, time_cost: int, memory_kib: int, threads: int | None = None) -> None:
-        self._argon2 = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
-        self._pool = ThreadPoolExecutor(
-            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="argon2", initializer=_lower_priority
-        )
-        self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
-
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
-
-    async def hash(self, password: str) -> str:
-        return await self._run(self._argon2.hash, password)
-
-    async def verify(self, password_hash: str | None, password: str) -> bool:
-        """Check a password; with no hash (unknown user) spend the same time and fail."""
-        return await self._run(self._verify, password_hash, password)
-
-    def _verify(self, password_hash: str | None, password: str) -> bool:
-        try:
-            return self._argon2.verify(password_hash or self._dummy_hash, password) and password_hash is not None
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
-
-    def needs_rehash(self, password_hash: str) -> bool:
-        return self._argon2.check_needs_rehash(password_hash)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.settings]
-    hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
-    app[keys.hasher] = hasher
-    yield
-    hasher.close()
 
 
 @dataclass(frozen=True, slots=True)

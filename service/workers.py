@@ -21,7 +21,7 @@ import time
 from service import fixtures
 from service.config import Settings
 from service.db import Mongo, upgrade
-from service.security import PasswordHasher
+from service.passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

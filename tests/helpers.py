@@ -1,9 +1,15 @@
-"""Plain helpers shared by the tests."""
+"""Plain helpers shared by the tests: client authentication, guarded patches, the authorization-code flow."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
+import secrets
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from aiohttp.test_utils import TestClient
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -14,3 +20,73 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 def with_current_password(op: dict[str, Any], password: str = "w") -> list[dict[str, Any]]:
     """A JSON Patch that proves the caller's password before a guarded change (email, password)."""
     return [{"op": "test", "path": "/current_password", "value": password}, op]
+
+
+# --- the authorization-code flow through the sign-in page --------------------------------------
+
+REDIRECT = "http://127.0.0.1:8080/api/v1/static/oauth2-redirect.html"
+AUTHORIZE = "/auth/oauth2/authorize"
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def query(challenge: str | None, **extra: str) -> dict[str, str]:
+    params = {
+        "response_type": "code",
+        "client_id": "documentation",
+        "redirect_uri": REDIRECT,
+        "state": "xyz",
+        "scope": "users:read",
+    }
+    if challenge:
+        params.update(code_challenge=challenge, code_challenge_method="S256")
+    params.update(extra)
+    return {k: v for k, v in params.items() if v != ""}
+
+
+async def open_page(client: TestClient, params: dict[str, str]):  # type: ignore[no-untyped-def]
+    response = await client.get(f"{AUTHORIZE}?{urlencode(params)}", allow_redirects=False)
+    return response, await response.text()
+
+
+def form_of(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html))
+
+
+async def decide(
+    client: TestClient, html: str, action: str = "approve", username: str = "user", password: str = "w", **override: str
+):  # type: ignore[no-untyped-def]
+    form = {**form_of(html), "action": action, "username": username, "password": password, **override}
+    return await client.post(AUTHORIZE, data=form, allow_redirects=False)
+
+
+def redirect_params(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT)
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+async def get_code(client: TestClient, challenge: str) -> str:
+    _, html = await open_page(client, query(challenge))
+    response = await decide(client, html)
+    assert response.status == 302
+    params = redirect_params(response)
+    assert params["state"] == "xyz"
+    return params["code"]
+
+
+async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):  # type: ignore[no-untyped-def]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "client_id": "documentation",
+        **extra,
+    }
+    if verifier:
+        form["code_verifier"] = verifier
+    return await client.post("/auth/oauth2/token", data=form)

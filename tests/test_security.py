@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.security import secret_matches
+from service.crypto import secret_matches
 
 PATHS = [
     "/first_name",
@@ -80,7 +80,7 @@ async def test_no_token_secret_or_password_reaches_the_logs(client: TestClient, 
 def test_secret_comparison_is_constant_time_by_construction() -> None:
     # Digest comparison goes through hmac.compare_digest; a wrong secret of the right length and
     # one of the wrong length are both simply False.
-    from service.security import hash_secret
+    from service.crypto import hash_secret
 
     digest = hash_secret("s3cret")
     assert secret_matches("s3cret", digest)

@@ -119,50 +119,55 @@ async def insert_code(db: Database, document: dict[str, Any]) -> None:
     await db.oauth2_codes.insert_one(document)
 
 
-async def claim_code(db: Database, digest: str) -> tuple[dict[str, Any] | None, bool]:
-    """Mark a code used; returns (code, first_use). A second use returns the code with first_use False."""
-    before = await db.oauth2_codes.find_one_and_update(
-        {"_id": digest}, {"$set": {"used": True}}, return_document=ReturnDocument.BEFORE
-    )
-    if before is None:
-        return None, False
-    return before, not before.get("used", False)
+async def find_code(db: Database, digest: str) -> dict[str, Any] | None:
+    return await db.oauth2_codes.find_one({"_id": digest})
+
+
+async def claim_code(db: Database, digest: str) -> bool:
+    """Mark an unused code used; True for the one caller that wins."""
+    result = await db.oauth2_codes.update_one({"_id": digest, "used": False}, {"$set": {"used": True}})
+    return result.modified_count == 1
 
 
 # --- login throttling ------------------------------------------------------------------------
 
 
-async def login_failures(db: Database, key: str, window: int) -> tuple[int, datetime | None]:
-    """Failures for `key` in the current window, and when that window started."""
-    record = await db.login_attempts.find_one({"_id": key})
-    if record is None or record["window_start"] <= utcnow() - timedelta(seconds=window):
-        return 0, None
-    return int(record["failures"]), record["window_start"]
+async def reserve_login_attempt(db: Database, key: str, limit: int, window: int) -> datetime | None:
+    """Take one of the `limit` password checks `key` may fail per `window` seconds, before hashing.
+
+    Returns None when an attempt was reserved, else when the window reopens. Each step is one atomic
+    conditional write, so no number of concurrent requests (in any number of processes sharing the
+    database) gets more than `limit` checks in a window: the count is taken before the check runs,
+    not after it fails."""
+    for _ in range(3):
+        now = utcnow()
+        cutoff = now - timedelta(seconds=window)
+        try:  # a live window below the limit counts one more; no document at all starts a window
+            await db.login_attempts.update_one(
+                {"_id": key, "window_start": {"$gt": cutoff}, "failures": {"$lt": limit}},
+                {
+                    "$inc": {"failures": 1},
+                    "$setOnInsert": {"window_start": now, "expires_at": now + timedelta(seconds=window)},
+                },
+                upsert=True,
+            )
+            return None
+        except DuplicateKeyError:
+            pass  # the document exists but did not match: its window has passed, or it is at the limit
+        fresh = {"window_start": now, "failures": 1, "expires_at": now + timedelta(seconds=window)}
+        renewed = await db.login_attempts.update_one({"_id": key, "window_start": {"$lte": cutoff}}, {"$set": fresh})
+        if renewed.matched_count:
+            return None
+        current = await db.login_attempts.find_one({"_id": key})
+        if current is not None and current["failures"] >= limit and current["window_start"] > cutoff:
+            reopens: datetime = current["window_start"] + timedelta(seconds=window)
+            return reopens
+    return utcnow() + timedelta(seconds=window)  # the document keeps changing under us: refuse, safely
 
 
-async def record_login_failure(db: Database, key: str, window: int) -> None:
-    """Count a failure in the current window, starting a new window when the last one has passed.
-
-    Shared through MongoDB, so every server process counts against the same window."""
-    now = utcnow()
-    fresh = {"window_start": now, "failures": 1, "expires_at": now + timedelta(seconds=window)}
-    counted = await db.login_attempts.update_one(
-        {"_id": key, "window_start": {"$gt": now - timedelta(seconds=window)}}, {"$inc": {"failures": 1}}
-    )
-    if counted.matched_count:
-        return
-    try:
-        await db.login_attempts.insert_one({"_id": key, **fresh})
-    except DuplicateKeyError:  # an expired window is still there (or a racing first failure)
-        replaced = await db.login_attempts.update_one(
-            {"_id": key, "window_start": {"$lte": now - timedelta(seconds=window)}}, {"$set": fresh}
-        )
-        if not replaced.matched_count:
-            await db.login_attempts.update_one({"_id": key}, {"$inc": {"failures": 1}})
-
-
-async def clear_login_failures(db: Database, key: str) -> None:
-    await db.login_attempts.delete_one({"_id": key})
+async def release_login_attempt(db: Database, key: str) -> None:
+    """Give back a reserved attempt whose password was right: only failures count."""
+    await db.login_attempts.update_one({"_id": key, "failures": {"$gt": 0}}, {"$inc": {"failures": -1}})
 
 
 # --- change feed for the principal cache -----------------------------------------------------

@@ -22,7 +22,7 @@ from service.auth.schemas import (
 )
 from service.db import is_unavailable_error
 from service.docs import SCOPES, responds
-from service.errors import DB_RETRY_AFTER
+from service.errors import ServiceUnavailable, TooManyRequests
 from service.http import json_response, page
 from service.security import invalidate_principals, principal, requires
 
@@ -62,6 +62,12 @@ async def form_parameters(request: web.Request) -> dict[str, str]:
     return service.merge_parameters(body, query)
 
 
+def _refusal(exc: TooManyRequests | ServiceUnavailable) -> web.Response:
+    """A refusal to work now, in RFC 6749 shape: `slow_down` (429) or `temporarily_unavailable` (503)."""
+    error = "slow_down" if exc.status == 429 else "temporarily_unavailable"
+    return json_response({"error": error, "error_description": exc.detail}, status=exc.status, headers=exc.headers)
+
+
 OAuthHandler = Callable[[web.Request], Awaitable[web.Response]]
 
 
@@ -75,11 +81,12 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
             status, body, headers = exc()
             extra = {name: value for name, value in headers if name.lower() != "content-type"}
             response = json_response(body, status=status, headers=extra)
+        except (TooManyRequests, ServiceUnavailable) as exc:  # throttled, or shed under load
+            response = _refusal(exc)
         except Exception as exc:
             if not is_unavailable_error(exc):
                 raise
-            body = {"error": "temporarily_unavailable", "error_description": "The database is unavailable."}
-            response = json_response(body, status=503, headers={"Retry-After": DB_RETRY_AFTER})
+            response = _refusal(ServiceUnavailable())
         response.headers.update(NO_STORE)
         return response
 
@@ -284,8 +291,8 @@ async def authorize_decision(request: web.Request) -> web.Response:
         return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
     try:
         user = await service.authenticate_user(context(request), form.get("username", ""), form.get("password", ""))
-    except service.TooManyAttempts:
-        return _consent_page(checked, cookie, "Too many failed attempts; try again later.", 429)
+    except (TooManyRequests, ServiceUnavailable) as exc:
+        return _consent_page(checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:
         return _consent_page(checked, cookie, exc.description, 400)
     code = await service.issue_code(context(request), checked, user)

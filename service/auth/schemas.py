@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -12,9 +14,35 @@ from service.schemas import IdField, PaginationSchema
 SCOPE = fields.String(validate=validate.OneOf(tuple(SCOPES)))
 
 
-def _no_fragment(uri: str) -> None:
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+
+
+def validate_redirect_uri(uri: str) -> None:
+    """RFC 9700 4.1 and RFC 8252 7: `https`, `http` on a loopback host, or a native app's private-use
+    scheme with a period in it (`com.example.app:/cb`); never a fragment. Matching is exact later on,
+    so nothing is normalised here."""
     if "#" in uri:
         raise ValidationError("A redirect URI must not contain a fragment.")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
+        raise ValidationError("A redirect URI must not contain spaces or control characters.")
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+    except ValueError:
+        raise ValidationError("Not a valid URI.") from None
+    if not _SCHEME.match(parts.scheme):
+        raise ValidationError("A redirect URI needs a scheme (https://, or com.example.app:/ for native apps).")
+    scheme = parts.scheme.lower()
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and host in LOOPBACK_HOSTS:
+        return
+    if scheme == "http":
+        raise ValidationError("Plain http is allowed only on a loopback host (127.0.0.1, [::1], localhost).")
+    if "." in scheme and parts.path:
+        return
+    raise ValidationError("Use https, http on a loopback host, or a private-use scheme like com.example.app:/cb.")
 
 
 class OAuth2ClientSchema(Schema):
@@ -39,7 +67,10 @@ class CreateOAuth2ClientSchema(Schema):
 
     client_type = fields.String(required=True, validate=validate.OneOf(("public", "confidential")))
     redirect_uris = fields.List(
-        fields.Url(schemes={"http", "https"}, require_tld=False, validate=_no_fragment),
+        fields.String(
+            validate=[validate.Length(min=1, max=2000), validate_redirect_uri],
+            metadata={"example": "https://app.example.com/callback"},
+        ),
         load_default=list,
         validate=validate.Length(max=20),
     )

@@ -21,33 +21,24 @@ from urllib.parse import unquote
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from bson import ObjectId
+from marshmallow import ValidationError
 
 from service.auth import repository
 from service.auth.permissions import may_see_client
+from service.auth.schemas import validate_redirect_uri
+from service.auth.signin import check_password
 from service.config import Settings
+from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
 from service.docs import SCOPES
 from service.errors import Forbidden, NotFound
-from service.security import PasswordHasher, Principal, hash_secret, new_token, secret_matches
+from service.passwords import PasswordHasher
+from service.security import Principal
 from service.users import repository as users_repository
 from service.users.permissions import is_admin
 
 SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
 QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
-
-
-class TooManyAttempts(oauth.OAuth2Error):
-    """429: the username is throttled after repeated failures."""
-
-    error = "slow_down"
-    status_code = 429
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Too many failed sign-in attempts; try again later.")
-        self.retry_after = max(1, retry_after)
-
-    def get_headers(self) -> list[tuple[str, str]]:
-        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,24 +174,17 @@ def _required(params: dict[str, str], *names: str) -> list[str]:
 
 
 async def authenticate_user(ctx: Context, username: str, password: str) -> dict[str, Any]:
-    """Check a username and password, throttled per username across every server process.
+    """The active user with this username and password; a deactivated account gets the same answer,
+    at the same cost, as a wrong password (it must not confirm the password)."""
+    user: dict[str, Any] | None = None
 
-    Unknown users cost a full hash too, so neither timing nor the answer reveals which usernames exist.
-    """
-    key = username.lower()
-    failures, window_start = await repository.login_failures(ctx.db, key, ctx.settings.login_window)
-    if failures >= ctx.settings.login_max_failures and window_start is not None:
-        reopens = window_start + timedelta(seconds=ctx.settings.login_window)
-        raise TooManyAttempts(int((reopens - utcnow()).total_seconds()) + 1)
-    user = await users_repository.get_user_by_username(ctx.db, username)
-    verified = await ctx.hasher.verify(user["password_hash"] if user else None, password)
-    if user is None or not verified:
-        await repository.record_login_failure(ctx.db, key, ctx.settings.login_window)
+    async def active_users_hash() -> str | None:
+        nonlocal user
+        user = await users_repository.get_user_by_username(ctx.db, username)
+        return user["password_hash"] if user and user.get("is_active") else None
+
+    if not await check_password(ctx.db, ctx.hasher, ctx.settings, username, password, active_users_hash) or not user:
         raise oauth.InvalidGrantError("Invalid username or password.")
-    if failures:
-        await repository.clear_login_failures(ctx.db, key)
-    if not user.get("is_active"):
-        raise oauth.InvalidGrantError("This account is deactivated.")
     if ctx.hasher.needs_rehash(user["password_hash"]):
         await users_repository.set_password_hash(ctx.db, user["_id"], await ctx.hasher.hash(password))
     return user
@@ -244,15 +228,16 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
 
 
 async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
-    """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued."""
+    """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued.
+
+    Everything is checked before the code is consumed, so another client (or a request with the wrong
+    redirect URI or verifier) cannot burn the rightful client's code; only an exchange that succeeds,
+    or a replay by the same client, uses it."""
     code, redirect_uri = _required(params, "code", "redirect_uri")
     digest = hash_secret(code)
-    stored, first_use = await repository.claim_code(ctx.db, digest)
+    stored = await repository.find_code(ctx.db, digest)
     if stored is None or stored["client_id"] != client["_id"]:
         raise oauth.InvalidGrantError("The authorization code is invalid.")
-    if not first_use:
-        await repository.revoke_tokens(ctx.db, {"code_id": digest})
-        raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
     if stored["expires_at"] <= utcnow():
         raise oauth.InvalidGrantError("The authorization code has expired.")
     if stored["redirect_uri"] != redirect_uri:
@@ -264,6 +249,9 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
             raise oauth.InvalidGrantError("code_verifier does not match the code challenge.")
     elif verifier:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
+    if stored.get("used") or not await repository.claim_code(ctx.db, digest):
+        await repository.revoke_tokens(ctx.db, {"code_id": digest})
+        raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
     user = await users_repository.get_user(ctx.db, stored["user_id"])
     if user is None or not repository.is_current(stored, user):
         raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
@@ -457,6 +445,10 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
         redirect_uri = client["redirect_uris"][0]
     if redirect_uri is None or redirect_uri not in client["redirect_uris"]:
         raise AuthorizePageError("The redirect URI is not registered for this client.")
+    try:  # registered before the rules were tightened: never redirect there
+        validate_redirect_uri(redirect_uri)
+    except ValidationError:
+        raise AuthorizePageError("The registered redirect URI is not allowed; register an https one.") from None
     state = params.get("state")
     where = {"redirect_uri": redirect_uri, "state": state}
     if params.get("response_type") != "code":

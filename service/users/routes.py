@@ -92,6 +92,7 @@ async def patch_user(request: web.Request) -> web.Response:
     user, revoked = await service.patch_user(
         request.config_dict[keys.mongo].db,
         request.config_dict[keys.hasher],
+        request.config_dict[keys.settings],
         principal(request),
         request.match_info["user_id"],
         request[keys.body],

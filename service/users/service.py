@@ -7,12 +7,14 @@ from typing import Any
 
 from service import patch
 from service.auth import repository as auth_repository
+from service.auth.signin import check_password
 from service.config import Settings
 from service.db import Database, is_unavailable_error
-from service.errors import Forbidden, PreconditionFailed
+from service.errors import Forbidden, PreconditionFailed, ValidationFailed
 from service.http import check_version
 from service.middlewares import load
-from service.security import PasswordHasher, Principal, visible_or_404
+from service.passwords import PasswordHasher
+from service.security import Principal, visible_or_404
 from service.users import repository
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, is_admin, may_see_user
 from service.users.schemas import EditableUserSchema
@@ -58,25 +60,38 @@ async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
         log.warning("could not mark revoked tokens of user %s (already ineffective)", user_id)
 
 
-async def _check_guards(hasher: PasswordHasher, caller: Principal, operations: list[dict[str, Any]]) -> None:
-    """Role paths need an admin; email and password need a preceding `test /current_password`."""
+async def _check_guards(
+    db: Database, hasher: PasswordHasher, settings: Settings, caller: Principal, operations: list[dict[str, Any]]
+) -> None:
+    """Role paths need an admin; email and password need a preceding `test /current_password`, which is
+    checked like a sign-in (same per-username throttle), once per patch at most."""
     if not is_admin(caller.user) and any(op["path"] in ADMIN_ONLY_PATHS for op in operations):
         raise Forbidden("Only administrators may change is_active, is_regular_user or is_admin.")
     proofs = [i for i, op in enumerate(operations) if op["path"] == "/current_password"]
     guarded = [i for i, op in enumerate(operations) if op["path"] in PASSWORD_GUARDED_PATHS]
+    if len(proofs) > 1:
+        raise ValidationFailed({"_schema": ["At most one test of /current_password per patch."]})
     if any(operations[i]["op"] != "test" for i in proofs):
         raise Forbidden("/current_password can only be tested.")
     if guarded and not (proofs and proofs[0] < guarded[0]):
         raise Forbidden("Changing email or password needs a preceding test of /current_password.")
-    for i in proofs:
-        value = operations[i].get("value")
-        if not isinstance(value, str) or not await hasher.verify(caller.user.get("password_hash"), value):
+    if proofs:
+        value = operations[proofs[0]].get("value")
+        user = caller.user
+
+        async def own_hash() -> str | None:
+            return user.get("password_hash")
+
+        if not isinstance(value, str) or not await check_password(
+            db, hasher, settings, user["username"], value, own_hash
+        ):
             raise Forbidden("The current password is wrong.")
 
 
 async def patch_user(
     db: Database,
     hasher: PasswordHasher,
+    settings: Settings,
     caller: Principal,
     user_id: str,
     operations: list[dict[str, Any]],
@@ -88,7 +103,7 @@ async def patch_user(
     so a concurrent change is never overwritten: with If-Match the caller gets 412, without it the
     patch is re-applied to the fresh document.
     """
-    await _check_guards(hasher, caller, operations)
+    await _check_guards(db, hasher, settings, caller, operations)
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
     blind = patch.is_blind(changes_ops, expected_version)
     for _ in range(_PATCH_ATTEMPTS):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
-from service.security import hash_secret
+from service.crypto import hash_secret
 
 URL = "/api/v1/auth/oauth2_clients/"
 PROBLEM = "application/problem+json"

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from service import keys
 from service.app import create_app
-from service.security import PasswordHasher
+from service.passwords import PasswordHasher
 
 
 class CountingArgon2(argon2.PasswordHasher):

@@ -6,7 +6,7 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
-from service.security import hash_secret
+from service.crypto import hash_secret
 from tests.helpers import basic
 
 TOKEN = "/auth/oauth2/token"

@@ -8,8 +8,8 @@ from datetime import timedelta
 from aiohttp.test_utils import TestClient
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
+from service.crypto import hash_secret
 from service.db import utcnow
-from service.security import hash_secret
 from tests.helpers import basic
 
 TOKEN = "/auth/oauth2/token"

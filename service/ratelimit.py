@@ -1,0 +1,85 @@
+"""A per-client-address rate limit on the OAuth2 endpoints (token buckets, in process).
+
+The per-username sign-in throttle (in MongoDB, shared by every process) stops password guessing; this
+limit stops one address from flooding the sign-in endpoints with cheap requests at all. It lives in
+process memory on purpose: it is a first line that costs no database round trip, each process enforces
+it for its share of the traffic, and the reverse proxy (ops/nginx.conf `limit_req`) holds the same line
+for the whole deployment.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from ipaddress import IPv4Network, IPv6Network, ip_address
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service import keys
+from service.http import json_response
+
+OAUTH_PREFIX = "/auth/oauth2/"
+
+
+class TokenBuckets:
+    """`rate` requests a second per key, with bursts of up to `burst`; at most `max_keys` remembered
+    (the least recently seen key is forgotten first, so memory stays bounded under spoofed addresses)."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        """Spend one token: 0.0 when allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in proxies)
+
+
+def client_address(request: web.BaseRequest, proxies: tuple[IPv4Network | IPv6Network, ...]) -> str:
+    """The caller's address: the peer, unless the peer is a trusted proxy; then the nearest address in
+    `X-Forwarded-For` that is not a trusted proxy (what a client writes there itself is ignored)."""
+    peer = request.remote or "-"
+    if not proxies or not _trusted(peer, proxies):
+        return peer
+    forwarded = [part.strip() for value in request.headers.getall("X-Forwarded-For", ()) for part in value.split(",")]
+    forwarded = [address for address in forwarded if address]
+    for address in reversed(forwarded):
+        if not _trusted(address, proxies):
+            return address
+    return forwarded[0] if forwarded else peer
+
+
+@web.middleware
+async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """429 `slow_down` (RFC 6749 shape) with Retry-After once an address exceeds its budget."""
+    if not request.path.startswith(OAUTH_PREFIX):
+        return await handler(request)
+    settings = request.config_dict[keys.settings]
+    wait = request.config_dict[keys.rate_limiter].take(client_address(request, settings.trusted_proxies))
+    if wait:
+        body = {"error": "slow_down", "error_description": "Too many requests from your address; slow down."}
+        headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
+        return json_response(body, status=429, headers=headers)
+    return await handler(request)
