@@ -67,13 +67,16 @@ class PasswordHasher:
         ahead = self.in_flight - self.threads + 1
         return max(0, ahead) * self.hash_seconds / self.threads
 
+    def overloaded(self) -> bool:
+        return self.max_wait is not None and self.expected_wait() > self.max_wait
+
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Hold a place in the hashing queue, or raise Overloaded when the wait would be too long.
 
         Callers that do database work before hashing (reserving a sign-in attempt) take the place
         first, so a refused request has cost nothing."""
-        if self.max_wait is not None and self.expected_wait() > self.max_wait:
+        if self.overloaded():
             raise Overloaded()
         self.in_flight += 1
         try:

@@ -9,6 +9,7 @@ for the whole deployment.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -21,6 +22,10 @@ from service import keys
 from service.http import json_response
 
 OAUTH_PREFIX = "/auth/oauth2/"
+# An address over its budget waits this long for its 429. A client that retries at once (a flood of
+# connections in a loop) is slowed to a few requests a second per connection, instead of taking the
+# event loop from everyone else; a polite client that honours Retry-After never notices.
+TARPIT_SECONDS = 0.25
 
 
 class TokenBuckets:
@@ -73,12 +78,13 @@ def client_address(request: web.BaseRequest, proxies: tuple[IPv4Network | IPv6Ne
 
 @web.middleware
 async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """429 `slow_down` (RFC 6749 shape) with Retry-After once an address exceeds its budget."""
+    """429 `slow_down` (RFC 6749 shape) with Retry-After once an address exceeds its budget (after the tarpit)."""
     if not request.path.startswith(OAUTH_PREFIX):
         return await handler(request)
     settings = request.config_dict[keys.settings]
     wait = request.config_dict[keys.rate_limiter].take(client_address(request, settings.trusted_proxies))
     if wait:
+        await asyncio.sleep(TARPIT_SECONDS)
         body = {"error": "slow_down", "error_description": "Too many requests from your address; slow down."}
         headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
         return json_response(body, status=429, headers=headers)

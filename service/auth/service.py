@@ -32,7 +32,7 @@ from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
 from service.docs import SCOPES
 from service.errors import Forbidden, NotFound
-from service.passwords import PasswordHasher
+from service.passwords import Overloaded, PasswordHasher
 from service.security import Principal
 from service.users import repository as users_repository
 from service.users.permissions import is_admin
@@ -272,6 +272,8 @@ async def token(ctx: Context, params: dict[str, str], authorization: str | None)
     grant = GRANTS.get(grant_type)
     if grant is None:
         raise oauth.UnsupportedGrantTypeError(f"Unsupported grant_type '{grant_type}'.")
+    if grant is password_grant and ctx.hasher.overloaded():
+        raise Overloaded()  # before any database work: under a storm, a refusal must cost next to nothing
     client = await authenticate_client(ctx.db, params, authorization)
     return await grant(ctx, client, params)
 
