@@ -12,10 +12,11 @@ from aiohttp.typedefs import Handler
 from service import docs, fixtures, keys
 from service.auth import routes as auth_routes
 from service.config import Settings
-from service.db import Client, Mongo, upgrade
+from service.db import Client, Mongo, shared_secret, upgrade
 from service.errors import problem_middleware, problem_response
 from service.log import harden_aiohttp_logging
 from service.middlewares import edge_middleware, validation_middleware
+from service.pagination import Cursors
 from service.passwords import hasher_ctx
 from service.ratelimit import TokenBuckets, oauth_rate_limit_middleware
 from service.security import PrincipalCache, auth_middleware, principal_cache_ctx
@@ -105,6 +106,7 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     await mongo.connect()
     try:
         await upgrade(mongo.db)
+        app[keys.cursors] = Cursors(await shared_secret(mongo.db, "list-cursors"))
         yield
     finally:
         await mongo.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
-from pymongo import IndexModel
+from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from service.config import Settings
@@ -303,6 +303,18 @@ async def upgrade(db: Database) -> list[str]:
     """Indexes, then migrations: what start-up and `db upgrade` do."""
     await ensure_indexes(db)
     return await run_migrations(db)
+
+
+async def shared_secret(db: Database, name: str) -> bytes:
+    """A random key every process and instance shares (e.g. to sign list cursors): made once, on the
+    first start, by whichever process gets there first; the others read the same one."""
+    stored = await db.service_secrets.find_one_and_update(
+        {"_id": name},
+        {"$setOnInsert": {"key": os.urandom(32), "created": utcnow()}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return bytes(stored["key"])
 
 
 def document_id(value: Any) -> Any:

@@ -187,7 +187,13 @@ def finish_docs(api: web.Application) -> None:
     api.router.add_get("/swagger.json", openapi_json)
 
 
-_HEADER = {"schema": {"type": "string"}}
+_HEADER_DESCRIPTIONS = {
+    "X-Total-Count": "How many items match (offset pages only; cursor pages skip the count).",
+    "Link": 'RFC 8288 `<...?after=CURSOR>; rel="next"` while more items remain: follow it to page by key.',
+    "ETag": "The object's version; send it back in If-Match.",
+    "Location": "The created object's URL.",
+    "X-Tokens-Revoked": "`true` when the change revoked all of the user's tokens.",
+}
 _ERROR_DESCRIPTIONS = {
     400: "Malformed body (not JSON, or not a JSON Patch array).",
     404: "No such object, or one you may not see.",
@@ -198,6 +204,10 @@ _ERROR_DESCRIPTIONS = {
     422: "Invalid values; `errors` maps each field to its messages.",
     429: "Too many attempts; retry after `Retry-After` seconds.",
 }
+
+
+def _header(name: str) -> dict[str, Any]:
+    return {"schema": {"type": "string"}, "description": _HEADER_DESCRIPTIONS.get(name, name)}
 
 
 def responds(
@@ -214,7 +224,7 @@ def responds(
     if schema is not None:
         success["content"] = {"application/json": {"schema": schema}}
     if headers:
-        success["headers"] = {name: _HEADER for name in headers}
+        success["headers"] = {name: _header(name) for name in headers}
     responses[status] = success
     for code in errors:
         responses[code] = problem(_ERROR_DESCRIPTIONS[code])

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from service.errors import PreconditionFailed
+from service.pagination import Page
 
 
 def json_response(
@@ -44,5 +45,14 @@ def check_version(expected: int | None, document: dict[str, Any]) -> None:
         raise PreconditionFailed("The resource has changed since you read it (If-Match does not match its ETag).")
 
 
-def page(data: list[Any], total: int) -> web.Response:
-    return json_response(data, headers={"X-Total-Count": str(total)})
+def page(request: web.Request, data: list[Any], result: Page) -> web.Response:
+    """A list response: `X-Total-Count` on offset pages, `Link: rel="next"` (RFC 8288, a cursor) while
+    more items remain; the next link keeps the request's other parameters."""
+    headers: dict[str, str] = {}
+    if result.total is not None:
+        headers["X-Total-Count"] = str(result.total)
+    if result.next_after is not None:
+        query = {k: v for k, v in request.query.items() if k not in ("offset", "after")}
+        url = request.rel_url.with_query({**query, "after": result.next_after})
+        headers["Link"] = f'<{url}>; rel="next"'
+    return json_response(data, headers=headers)

@@ -1,4 +1,4 @@
-"""Schemas shared by every domain: pagination and timestamps."""
+"""Schemas shared by every domain: pagination (offset or cursor) and field types."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ class PaginationSchema(Schema):
         # The driver takes a 64-bit skip; far beyond any real collection, and never a 500.
         validate=validate.Range(min=0, max=MAX_OFFSET),
         metadata={"description": "Items to skip."},
+    )
+    after = fields.String(
+        validate=validate.Length(min=1, max=512),
+        metadata={
+            "description": 'Opaque cursor from a previous page\'s `Link: rel="next"`: pages by key, without a '
+            "count (no X-Total-Count). Instead of offset."
+        },
     )
     limit = fields.Integer(
         load_default=20,

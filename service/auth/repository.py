@@ -15,6 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from service.db import Database, utcnow
 from service.errors import Conflict
+from service.pagination import Cursors, Page, PageRequest, fetch_page
 
 INDEXES: dict[str, list[IndexModel]] = {
     "oauth2_clients": [IndexModel([("user_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)])],
@@ -45,10 +46,8 @@ async def get_client(db: Database, client_id: str) -> dict[str, Any] | None:
     return await db.oauth2_clients.find_one({"_id": client_id})
 
 
-async def list_clients(db: Database, user_id: Any, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    query = {"user_id": user_id}
-    cursor = db.oauth2_clients.find(query).sort([("created", 1), ("_id", 1)]).skip(offset).limit(limit)
-    return await cursor.to_list(limit), await db.oauth2_clients.count_documents(query)
+async def list_clients(db: Database, user_id: Any, request: PageRequest, cursors: Cursors) -> Page:
+    return await fetch_page(db, "oauth2_clients", {"user_id": user_id}, request, cursors, "oauth2_clients")
 
 
 async def delete_client(db: Database, client_id: str) -> bool:

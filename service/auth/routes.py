@@ -24,6 +24,7 @@ from service.db import is_unavailable_error
 from service.docs import SCOPES, responds
 from service.errors import ServiceUnavailable, TooManyRequests
 from service.http import json_response, page
+from service.pagination import PageRequest
 from service.security import invalidate_principals, principal, requires
 
 oauth_routes = web.RouteTableDef()
@@ -135,13 +136,17 @@ async def server_metadata(request: web.Request) -> web.Response:
 @docs(tags=["auth"], summary="List OAuth2 clients", operation_id="listOAuth2Clients")
 @requires("auth:read", who="your own clients; admins may pass user_id")
 @querystring_schema(ListOAuth2ClientsSchema)
-@responds(CLIENTS, headers=("X-Total-Count",), errors=(422,))
+@responds(CLIENTS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_clients(request: web.Request) -> web.Response:
     query = request[keys.query]
-    clients, total = await service.list_clients(
-        request.config_dict[keys.mongo].db, principal(request), query.get("user_id"), query["offset"], query["limit"]
+    found = await service.list_clients(
+        request.config_dict[keys.mongo].db,
+        principal(request),
+        query.get("user_id"),
+        PageRequest.from_query(query),
+        request.config_dict[keys.cursors],
     )
-    return page(CLIENTS.dump(clients), total)
+    return page(request, CLIENTS.dump(found.items), found)
 
 
 @routes.post("/auth/oauth2_clients/")

@@ -32,6 +32,7 @@ from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
 from service.docs import SCOPES
 from service.errors import Forbidden, NotFound
+from service.pagination import Cursors, Page, PageRequest
 from service.passwords import Overloaded, PasswordHasher
 from service.security import Principal
 from service.users import repository as users_repository
@@ -381,16 +382,16 @@ async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) 
 
 
 async def list_clients(
-    db: Database, caller: Principal, user_id: str | None, offset: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
+    db: Database, caller: Principal, user_id: str | None, request: PageRequest, cursors: Cursors
+) -> Page:
     owner = caller.user_id
     if user_id is not None and user_id != str(caller.user_id):
         if not is_admin(caller.user):
             raise Forbidden("Only administrators may list another user's clients.")
         owner = document_id(user_id)
         if owner is None:
-            return [], 0
-    return await repository.list_clients(db, owner, offset, limit)
+            return Page([], None, 0)
+    return await repository.list_clients(db, owner, request, cursors)
 
 
 async def get_visible_client(db: Database, caller: Principal, client_id: str) -> dict[str, Any]:

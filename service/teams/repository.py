@@ -14,15 +14,14 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 
 from service.db import Database, utcnow
+from service.pagination import Cursors, Page, PageRequest, fetch_page
 
 INDEXES: dict[str, list[IndexModel]] = {
     "teams": [
-        IndexModel("members.user_id"),
+        IndexModel([("members.user_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("created", ASCENDING), ("_id", ASCENDING)]),
     ],
 }
-
-_ORDER = [("created", 1), ("_id", 1)]
 
 
 def new_team_document(title: str, leader_id: ObjectId) -> dict[str, Any]:
@@ -50,12 +49,9 @@ async def get_team_by_title(db: Database, title: str) -> dict[str, Any] | None:
     return await db.teams.find_one({"title": title})
 
 
-async def list_teams(
-    db: Database, member_id: ObjectId | None, offset: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
+async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequest, cursors: Cursors) -> Page:
     query = {} if member_id is None else {"members.user_id": member_id}
-    cursor = db.teams.find(query, {"members": 0}).sort(_ORDER).skip(offset).limit(limit)
-    return await cursor.to_list(limit), await db.teams.count_documents(query)
+    return await fetch_page(db, "teams", query, request, cursors, "teams", {"members": 0})
 
 
 async def update_team(

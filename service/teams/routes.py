@@ -8,6 +8,7 @@ from aiohttp_apigami import docs, json_schema, querystring_schema
 from service import keys
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
+from service.pagination import Cursors, PageRequest
 from service.schemas import PaginationSchema
 from service.security import principal, requires
 from service.teams import service
@@ -35,15 +36,22 @@ def db(request: web.Request):  # type: ignore[no-untyped-def]
     return request.config_dict[keys.mongo].db
 
 
+def page_request(request: web.Request) -> PageRequest:
+    return PageRequest.from_query(request[keys.query])
+
+
+def cursors(request: web.Request) -> Cursors:
+    return request.config_dict[keys.cursors]
+
+
 @routes.get("/teams/", allow_head=False)
 @docs(tags=["teams"], summary="List teams (yours; admins: all)", operation_id="listTeams")
 @requires("teams:read")
 @querystring_schema(PaginationSchema)
-@responds(TEAMS, headers=("X-Total-Count",), errors=(422,))
+@responds(TEAMS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_teams(request: web.Request) -> web.Response:
-    query = request[keys.query]
-    teams, total = await service.list_teams(db(request), principal(request), query["offset"], query["limit"])
-    return page(TEAMS.dump(teams), total)
+    found = await service.list_teams(db(request), principal(request), page_request(request), cursors(request))
+    return page(request, TEAMS.dump(found.items), found)
 
 
 @routes.post("/teams/")
@@ -95,13 +103,12 @@ async def delete_team(request: web.Request) -> web.Response:
 @docs(tags=["teams"], summary="List a team's members", operation_id="listTeamMembers")
 @requires("teams:read", who=MEMBERS)
 @querystring_schema(PaginationSchema)
-@responds(MEMBERSHIPS, headers=("X-Total-Count",), errors=(404, 422))
+@responds(MEMBERSHIPS, headers=("X-Total-Count", "Link"), errors=(404, 422))
 async def list_members(request: web.Request) -> web.Response:
-    query = request[keys.query]
-    members, total = await service.list_members(
-        db(request), principal(request), request.match_info["team_id"], query["offset"], query["limit"]
+    found = await service.list_members(
+        db(request), principal(request), request.match_info["team_id"], page_request(request), cursors(request)
     )
-    return page(MEMBERSHIPS.dump(members), total)
+    return page(request, MEMBERSHIPS.dump(found.items), found)
 
 
 @routes.post("/teams/{team_id}/members/")

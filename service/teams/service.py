@@ -7,6 +7,7 @@ leaders demoting each other at once cannot both succeed: the second one re-reads
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.db import Database, document_id, utcnow
 from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed
 from service.http import check_version
 from service.middlewares import load
+from service.pagination import Cursors, Page, PageRequest, page_in_memory
 from service.security import Principal, visible_or_404
 from service.teams import repository
 from service.teams.permissions import leader_count, may_manage_team, may_see_team
@@ -43,9 +45,9 @@ async def create_team(db: Database, caller: Principal, title: str) -> dict[str, 
     return await repository.insert_team(db, repository.new_team_document(title, caller.user_id))
 
 
-async def list_teams(db: Database, caller: Principal, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+async def list_teams(db: Database, caller: Principal, request: PageRequest, cursors: Cursors) -> Page:
     member = None if caller.is_admin else caller.user_id
-    return await repository.list_teams(db, member, offset, limit)
+    return await repository.list_teams(db, member, request, cursors)
 
 
 async def get_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
@@ -87,12 +89,11 @@ async def _with_users(db: Database, members: list[dict[str, Any]]) -> list[dict[
     return [{**m, "user": users.get(m["user_id"], {**missing, "_id": m["user_id"]})} for m in members]
 
 
-async def list_members(
-    db: Database, caller: Principal, team_id: str, offset: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
+async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
     team = await _team(db, caller, team_id)
     ordered = sorted(team["members"], key=lambda m: (m["created"], m["user_id"]))
-    return await _with_users(db, ordered[offset : offset + limit]), len(ordered)
+    found = page_in_memory(ordered, request, cursors, f"members:{team['_id']}", key="user_id")
+    return dataclasses.replace(found, items=await _with_users(db, found.items))
 
 
 async def add_member(

@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from service.db import Database, utcnow
 from service.errors import Conflict
+from service.pagination import Cursors, Page, PageRequest, fetch_page
 
 INDEXES: dict[str, list[IndexModel]] = {
     "users": [
@@ -73,9 +74,8 @@ async def get_users_by_ids(db: Database, user_ids: list[ObjectId]) -> dict[Objec
     return {user["_id"]: user for user in found}
 
 
-async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    cursor = db.users.find({}).sort([("created", 1), ("_id", 1)]).skip(offset).limit(limit)
-    return await cursor.to_list(limit), await db.users.count_documents({})
+async def list_users(db: Database, request: PageRequest, cursors: Cursors) -> Page:
+    return await fetch_page(db, "users", {}, request, cursors, "users")
 
 
 async def update_user(

@@ -8,6 +8,7 @@ from aiohttp_apigami import docs, json_schema, querystring_schema
 from service import keys
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
+from service.pagination import PageRequest
 from service.schemas import PaginationSchema
 from service.security import invalidate_principals, optional_principal, principal, requires
 from service.users import service
@@ -23,11 +24,14 @@ PATCH_OPERATIONS = UserPatchOperationSchema(many=True)
 @docs(tags=["users"], summary="List users", operation_id="listUsers")
 @requires("users:read", admin=True)
 @querystring_schema(PaginationSchema)
-@responds(USERS, headers=("X-Total-Count",), errors=(422,))
+@responds(USERS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_users(request: web.Request) -> web.Response:
-    query = request[keys.query]
-    users, total = await service.list_users(request.config_dict[keys.mongo].db, query["offset"], query["limit"])
-    return page(USERS.dump(users), total)
+    found = await service.list_users(
+        request.config_dict[keys.mongo].db,
+        PageRequest.from_query(request[keys.query]),
+        request.config_dict[keys.cursors],
+    )
+    return page(request, USERS.dump(found.items), found)
 
 
 @routes.post("/users/")

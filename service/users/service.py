@@ -13,6 +13,7 @@ from service.db import Database, is_unavailable_error
 from service.errors import Forbidden, PreconditionFailed, ValidationFailed
 from service.http import check_version
 from service.middlewares import load
+from service.pagination import Cursors, Page, PageRequest
 from service.passwords import PasswordHasher
 from service.security import Principal, visible_or_404
 from service.users import repository
@@ -40,8 +41,8 @@ async def get_visible_user(db: Database, caller: Principal, user_id: str) -> dic
     return await visible_or_404(lambda oid: repository.get_user(db, oid), user_id, caller, may_see_user, "user")
 
 
-async def list_users(db: Database, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    return await repository.list_users(db, offset, limit)
+async def list_users(db: Database, request: PageRequest, cursors: Cursors) -> Page:
+    return await repository.list_users(db, request, cursors)
 
 
 def _editable(user: dict[str, Any]) -> dict[str, Any]:
