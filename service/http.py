@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from service.errors import PreconditionFailed
+from service.errors import BadRequest, PreconditionFailed
 from service.pagination import Page
 
 
@@ -27,16 +28,22 @@ def with_etag(data: Any, document: dict[str, Any], *, status: int = 200, **heade
     return json_response(data, status=status, headers={"ETag": etag(document), **headers})
 
 
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_IF_MATCH = re.compile(rf"^\s*(?:\*|{_ENTITY_TAG}(?:\s*,\s*{_ENTITY_TAG})*)\s*$")
+
+
 def if_match_version(request: web.Request) -> int | None:
-    """The version an If-Match header pins (None when absent or `*`); a malformed tag matches nothing."""
-    header = request.headers.get("If-Match", "").strip()
-    if header in ("", "*"):
+    """The version an If-Match header pins: None when absent or `*`, -1 when no tag can match (weak or
+    foreign tags: If-Match compares strongly). A malformed header is 400: a precondition the server
+    cannot read must never turn into an unconditional write."""
+    if hdrs.IF_MATCH not in request.headers:
         return None
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag.startswith('"') and tag.endswith('"') and tag[1:-1].isdigit():
-            return int(tag[1:-1])
-    return -1
+    if not _IF_MATCH.match(request.headers[hdrs.IF_MATCH]):
+        raise BadRequest('If-Match must be * or a list of entity tags such as "3".')
+    tags = request.if_match or ()
+    if any(tag.value == "*" for tag in tags):
+        return None
+    return next((int(tag.value) for tag in tags if not tag.is_weak and tag.value.isdigit()), -1)
 
 
 def check_version(expected: int | None, document: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.errors import Conflict, ValidationFailed
 
@@ -18,7 +18,11 @@ _DOCUMENTED: dict[str, dict[str, Any]] = {}
 
 class PatchOperationSchema(Schema):
     """One RFC 6902 operation. Every editable field is required, so `remove` could only fail, and
-    `move`/`copy` would reach other paths: they are not offered."""
+    `move`/`copy` would reach other paths: they are not offered. Members an operation does not
+    define are ignored, as RFC 6902 section 4 requires."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     op = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
     path = fields.String(required=True, metadata={"example": "/first_name"})

@@ -50,10 +50,13 @@ async def list_clients(db: Database, user_id: Any, request: PageRequest, cursors
     return await fetch_page(db, "oauth2_clients", {"user_id": user_id}, request, cursors, "oauth2_clients")
 
 
-async def delete_client(db: Database, client_id: str) -> bool:
-    """Delete the client first, then its tokens: a crash in between leaves tokens that no longer
-    authenticate (every token lookup joins its client), and a retry of the delete finishes the job."""
-    result = await db.oauth2_clients.delete_one({"_id": client_id})
+async def delete_client(db: Database, client_id: str, version: int | None = None) -> bool:
+    """Delete the client (only at `version`, when given) first, then its tokens: a crash in between leaves
+    tokens that no longer authenticate (every token lookup joins its client), and a retry finishes the job."""
+    query: dict[str, Any] = {"_id": client_id} if version is None else {"_id": client_id, "version": version}
+    result = await db.oauth2_clients.delete_one(query)
+    if not result.deleted_count:
+        return False
     await db.oauth2_tokens.delete_many({"client_id": client_id})
     await db.oauth2_codes.delete_many({"client_id": client_id})
     return result.deleted_count == 1

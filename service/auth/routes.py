@@ -21,9 +21,9 @@ from service.auth.schemas import (
     OAuth2ClientSchema,
 )
 from service.db import is_unavailable_error
-from service.docs import SCOPES, responds
+from service.docs import IF_MATCH, SCOPES, responds
 from service.errors import ServiceUnavailable, TooManyRequests
-from service.http import json_response, page
+from service.http import if_match_version, json_response, page, with_etag
 from service.pagination import PageRequest
 from service.security import invalidate_principals, principal, requires
 
@@ -153,33 +153,42 @@ async def list_clients(request: web.Request) -> web.Response:
 @docs(tags=["auth"], summary="Register an OAuth2 client", operation_id="createOAuth2Client")
 @requires("auth:write")
 @json_schema(CreateOAuth2ClientSchema)
-@responds(CREATED_CLIENT, 201, description="Created", headers=("Location",), errors=(400, 409, 413, 415, 422))
+@responds(CREATED_CLIENT, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422))
 async def create_client(request: web.Request) -> web.Response:
     client, secret = await service.create_client(
         request.config_dict[keys.mongo].db, principal(request).user_id, request[keys.body]
     )
     body = CREATED_CLIENT.dump({**client, **({"client_secret": secret} if secret else {})})
-    headers = {"Location": f"/api/v1/auth/oauth2_clients/{client['_id']}", **NO_STORE}
-    return json_response(body, status=201, headers=headers)
+    return with_etag(body, client, status=201, Location=f"/api/v1/auth/oauth2_clients/{client['_id']}", **NO_STORE)
 
 
 @routes.get("/auth/oauth2_clients/{client_id}", allow_head=False)
 @docs(tags=["auth"], summary="Get an OAuth2 client", operation_id="getOAuth2Client")
 @requires("auth:read", who="the client's owner or an admin")
-@responds(CLIENT, errors=(404,))
+@responds(CLIENT, headers=("ETag",), errors=(404,))
 async def get_client(request: web.Request) -> web.Response:
     client = await service.get_visible_client(
         request.config_dict[keys.mongo].db, principal(request), request.match_info["client_id"]
     )
-    return json_response(CLIENT.dump(client))
+    return with_etag(CLIENT.dump(client), client)
 
 
 @routes.delete("/auth/oauth2_clients/{client_id}")
-@docs(tags=["auth"], summary="Delete an OAuth2 client (its tokens stop working)", operation_id="deleteOAuth2Client")
+@docs(
+    tags=["auth"],
+    summary="Delete an OAuth2 client (its tokens stop working)",
+    operation_id="deleteOAuth2Client",
+    parameters=[IF_MATCH],
+)
 @requires("auth:write", who="the client's owner or an admin")
-@responds(None, 204, description="Deleted", errors=(404,))
+@responds(None, 204, description="Deleted", errors=(400, 404, 412))
 async def delete_client(request: web.Request) -> web.Response:
-    await service.delete_client(request.config_dict[keys.mongo].db, principal(request), request.match_info["client_id"])
+    await service.delete_client(
+        request.config_dict[keys.mongo].db,
+        principal(request),
+        request.match_info["client_id"],
+        if_match_version(request),
+    )
     invalidate_principals(request)
     return web.Response(status=204)
 

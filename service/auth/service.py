@@ -31,7 +31,8 @@ from service.config import Settings
 from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
 from service.docs import SCOPES
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, NotFound, PreconditionFailed
+from service.http import check_version
 from service.pagination import Cursors, Page, PageRequest
 from service.passwords import Overloaded, PasswordHasher
 from service.security import Principal
@@ -401,9 +402,12 @@ async def get_visible_client(db: Database, caller: Principal, client_id: str) ->
     return client
 
 
-async def delete_client(db: Database, caller: Principal, client_id: str) -> None:
+async def delete_client(db: Database, caller: Principal, client_id: str, expected_version: int | None) -> None:
     client = await get_visible_client(db, caller, client_id)
-    await repository.delete_client(db, client["_id"])
+    check_version(expected_version, client)
+    deleted = await repository.delete_client(db, client["_id"], expected_version)
+    if not deleted and expected_version is not None:  # changed or gone between the read and the delete
+        raise PreconditionFailed("The OAuth2 client changed since you read it.")
 
 
 # --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------

@@ -94,3 +94,26 @@ async def test_scopes_are_enforced(client: TestClient, bearer) -> None:  # type:
     assert response.status == 403
     assert 'scope="auth:write"' in response.headers["WWW-Authenticate"]
     assert (await client.get(URL)).status == 401
+
+
+async def test_clients_carry_an_etag_and_delete_honours_if_match(
+    client: TestClient, bearer, register_client, db
+) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    created = await client.post(
+        "/api/v1/auth/oauth2_clients/",
+        json={"client_type": "public", "allowed_scopes": ["users:read"]},
+        headers=headers,
+    )
+    body = await created.json()
+    url = f"/api/v1/auth/oauth2_clients/{body['client_id']}"
+    assert created.headers["ETag"] == '"1"'
+    fetched = await client.get(url, headers=headers)
+    assert fetched.headers["ETag"] == '"1"'
+    stale = await client.delete(url, headers={**headers, "If-Match": '"2"'})
+    assert stale.status == 412
+    malformed = await client.delete(url, headers={**headers, "If-Match": "kiq"})
+    assert malformed.status == 400
+    assert await db.oauth2_clients.count_documents({"_id": body["client_id"]}) == 1
+    assert (await client.delete(url, headers={**headers, "If-Match": '"1"'})).status == 204
+    assert await db.oauth2_clients.count_documents({"_id": body["client_id"]}) == 0

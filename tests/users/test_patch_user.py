@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.helpers import with_current_password
@@ -193,13 +194,35 @@ async def test_patch_needs_users_write_scope(client: TestClient, bearer) -> None
     assert 'scope="users:write"' in response.headers["WWW-Authenticate"]
 
 
-async def test_empty_if_match_is_treated_as_absent(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("header", ["", "kiq", "{}", '"1', "1", '"1",,"2"'])
+async def test_malformed_if_match_is_400_and_changes_nothing(client: TestClient, bearer, db, header: str) -> None:  # type: ignore[no-untyped-def]
     headers = await bearer("user")
     me = await user_id(client, headers)
     response = await patch(
-        client, me, [{"op": "replace", "path": "/first_name", "value": "E"}], headers, **{"If-Match": ""}
+        client, me, [{"op": "replace", "path": "/first_name", "value": "E"}], headers, **{"If-Match": header}
     )
-    assert response.status == 200
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    assert (await db.users.find_one({"username": "user"}))["first_name"] != "E"
+
+
+@pytest.mark.parametrize(("header", "status"), [("*", 200), ('W/"1"', 412), ('"abc"', 412), ('"9", "1"', 412)])
+async def test_well_formed_if_match_values(client: TestClient, bearer, header: str, status: int) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    me = await user_id(client, headers)
+    response = await patch(
+        client, me, [{"op": "replace", "path": "/first_name", "value": "E"}], headers, **{"If-Match": header}
+    )
+    assert response.status == status
+
+
+async def test_members_an_operation_does_not_define_are_ignored(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    headers = await bearer("user")
+    me = await user_id(client, headers)
+    operation = {"op": "replace", "path": "/first_name", "value": "Ada", "comment": "RFC 6902 section 4", "from": "/x"}
+    response = await patch(client, me, [operation], headers)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["first_name"] == "Ada"
 
 
 async def test_current_password_can_only_be_tested(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
