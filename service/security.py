@@ -161,16 +161,18 @@ class PrincipalCache:
     """Principals of hot tokens, so a repeated token costs no database round trip.
 
     Safe by construction (each point is tested on the real server with two app instances):
-    - it answers only while the change stream is provably current: an empty `getMore` proves every
-      write acknowledged before it was sent has been seen, and the cache trusts that for FRESHNESS
-      seconds; a slow, failed or backlogged stream makes every lookup go to the database;
+    - it answers only while the change stream is provably current: a `getMore` waits on the server
+      and returns as soon as a change arrives, so when one returns, every write acknowledged until
+      then has been seen, and the next one is already waiting. The cache trusts that for one wait plus
+      GRACE; a stream that stalls or fails (the driver's silent restarts included) is noticed within
+      about a second, and every lookup goes to the database until it is back;
     - every update, replacement or deletion of a user, token or client evicts what it touches;
     - a fill whose database read overlapped an eviction is dropped (the epoch moved);
     - the process that makes a change clears the cache itself, at once (`invalidate`);
     - token expiry is checked on every hit, entries live at most MAX_AGE, and the size is bounded.
     """
 
-    FRESHNESS = 0.1
+    GRACE = 0.1
     MAX_AGE = 30.0
 
     def __init__(self, max_entries: int = 10_000) -> None:
@@ -217,6 +219,9 @@ class PrincipalCache:
     def current_until(self, deadline: float) -> None:
         self._valid_until = deadline
 
+    def extend_until(self, deadline: float) -> None:
+        self._valid_until = max(self._valid_until, deadline)
+
     def go_dark(self) -> None:
         self._valid_until = 0.0
         self.invalidate()
@@ -228,14 +233,21 @@ async def _follow_changes(cache: PrincipalCache, db: Any) -> None:
     while True:
         try:
             async with tokens.watch_principal_changes(db, resume) as stream:
+                wait = tokens.CHANGE_STREAM_AWAIT_MS / 1000
                 while True:
-                    sent = time.monotonic()
-                    change = await stream.try_next()
+                    cursor = _server_cursor(stream)
+                    change = await stream.try_next()  # a change, or None after the server-side wait
                     resume = stream.resume_token
-                    if change is None:  # an empty getMore: everything acknowledged before `sent` is applied
-                        cache.current_until(sent + cache.FRESHNESS)
-                    else:
+                    if change is not None:
                         cache.evict(change["ns"]["coll"], change["documentKey"]["_id"])
+                    if _server_cursor(stream) is not cursor:
+                        # The driver hit an error and restarted the stream on its own: until it answers
+                        # from a waiting getMore again, changes may come late, so stop trusting the cache.
+                        cache.go_dark()
+                    else:
+                        # Everything acknowledged until now is applied, and the next getMore, sent at
+                        # once, waits on the server and answers within `wait`.
+                        cache.extend_until(time.monotonic() + wait + cache.GRACE)
         except asyncio.CancelledError:
             cache.go_dark()
             raise
@@ -244,6 +256,12 @@ async def _follow_changes(cache: PrincipalCache, db: Any) -> None:
             log.warning("principal cache disabled until the change stream resumes: %s", type(exc).__name__)
             resume = None  # after a gap, start afresh: the cache is empty anyway
             await asyncio.sleep(0.5)
+
+
+def _server_cursor(stream: Any) -> Any:
+    """The server cursor behind a change stream. PyMongo resumes a stream after a network error by
+    opening a new cursor, silently; this is how the follower notices (pinned by the broken-stream test)."""
+    return getattr(getattr(stream, "delegate", stream), "_cursor", None)
 
 
 async def principal_cache_ctx(app: web.Application) -> AsyncIterator[None]:

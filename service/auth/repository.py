@@ -175,13 +175,15 @@ async def release_login_attempt(db: Database, key: str) -> None:
 # --- change feed for the principal cache -----------------------------------------------------
 
 PRINCIPAL_COLLECTIONS = ("users", "oauth2_tokens", "oauth2_clients")
+CHANGE_STREAM_AWAIT_MS = 500
 
 
 def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
     """A change stream of every update, replacement and deletion that can alter a principal.
 
-    Inserts are left out: a new document cannot make a cached principal stale. `max_await_time_ms`
-    bounds how long an empty `getMore` waits, which is what proves the stream current."""
+    Inserts are left out: a new document cannot make a cached principal stale. Each `getMore` waits on
+    the server (awaitData) until a change arrives or CHANGE_STREAM_AWAIT_MS pass, so an idle
+    instance sends two commands a second, and a change reaches it milliseconds after the write."""
     pipeline = [
         {
             "$match": {
@@ -191,4 +193,4 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
         },
         {"$project": {"operationType": 1, "ns": 1, "documentKey": 1}},
     ]
-    return db.watch(pipeline, max_await_time_ms=10, resume_after=resume_after)
+    return db.watch(pipeline, max_await_time_ms=CHANGE_STREAM_AWAIT_MS, resume_after=resume_after)

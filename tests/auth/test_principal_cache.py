@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service import keys
 from service.app import create_app
+from service.crypto import hash_secret
 from service.security import PrincipalCache
 
 TOKEN = "/auth/oauth2/token"
@@ -137,9 +138,48 @@ async def test_a_broken_change_stream_stops_the_cache(
         }
     )
     try:
-        await asyncio.sleep(0.3)  # the follower notices, goes dark, keeps retrying
+        await asyncio.sleep(1.5)  # the waiting getMore returns, the next ones fail: the cache's trust runs out
         # A change the cache cannot hear about: it must not be trusted any more.
         await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
         assert (await client.get("/api/v1/users/me", headers=headers)).status == 401
     finally:
         await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+
+async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
+    real_server, client: TestClient, seeded, db, mongo_client
+) -> None:  # type: ignore[no-untyped-def]
+    session = await sign_in(client, "user", "w")
+    headers = {"Authorization": session["Authorization"]}
+    await warm(client, headers)
+    await mongo_client.admin.command(
+        {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["getMore"], "blockConnection": True, "blockTimeMS": 4000},
+        }
+    )
+    try:
+        started = time.monotonic()
+        cache = client.app[keys.principal_cache]
+        while cache.get(hash_secret(session["token"])):
+            assert time.monotonic() - started < 2, "a stalled stream was trusted for more than 2 s"
+            await asyncio.sleep(0.02)
+        noticed = time.monotonic() - started
+        # A change the stalled stream cannot deliver: the cache no longer answers, the database does.
+        await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
+        assert (await client.get("/api/v1/users/me", headers=headers)).status == 401
+        assert noticed < 1.6
+    finally:
+        await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+
+async def test_an_idle_instance_sends_few_commands(real_server, client: TestClient, seeded, mongo_client) -> None:  # type: ignore[no-untyped-def]
+    async def getmores() -> int:
+        return int((await mongo_client.admin.command("serverStatus"))["opcounters"]["getmore"])
+
+    await asyncio.sleep(1)  # the follower is up
+    before, started = await getmores(), time.monotonic()
+    await asyncio.sleep(3)
+    rate = (await getmores() - before) / (time.monotonic() - started)
+    assert rate <= 5, f"{rate:.1f} getMore/s while idle"
