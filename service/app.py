@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from service import docs, fixtures, keys
+from service import docs, fixtures, keys, metrics
+from service.audit import auditor_ctx
+from service.audit import routes as audit_routes
 from service.auth import routes as auth_routes
 from service.config import Settings
 from service.db import Client, Mongo, shared_secret, upgrade
 from service.errors import problem_middleware, problem_response
 from service.log import harden_aiohttp_logging
+from service.metrics import metrics_middleware
 from service.middlewares import edge_middleware, validation_middleware
 from service.pagination import Cursors
 from service.passwords import hasher_ctx
@@ -29,8 +32,9 @@ log = logging.getLogger(__name__)
 SERVER_HEADER = "service"
 
 
-def _harden_server() -> None:
-    """Say nothing of versions, and log nothing a client sent when aiohttp cannot parse a request.
+def _prepare_process() -> None:
+    """Process-wide settings the app needs: say nothing of versions, and log nothing a client sent when
+    aiohttp cannot parse a request.
 
     aiohttp has no setting for its `Server` header (`Python/3.x aiohttp/3.x`), and its answers to
     malformed requests never reach the app's middlewares or signals, so the module default is the one
@@ -41,19 +45,22 @@ def _harden_server() -> None:
 
 def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web.Application:
     """Build the service. Pass `mongo_client` to run on a database the caller owns (tests)."""
-    _harden_server()
+    _prepare_process()
     # Order matters: the edge (request id, security headers, body limit) wraps everything so even error
     # responses carry them and oversize bodies are refused first; the problem middleware turns every
     # failure below it into problem+json.
+    # Metrics see every answer (problem responses included) under its route template.
     # The per-address limit on the OAuth2 endpoints comes next, before any work is done for them.
     app = web.Application(
-        middlewares=[edge_middleware, problem_middleware, oauth_rate_limit_middleware],
+        middlewares=[edge_middleware, metrics_middleware, problem_middleware, oauth_rate_limit_middleware],
         client_max_size=settings.max_body_size,
     )
     app[keys.settings] = settings
     app[keys.rate_limiter] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
     app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app.cleanup_ctx.append(_mongo_ctx)
+    app.cleanup_ctx.append(auditor_ctx)
+    app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(hasher_ctx)
     app[keys.principal_cache] = PrincipalCache()
     app.cleanup_ctx.append(principal_cache_ctx)
@@ -72,7 +79,7 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
 def _create_api() -> web.Application:
     # Authentication runs before validation, so an anonymous caller never gets a body parsed.
     api = web.Application(middlewares=[auth_middleware, validation_middleware])
-    for routes in (auth_routes.routes, users_routes.routes, teams_routes.routes):
+    for routes in (auth_routes.routes, users_routes.routes, teams_routes.routes, audit_routes.routes):
         api.router.add_routes(routes)
     docs.add_docs_routes(api)
     _add_slashless_aliases(api)
@@ -118,6 +125,21 @@ async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
     if created:
         log.info("first run: loaded fixtures %s", created)
     yield
+
+
+async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serve `/metrics` on METRICS_PORT (unset: no listener) for this process."""
+    settings = app[keys.settings]
+    if settings.metrics_port is None:
+        yield
+        return
+    listener = web.Application()
+    listener.router.add_get("/metrics", metrics.serve_metrics)
+    runner = web.AppRunner(listener, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+    yield
+    await runner.cleanup()
 
 
 async def healthz(request: web.Request) -> web.Response:

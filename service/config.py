@@ -47,6 +47,8 @@ class Settings:
     oauth_rate_limit: float = 20.0
     oauth_rate_burst: int = 100
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    audit_ttl: int = 90 * 24 * 3600
+    metrics_port: int | None = None
 
     @property
     def mongomock(self) -> bool:
@@ -171,6 +173,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "OAUTH_RATE_LIMIT": ("oauth_rate_limit", _float(0.01, 1_000_000)),
     "OAUTH_RATE_BURST": ("oauth_rate_burst", _int(1, 1_000_000)),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "AUDIT_TTL": ("audit_ttl", _int(60)),
+    "METRICS_PORT": ("metrics_port", _int(1, 65535)),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

@@ -27,6 +27,7 @@ from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from service.config import Settings
+from service.metrics import COMMAND_TIMER
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def create_client(url: str, timeout_ms: int) -> Client:
         socketTimeoutMS=max(timeout_ms * 3, 10_000),
         retryWrites=True,
         appname="service",
+        event_listeners=[COMMAND_TIMER],
     )
 
 
@@ -249,12 +251,13 @@ class Mongo:
 
 def all_indexes() -> Mapping[str, Sequence[IndexModel]]:
     """Every collection's indexes, as declared next to the repository that needs them."""
+    from service.audit import INDEXES as AUDIT
     from service.auth.repository import INDEXES as AUTH
     from service.teams.repository import INDEXES as TEAMS
     from service.users.repository import INDEXES as USERS
 
     merged: dict[str, list[IndexModel]] = {}
-    for declared in (AUTH, USERS, TEAMS):
+    for declared in (AUTH, USERS, TEAMS, AUDIT):
         for collection, models in declared.items():
             merged.setdefault(collection, []).extend(models)
     return merged

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.db import is_unavailable_error
+from service.metrics import DB_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(exc.status, detail, headers=headers)
     except Exception as exc:
         if is_unavailable_error(exc):
+            DB_UNAVAILABLE.inc()
             log.warning("database unavailable: %s", type(exc).__name__)
             unavailable = ServiceUnavailable()
             return problem_response(503, unavailable.detail, headers=unavailable.headers)

@@ -10,6 +10,7 @@ from service.config import Settings
 from service.db import Mongo
 
 if TYPE_CHECKING:
+    from service.audit import Auditor
     from service.pagination import Cursors
     from service.passwords import PasswordHasher
     from service.ratelimit import TokenBuckets
@@ -22,6 +23,7 @@ hasher: web.AppKey[PasswordHasher] = web.AppKey("service.hasher")
 principal_cache: web.AppKey[PrincipalCache] = web.AppKey("service.principal_cache")
 rate_limiter: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter")
 cursors: web.AppKey[Cursors] = web.AppKey("service.cursors")
+auditor: web.AppKey[Auditor] = web.AppKey("service.auditor")
 
 request_id = web.RequestKey("service.request_id", str)
 body = web.RequestKey("service.body", Any)

@@ -13,9 +13,10 @@ from aiohttp.typedefs import Handler
 from aiohttp_apigami.validation import ValidationSchema
 from marshmallow import ValidationError
 
-from service import keys
+from service import audit, keys
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
 from service.log import request_id_var
+from service.ratelimit import client_address
 
 # Unique without a syscall per request: a random per-process prefix and a counter.
 _PROCESS_PREFIX = uuid.uuid4().hex[:16]
@@ -37,6 +38,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.match(incoming) else next(_request_ids)
     request[keys.request_id] = request_id
     token = request_id_var.set(request_id)
+    auditor = request.config_dict.get(keys.auditor)
+    scope = (
+        audit.bind(auditor, client_address(request, request.config_dict[keys.settings].trusted_proxies))
+        if auditor
+        else None
+    )
     try:
         try:
             limit = request.config_dict[keys.settings].max_body_size
@@ -50,6 +57,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise
     finally:
         request_id_var.reset(token)
+        if scope is not None:
+            audit.unbind(scope)
     headers = response.headers
     headers["X-Request-ID"] = request_id
     if hdrs.AUTHORIZATION in request.headers:  # personal data: no shared or private cache may keep it

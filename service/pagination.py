@@ -97,7 +97,9 @@ def _unb64(text: str) -> bytes:
 TIE_SLACK = 16
 
 
-def page_filter(query: Mapping[str, Any], request: PageRequest, cursors: Cursors, scope: str) -> dict[str, Any]:
+def page_filter(
+    query: Mapping[str, Any], request: PageRequest, cursors: Cursors, scope: str, *, descending: bool = False
+) -> dict[str, Any]:
     """The filter a page's query runs with (the tests `explain` it).
 
     After a cursor: a plain range on `created` from the cursor's instant, so the index bounds the scan
@@ -107,7 +109,7 @@ def page_filter(query: Mapping[str, Any], request: PageRequest, cursors: Cursors
     filters = dict(query)
     if request.after is not None:
         created, _ = cursors.decode(scope, request.after)
-        filters["created"] = {"$gte": created}
+        filters["created"] = {"$lte" if descending else "$gte": created}
     return filters
 
 
@@ -119,20 +121,26 @@ async def fetch_page(
     cursors: Cursors,
     scope: str,
     projection: Mapping[str, Any] | None = None,
+    *,
+    descending: bool = False,
 ) -> Page:
-    """One page of `collection` matching `query`, in list order: by cursor one query, by offset two."""
+    """One page of `collection` matching `query`, in list order (oldest first, or newest first when
+    `descending`): by cursor one query, by offset two."""
     wanted = request.limit + 1  # one more than the page, to know whether more remain
-    found = db[collection].find(page_filter(query, request, cursors, scope), projection).sort(ORDER)
+    order = [(name, -1) for name, _ in ORDER] if descending else ORDER
+    filters = page_filter(query, request, cursors, scope, descending=descending)
+    found = db[collection].find(filters, projection).sort(order)
     if request.after is None:
         items = await found.skip(request.offset).limit(wanted).to_list(wanted)
     else:
         position = cursors.decode(scope, request.after)
         batch = await found.limit(wanted + TIE_SLACK).to_list(wanted + TIE_SLACK)
-        items = [item for item in batch if sort_key(item) > position]
+        items = [item for item in batch if (sort_key(item) < position if descending else sort_key(item) > position)]
         if len(items) < wanted and len(batch) == wanted + TIE_SLACK:  # the slack went on ties: go exact
             created, key = position
-            exact = {**query, "$or": [{"created": {"$gt": created}}, {"created": created, "_id": {"$gt": key}}]}
-            items = await db[collection].find(exact, projection).sort(ORDER).limit(wanted).to_list(wanted)
+            beyond = "$lt" if descending else "$gt"
+            exact = {**query, "$or": [{"created": {beyond: created}}, {"created": created, "_id": {beyond: key}}]}
+            items = await db[collection].find(exact, projection).sort(order).limit(wanted).to_list(wanted)
     more = len(items) > request.limit
     items = items[: request.limit]
     total = None if request.after is not None else await db[collection].count_documents(dict(query))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import argon2
 from aiohttp import web
 
-from service import keys
+from service import keys, metrics
 from service.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -77,12 +77,15 @@ class PasswordHasher:
         Callers that do database work before hashing (reserving a sign-in attempt) take the place
         first, so a refused request has cost nothing."""
         if self.overloaded():
+            metrics.HASH_SHED.inc()
             raise Overloaded()
         self.in_flight += 1
+        metrics.HASH_QUEUE.inc()
         try:
             yield
         finally:
             self.in_flight -= 1
+            metrics.HASH_QUEUE.dec()
 
     async def hash(self, password: str) -> str:
         with self.admit():
@@ -107,12 +110,17 @@ class PasswordHasher:
         return self._argon2.check_needs_rehash(password_hash)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        queued = time.perf_counter()
+
         def timed() -> T:
             started = time.perf_counter()
+            metrics.HASH_WAIT.observe(started - queued)
             try:
                 return function(*args)
             finally:
-                self.hash_seconds = 0.8 * self.hash_seconds + 0.2 * (time.perf_counter() - started)
+                took = time.perf_counter() - started
+                metrics.HASH_TIME.observe(took)
+                self.hash_seconds = 0.8 * self.hash_seconds + 0.2 * took
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, timed)
 

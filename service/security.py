@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami import docs
 
-from service import keys
+from service import keys, metrics
 from service.auth import repository as tokens
 from service.crypto import hash_secret
 from service.db import document_id
@@ -101,6 +101,7 @@ async def authenticate(request: web.Request) -> Principal | None:
     digest = hash_secret(token.strip())
     cache = request.config_dict[keys.principal_cache]
     found = cache.get(digest)
+    (metrics.CACHE_HITS if found is not None else metrics.CACHE_MISSES).inc()
     if found is None:
         epoch = cache.epoch
         found = await tokens.find_live_access_token(request.config_dict[keys.mongo].db, digest)
@@ -215,6 +216,7 @@ class PrincipalCache:
         for digest, (token, _) in list(self._entries.items()):
             if (digest if field == "_id" else token.get(field)) == key:
                 del self._entries[digest]
+                metrics.CACHE_EVICTIONS.inc()
 
     def current_until(self, deadline: float) -> None:
         self._valid_until = deadline
@@ -240,6 +242,7 @@ async def _follow_changes(cache: PrincipalCache, db: Any) -> None:
                     resume = stream.resume_token
                     if change is not None:
                         cache.evict(change["ns"]["coll"], change["documentKey"]["_id"])
+                        metrics.CHANGE_STREAM_LAG.observe(max(0.0, time.time() - change["clusterTime"].time))
                     if _server_cursor(stream) is not cursor:
                         # The driver hit an error and restarted the stream on its own: until it answers
                         # from a waiting getMore again, changes may come late, so stop trusting the cache.

@@ -13,10 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess  # nosec B404
 import sys
+import tempfile
 import time
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from service import fixtures
 from service.config import Settings
@@ -45,6 +49,7 @@ class Master:
         self.settings, self.host, self.port, self.count = settings, host, port, workers
         self.workers: list[subprocess.Popen[bytes]] = []
         self.signal: int | None = None
+        self.metrics_dir: str | None = None
 
     def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
         command = [
@@ -67,6 +72,7 @@ class Master:
         mongo: Mongo | None = None
         loop = asyncio.new_event_loop()
         env = {**os.environ, "WORKERS": "1"}  # a worker must not become a master itself
+        self.metrics_dir = self._serve_metrics(env)
         if self.settings.mongodb_url is None:
             mongo = loop.run_until_complete(_prepare_embedded(self.settings))
             if mongo.embedded is None:
@@ -88,13 +94,33 @@ class Master:
                 for i, worker in enumerate(self.workers):
                     if worker.poll() is not None and self.signal is None:
                         log.warning("worker %d exited with %s; starting another", worker.pid, worker.returncode)
+                        self._forget(worker.pid)
                         self.workers[i] = self._spawn(env)
                 time.sleep(0.2)
             return self._stop_all()
         finally:
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
             if mongo is not None:
                 loop.run_until_complete(mongo.close())
             loop.close()
+
+    def _serve_metrics(self, env: dict[str, str]) -> str | None:
+        """With METRICS_PORT: workers write to a shared multiprocess directory, the master serves the sum."""
+        if self.settings.metrics_port is None:
+            return None
+        directory = tempfile.mkdtemp(prefix="service-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = directory
+        env.pop("METRICS_PORT", None)  # workers record; only the master listens
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        start_http_server(self.settings.metrics_port, addr=self.host, registry=registry)
+        return directory
+
+    def _forget(self, pid: int) -> None:
+        """Live gauges (in flight, queue depth) stop counting a worker that is gone."""
+        if self.metrics_dir is not None:
+            multiprocess.mark_process_dead(pid, path=self.metrics_dir)
 
     def _rolling_restart(self, env: dict[str, str]) -> None:
         for i, old in enumerate(list(self.workers)):
@@ -103,6 +129,7 @@ class Master:
             old.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 old.wait(timeout=35)
+            self._forget(old.pid)
         log.info("reloaded %d workers", len(self.workers))
 
     def _stop_all(self) -> int:

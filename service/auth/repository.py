@@ -191,6 +191,6 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
                 "ns.coll": {"$in": list(PRINCIPAL_COLLECTIONS)},
             }
         },
-        {"$project": {"operationType": 1, "ns": 1, "documentKey": 1}},
+        {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1}},
     ]
     return db.watch(pipeline, max_await_time_ms=CHANGE_STREAM_AWAIT_MS, resume_after=resume_after)

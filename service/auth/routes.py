@@ -12,7 +12,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import errors as oauth
 
-from service import keys
+from service import keys, metrics
 from service.auth import service
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
@@ -87,6 +87,7 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
         except Exception as exc:
             if not is_unavailable_error(exc):
                 raise
+            metrics.DB_UNAVAILABLE.inc()
             response = _refusal(ServiceUnavailable())
         response.headers.update(NO_STORE)
         return response
@@ -304,7 +305,9 @@ async def authorize_decision(request: web.Request) -> web.Response:
     if form.get("action") != "approve":
         return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
     try:
-        user = await service.authenticate_user(context(request), form.get("username", ""), form.get("password", ""))
+        user = await service.authenticate_user(
+            context(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
+        )
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _consent_page(checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:

@@ -23,6 +23,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from bson import ObjectId
 from marshmallow import ValidationError
 
+from service import audit
 from service.auth import repository
 from service.auth.permissions import may_see_client
 from service.auth.schemas import validate_redirect_uri
@@ -31,7 +32,7 @@ from service.config import Settings
 from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
 from service.docs import SCOPES
-from service.errors import Forbidden, NotFound, PreconditionFailed
+from service.errors import Forbidden, NotFound, PreconditionFailed, TooManyRequests
 from service.http import check_version
 from service.pagination import Cursors, Page, PageRequest
 from service.passwords import Overloaded, PasswordHasher
@@ -128,6 +129,7 @@ async def issue_token(
     user: dict[str, Any],
     scopes: list[str],
     *,
+    grant: str,
     refresh: bool = True,
     family_id: str | None = None,
     code_id: str | None = None,
@@ -156,6 +158,9 @@ async def issue_token(
     if refresh_token:
         document["refresh_hash"] = hash_secret(refresh_token)
     await repository.insert_token(ctx.db, document)
+    audit.record(
+        "token.issued", actor_id=user["_id"], subject_id=user["_id"], client_id=client["_id"], grant_type=grant
+    )
     response: dict[str, Any] = {
         # The RFC 6750 token type, not a secret (bandit B105 false positive).
         "token_type": "Bearer",  # nosec B105
@@ -175,7 +180,7 @@ def _required(params: dict[str, str], *names: str) -> list[str]:
     return [params[name] for name in names]
 
 
-async def authenticate_user(ctx: Context, username: str, password: str) -> dict[str, Any]:
+async def authenticate_user(ctx: Context, username: str, password: str, client_id: str) -> dict[str, Any]:
     """The active user with this username and password; a deactivated account gets the same answer,
     at the same cost, as a wrong password (it must not confirm the password)."""
     user: dict[str, Any] | None = None
@@ -185,8 +190,16 @@ async def authenticate_user(ctx: Context, username: str, password: str) -> dict[
         user = await users_repository.get_user_by_username(ctx.db, username)
         return user["password_hash"] if user and user.get("is_active") else None
 
-    if not await check_password(ctx.db, ctx.hasher, ctx.settings, username, password, active_users_hash) or not user:
+    try:
+        verified = await check_password(ctx.db, ctx.hasher, ctx.settings, username, password, active_users_hash)
+    except TooManyRequests:
+        audit.record("signin.throttled", client_id=client_id, username=username)
+        raise
+    if not verified or not user:
+        subject = user["_id"] if user else None
+        audit.record("signin.failure", subject_id=subject, client_id=client_id, username=username)
         raise oauth.InvalidGrantError("Invalid username or password.")
+    audit.record("signin.success", actor_id=user["_id"], subject_id=user["_id"], client_id=client_id)
     if ctx.hasher.needs_rehash(user["password_hash"]):
         await users_repository.set_password_hash(ctx.db, user["_id"], await ctx.hasher.hash(password))
     return user
@@ -195,8 +208,8 @@ async def authenticate_user(ctx: Context, username: str, password: str) -> dict[
 async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
     username, password = _required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
-    user = await authenticate_user(ctx, username, password)
-    return await issue_token(ctx, client, user, scopes)
+    user = await authenticate_user(ctx, username, password, client["_id"])
+    return await issue_token(ctx, client, user, scopes, grant="password")
 
 
 async def client_credentials_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -206,7 +219,7 @@ async def client_credentials_grant(ctx: Context, client: dict[str, Any], params:
     owner = await users_repository.get_user(ctx.db, client["user_id"])
     if owner is None or not owner.get("is_active"):
         raise oauth.InvalidGrantError("The client's owner is deactivated.")
-    return await issue_token(ctx, client, owner, scopes, refresh=False)
+    return await issue_token(ctx, client, owner, scopes, grant="client_credentials", refresh=False)
 
 
 async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -221,12 +234,13 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
     if claimed is None:
         if old.get("rotated"):
             await repository.revoke_tokens(ctx.db, {"family_id": old["family_id"]})
+            audit.record("token.refresh_reuse_detected", subject_id=old["user_id"], client_id=client["_id"])
             raise oauth.InvalidGrantError("The refresh token was already used; its whole family is revoked.")
         raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
     user = await users_repository.get_user(ctx.db, claimed["user_id"])
     if user is None or not repository.is_current(claimed, user):
         raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
-    return await issue_token(ctx, client, user, scopes, family_id=claimed["family_id"])
+    return await issue_token(ctx, client, user, scopes, grant="refresh_token", family_id=claimed["family_id"])
 
 
 async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -253,11 +267,12 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
     if stored.get("used") or not await repository.claim_code(ctx.db, digest):
         await repository.revoke_tokens(ctx.db, {"code_id": digest})
+        audit.record("token.code_reuse_detected", subject_id=stored["user_id"], client_id=client["_id"])
         raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
     user = await users_repository.get_user(ctx.db, stored["user_id"])
     if user is None or not repository.is_current(stored, user):
         raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
-    return await issue_token(ctx, client, user, stored["scopes"], code_id=digest)
+    return await issue_token(ctx, client, user, stored["scopes"], grant="authorization_code", code_id=digest)
 
 
 Grant = Callable[[Context, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
@@ -307,6 +322,7 @@ async def revoke(db: Database, params: dict[str, str], authorization: str | None
         await repository.revoke_tokens(db, {"family_id": found["family_id"]})
     else:
         await repository.revoke_tokens(db, {"_id": found["_id"]})
+    audit.record("token.revoked", subject_id=found["user_id"], client_id=client["_id"], token_kind=found["_kind"])
 
 
 async def introspect(db: Database, params: dict[str, str], authorization: str | None, issuer: str) -> dict[str, Any]:
@@ -379,7 +395,9 @@ async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) 
     """Register a client; the secret of a confidential client is returned once and stored hashed."""
     secret = new_token(36) if data["client_type"] == "confidential" else None
     document = new_client_document(new_token(24), data, secret, owner_id)
-    return await repository.insert_client(db, document), secret
+    client = await repository.insert_client(db, document)
+    audit.record("client.created", actor_id=owner_id, subject_id=owner_id, client_id=client["_id"])
+    return client, secret
 
 
 async def list_clients(
@@ -406,6 +424,8 @@ async def delete_client(db: Database, caller: Principal, client_id: str, expecte
     client = await get_visible_client(db, caller, client_id)
     check_version(expected_version, client)
     deleted = await repository.delete_client(db, client["_id"], expected_version)
+    if deleted:
+        audit.record("client.deleted", actor_id=caller.user_id, subject_id=client["user_id"], client_id=client["_id"])
     if not deleted and expected_version is not None:  # changed or gone between the read and the delete
         raise PreconditionFailed("The OAuth2 client changed since you read it.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from service import patch
+from service import audit, patch
 from service.auth import repository as auth_repository
 from service.auth.signin import check_password
 from service.config import Settings
@@ -89,6 +89,21 @@ async def _check_guards(
             raise Forbidden("The current password is wrong.")
 
 
+def _audit_changes(caller: Principal, target: dict[str, Any], changes: dict[str, Any]) -> None:
+    who = {"actor_id": caller.user_id, "subject_id": target["_id"]}
+    if "password_hash" in changes:
+        audit.record("user.password_changed", **who)
+    if "email" in changes and changes["email"] != target.get("email"):
+        audit.record("user.email_changed", **who)
+    roles = {
+        key: changes[key] for key in ("is_admin", "is_regular_user") if changes.get(key, target[key]) != target[key]
+    }
+    if roles:
+        audit.record("user.role_changed", **who, roles=roles)
+    if changes.get("is_active", target["is_active"]) != target["is_active"]:
+        audit.record("user.activated" if changes["is_active"] else "user.deactivated", **who)
+
+
 async def patch_user(
     db: Database,
     hasher: PasswordHasher,
@@ -122,6 +137,7 @@ async def patch_user(
         version = None if blind else target["version"]
         updated = await repository.update_user(db, target["_id"], version, changes, revoke_tokens=revoke)
         if updated is not None:
+            _audit_changes(caller, target, changes)
             if revoke:
                 await _mark_tokens_revoked(db, updated["_id"])
             return updated, revoke
