@@ -13,6 +13,7 @@ from service import docs, fixtures, keys, metrics
 from service.audit import auditor_ctx
 from service.audit import routes as audit_routes
 from service.auth import routes as auth_routes
+from service.auth.signing import KeyRing
 from service.config import Settings
 from service.db import Client, Mongo, shared_secret, upgrade
 from service.errors import problem_middleware, problem_response
@@ -114,6 +115,7 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await upgrade(mongo.db)
         app[keys.cursors] = Cursors(await shared_secret(mongo.db, "list-cursors"))
+        app[keys.keyring] = KeyRing(mongo.db)
         yield
     finally:
         await mongo.close()

@@ -8,6 +8,7 @@ import getpass
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from marshmallow import ValidationError
 from service import fixtures, keys, log
 from service.app import create_app
 from service.auth import service as auth_service
+from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.config import Settings, SettingsError
 from service.db import EmbeddedServerError, Mongo, upgrade
@@ -71,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     clients_create.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
     clients_create.add_argument("--scope", action="append", dest="scopes", help="allowed (and default) scope; repeat")
     clients_create.set_defaults(handler=cmd_clients_create)
+
+    keys_parser = commands.add_parser("keys", help="ID-token signing keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_rotate = keys_commands.add_parser(
+        "rotate", help="add a signing key (it signs a minute later) and drop keys whose tokens have all expired"
+    )
+    keys_rotate.set_defaults(handler=cmd_keys_rotate)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     openapi.set_defaults(handler=cmd_openapi)
@@ -164,6 +173,19 @@ async def _db_upgrade(mongo: Mongo) -> int:
 
 
 cmd_db_upgrade = with_database(_db_upgrade)
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(mongo: Mongo) -> int:
+        await upgrade(mongo.db)
+        kid = await signing.add_key(mongo.db)
+        keep_for = timedelta(seconds=settings.access_token_ttl) + signing.PUBLISH_BEFORE_USE
+        dropped = await signing.drop_expired_keys(mongo.db, keep_for)
+        print(f"added signing key {kid} (published now, signing from {signing.PUBLISH_BEFORE_USE} from now)")
+        print(f"dropped expired keys: {', '.join(dropped) or 'none'}")
+        return 0
+
+    return with_database(work)(args, settings)
 
 
 def _with_hasher(work: Callable[[Mongo, PasswordHasher], Awaitable[int]]) -> Callable[[Mongo], Awaitable[int]]:

@@ -253,11 +253,12 @@ def all_indexes() -> Mapping[str, Sequence[IndexModel]]:
     """Every collection's indexes, as declared next to the repository that needs them."""
     from service.audit import INDEXES as AUDIT
     from service.auth.repository import INDEXES as AUTH
+    from service.auth.signing import INDEXES as SIGNING
     from service.teams.repository import INDEXES as TEAMS
     from service.users.repository import INDEXES as USERS
 
     merged: dict[str, list[IndexModel]] = {}
-    for declared in (AUTH, USERS, TEAMS, AUDIT):
+    for declared in (AUTH, USERS, TEAMS, AUDIT, SIGNING):
         for collection, models in declared.items():
             merged.setdefault(collection, []).extend(models)
     return merged
@@ -276,7 +277,17 @@ async def _backfill_versions(db: Database) -> None:
         await db[collection].update_many({"version": {"$exists": False}}, {"$set": {"version": 1}})
 
 
-MIGRATIONS: tuple[Migration, ...] = (("0001_backfill_versions", _backfill_versions),)
+async def _documentation_client_may_sign_in(db: Database) -> None:
+    """The docs page's client may ask for the OpenID Connect scopes (databases loaded before OIDC)."""
+    await db.oauth2_clients.update_one(
+        {"_id": "documentation"}, {"$addToSet": {"allowed_scopes": {"$each": ["openid", "profile", "email"]}}}
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    ("0001_backfill_versions", _backfill_versions),
+    ("0002_documentation_client_oidc_scopes", _documentation_client_may_sign_in),
+)
 
 
 async def run_migrations(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:

@@ -22,6 +22,9 @@ SCOPES = {
     "users:write": "Change users",
     "teams:read": "Read teams",
     "teams:write": "Change teams",
+    "openid": "Sign you in to the application (OpenID Connect): your user id",
+    "profile": "Your name and username",
+    "email": "Your email address",
 }
 DOCS_CLIENT_ID = "documentation"
 API_PREFIX = "/api/v1"

@@ -11,6 +11,7 @@ from service.db import Mongo
 
 if TYPE_CHECKING:
     from service.audit import Auditor
+    from service.auth.signing import KeyRing
     from service.pagination import Cursors
     from service.passwords import PasswordHasher
     from service.ratelimit import TokenBuckets
@@ -24,6 +25,7 @@ principal_cache: web.AppKey[PrincipalCache] = web.AppKey("service.principal_cach
 rate_limiter: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter")
 cursors: web.AppKey[Cursors] = web.AppKey("service.cursors")
 auditor: web.AppKey[Auditor] = web.AppKey("service.auditor")
+keyring: web.AppKey[KeyRing] = web.AppKey("service.keyring")
 
 request_id = web.RequestKey("service.request_id", str)
 body = web.RequestKey("service.body", Any)

@@ -13,7 +13,7 @@ from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import errors as oauth
 
 from service import keys, metrics
-from service.auth import service
+from service.auth import oidc, service
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
     CreateOAuth2ClientSchema,
@@ -22,10 +22,10 @@ from service.auth.schemas import (
 )
 from service.db import is_unavailable_error
 from service.docs import IF_MATCH, SCOPES, responds
-from service.errors import ServiceUnavailable, TooManyRequests
+from service.errors import InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
 from service.http import if_match_version, json_response, page, with_etag
 from service.pagination import PageRequest
-from service.security import invalidate_principals, principal, requires
+from service.security import authenticate, invalidate_principals, principal, requires
 
 oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
@@ -42,8 +42,9 @@ def issuer(request: web.Request) -> str:
 
 
 def context(request: web.Request) -> service.Context:
+    config = request.config_dict
     return service.Context(
-        request.config_dict[keys.mongo].db, request.config_dict[keys.hasher], request.config_dict[keys.settings]
+        config[keys.mongo].db, config[keys.hasher], config[keys.settings], config[keys.keyring], issuer(request)
     )
 
 
@@ -128,6 +129,32 @@ async def introspect(request: web.Request) -> web.Response:
 @oauth_routes.get("/.well-known/oauth-authorization-server")
 async def server_metadata(request: web.Request) -> web.Response:
     return json_response(service.metadata(issuer(request)))
+
+
+@oauth_routes.get("/.well-known/openid-configuration")
+async def openid_configuration(request: web.Request) -> web.Response:
+    return json_response(oidc.discovery(service.metadata(issuer(request)), issuer(request)))
+
+
+@oauth_routes.get("/auth/oauth2/jwks")
+async def jwks(request: web.Request) -> web.Response:
+    """The public signing keys (JWK Set); clients may cache them for a few minutes."""
+    response = json_response(await request.config_dict[keys.keyring].jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@oauth_routes.route("*", "/auth/oauth2/userinfo")
+async def userinfo(request: web.Request) -> web.Response:
+    """OpenID Connect UserInfo (GET or POST): the claims the bearer token's scopes allow; RFC 6750 errors."""
+    if request.method not in ("GET", "POST"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
+    caller = await authenticate(request)
+    if caller is None:
+        raise Unauthorized("A bearer token is required.", error=None)
+    if "openid" not in caller.scopes:
+        raise InsufficientScope(("openid",))
+    return json_response(oidc.user_claims(caller.user, caller.scopes), headers=NO_STORE)
 
 
 # --- /api/v1/auth/oauth2_clients -------------------------------------------------------------

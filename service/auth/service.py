@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -20,14 +21,16 @@ from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from authlib.oidc.core import errors as oidc_errors
 from bson import ObjectId
 from marshmallow import ValidationError
 
 from service import audit
-from service.auth import repository
+from service.auth import oidc, repository
 from service.auth.permissions import may_see_client
 from service.auth.schemas import validate_redirect_uri
 from service.auth.signin import check_password
+from service.auth.signing import KeyRing
 from service.config import Settings
 from service.crypto import hash_secret, new_token, secret_matches
 from service.db import Database, document_id, utcnow
@@ -49,6 +52,8 @@ class Context:
     db: Database
     hasher: PasswordHasher
     settings: Settings
+    keyring: KeyRing
+    issuer: str
 
 
 # --- request parsing and client authentication -----------------------------------------------
@@ -133,8 +138,12 @@ async def issue_token(
     refresh: bool = True,
     family_id: str | None = None,
     code_id: str | None = None,
+    auth_time: int | None = None,
+    nonce: str | None = None,
 ) -> dict[str, Any]:
-    """Store a new token (hashes only) and return the RFC 6749 5.1 response."""
+    """Store a new token (hashes only) and return the RFC 6749 5.1 response; with scope `openid`, an ID
+    token too (`auth_time`: when the user last signed in, carried from the code into its refreshes)."""
+    auth_time = auth_time or int(time.time())
     now = utcnow()
     access_token = new_token()
     refresh_token = new_token() if refresh else None
@@ -154,6 +163,7 @@ async def issue_token(
         "revoked": False,
         "rotated": False,
         "created": now,
+        "auth_time": auth_time,
     }
     if refresh_token:
         document["refresh_hash"] = hash_secret(refresh_token)
@@ -170,6 +180,18 @@ async def issue_token(
     }
     if refresh_token:
         response["refresh_token"] = refresh_token
+    if "openid" in scopes and grant != "client_credentials":
+        response["id_token"] = await oidc.id_token(
+            ctx.keyring,
+            issuer=ctx.issuer,
+            client_id=client["_id"],
+            user=user,
+            scopes=scopes,
+            access_token=access_token,
+            auth_time=auth_time,
+            lifetime=ctx.settings.access_token_ttl,
+            nonce=nonce,
+        )
     return response
 
 
@@ -240,7 +262,15 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
     user = await users_repository.get_user(ctx.db, claimed["user_id"])
     if user is None or not repository.is_current(claimed, user):
         raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
-    return await issue_token(ctx, client, user, scopes, grant="refresh_token", family_id=claimed["family_id"])
+    return await issue_token(
+        ctx,
+        client,
+        user,
+        scopes,
+        grant="refresh_token",
+        family_id=claimed["family_id"],
+        auth_time=claimed.get("auth_time"),
+    )
 
 
 async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -272,7 +302,16 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
     user = await users_repository.get_user(ctx.db, stored["user_id"])
     if user is None or not repository.is_current(stored, user):
         raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
-    return await issue_token(ctx, client, user, stored["scopes"], grant="authorization_code", code_id=digest)
+    return await issue_token(
+        ctx,
+        client,
+        user,
+        stored["scopes"],
+        grant="authorization_code",
+        code_id=digest,
+        auth_time=stored.get("auth_time"),
+        nonce=stored.get("nonce"),
+    )
 
 
 Grant = Callable[[Context, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
@@ -446,6 +485,7 @@ class AuthorizationRequest:
     scopes: list[str]
     state: str | None
     code_challenge: str | None
+    nonce: str | None = None
 
     def as_form(self) -> dict[str, str]:
         """The request as hidden form fields, re-validated when the form comes back."""
@@ -459,6 +499,8 @@ class AuthorizationRequest:
             fields["state"] = self.state
         if self.code_challenge:
             fields.update(code_challenge=self.code_challenge, code_challenge_method="S256")
+        if self.nonce:
+            fields["nonce"] = self.nonce
         return fields
 
 
@@ -480,6 +522,18 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
     where = {"redirect_uri": redirect_uri, "state": state}
     if params.get("response_type") != "code":
         raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
+    if "request" in params:
+        raise oidc_errors.RequestNotSupportedError("Request objects are not supported.", **where)
+    if "request_uri" in params:
+        raise oidc_errors.RequestURINotSupportedError("request_uri is not supported.", **where)
+    prompts = set(params.get("prompt", "").split())
+    if "none" in prompts:  # the sign-in page keeps no session, so it can never sign in silently
+        raise oidc_errors.LoginRequiredError("This server always asks the user to sign in.", **where)
+    if not prompts <= {"login", "consent", "select_account"}:
+        raise oauth.InvalidRequestError("prompt must be none, login, consent or select_account.", **where)
+    nonce = params.get("nonce") or None
+    if nonce is not None and len(nonce) > 512:
+        raise oauth.InvalidRequestError("nonce is too long.", **where)
     try:
         scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     except oauth.InvalidScopeError as exc:
@@ -492,7 +546,7 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
             raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
     elif client["client_type"] == "public":
         raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
-    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None)
+    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
 
 
 async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str, Any]) -> str:
@@ -508,6 +562,8 @@ async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str
             "user_id": user["_id"],
             "generation": user.get("token_generation", 0),
             "code_challenge": request.code_challenge,
+            "nonce": request.nonce,
+            "auth_time": int(time.time()),  # the user signed in just now, on the page
             "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
             "used": False,
         },

@@ -1,0 +1,15 @@
+"""authlib's JOSE (JWK, JWT), imported once without its deprecation notice.
+
+authlib 1.x announces `joserfc` as the successor of `authlib.jose` on import; the API is stable until
+authlib 2.0, and a command-line user should not see the notice on every command.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
+    from authlib.jose import JsonWebKey, JsonWebToken, RSAKey, jwt
+
+__all__ = ["JsonWebKey", "JsonWebToken", "RSAKey", "jwt"]
