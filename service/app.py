@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from service import docs, fixtures, keys, metrics
 from service.audit import auditor_ctx
 from service.audit import routes as audit_routes
+from service.auth import openapi as auth_openapi
 from service.auth import routes as auth_routes
 from service.auth.signing import KeyRing
 from service.config import Settings
@@ -84,7 +85,14 @@ def _create_api() -> web.Application:
         api.router.add_routes(routes)
     docs.add_docs_routes(api)
     _add_slashless_aliases(api)
-    docs.finish_docs(api)
+    docs.finish_docs(
+        api,
+        {
+            "paths": auth_openapi.PATHS,
+            "schemas": auth_openapi.SCHEMAS,
+            "securitySchemes": auth_openapi.SECURITY_SCHEMES,
+        },
+    )
     return api
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,16 @@ def add_docs_routes(api: web.Application) -> None:
     api.router.add_static("/static", Path(SWAGGER_UI_STATIC_FILES))
 
 
-def finish_docs(api: web.Application) -> None:
-    """Build the document once, at start-up, and serve it as bytes under both of its names."""
-    api[keys.openapi] = orjson.dumps(build_openapi(api))
+def finish_docs(api: web.Application, extra: Mapping[str, Any] | None = None) -> None:
+    """Build the document once, at start-up, and serve it as bytes under both of its names.
+
+    `extra` adds what no sub-app route describes: `paths`, `schemas` and `securitySchemes`."""
+    document = build_openapi(api)
+    if extra:
+        document["paths"].update(extra.get("paths", {}))
+        document["components"]["schemas"].update(extra.get("schemas", {}))
+        document["components"]["securitySchemes"].update(extra.get("securitySchemes", {}))
+    api[keys.openapi] = orjson.dumps(document)
     api.router.add_get("/openapi.json", openapi_json)
     api.router.add_get("/swagger.json", openapi_json)
 

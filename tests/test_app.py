@@ -97,6 +97,7 @@ async def test_every_operation_documents_scopes_and_error_responses(client: Test
     operations = {
         (method, path): operation
         for path, methods in document["paths"].items()
+        if "servers" not in methods  # the OAuth2/OIDC endpoints at the site root speak RFC 6749, not problems
         for method, operation in methods.items()
     }
     assert ("get", "/audit/") in operations
@@ -129,3 +130,24 @@ def test_generated_request_ids_share_one_random_prefix_per_process() -> None:
     first, second = next(middlewares._request_ids), next(middlewares._request_ids)
     assert first[:16] == second[:16]
     assert first != second
+
+
+async def test_oauth2_and_oidc_endpoints_are_in_the_document_swagger_ui_shows(client: TestClient) -> None:
+    document = orjson.loads(await (await client.get("/api/v1/openapi.json")).read())
+    for path in (
+        "/auth/oauth2/token",
+        "/auth/oauth2/revoke",
+        "/auth/oauth2/introspect",
+        "/auth/oauth2/authorize",
+        "/auth/oauth2/userinfo",
+        "/auth/oauth2/jwks",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ):
+        assert document["paths"][path]["servers"][0]["url"] == "/", path
+    token = document["paths"]["/auth/oauth2/token"]["post"]
+    assert "application/x-www-form-urlencoded" in token["requestBody"]["content"]
+    assert {"400", "401", "429", "503"} <= set(token["responses"])
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["openIdConnect"]["openIdConnectUrl"] == "/.well-known/openid-configuration"
+    assert {"openid", "profile", "email"} <= set(schemes["oauth2"]["flows"]["authorizationCode"]["scopes"])
