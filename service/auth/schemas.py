@@ -12,6 +12,7 @@ from service.docs import SCOPES
 from service.schemas import IdField, PaginationSchema
 
 SCOPE = fields.String(validate=validate.OneOf(tuple(SCOPES)))
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -48,6 +49,13 @@ def validate_redirect_uri(uri: str) -> None:
 class OAuth2ClientSchema(Schema):
     client_id = fields.String(attribute="_id", dump_only=True)
     client_type = fields.String(dump_only=True, metadata={"enum": ["public", "confidential"]})
+    token_endpoint_auth_method = fields.Function(
+        lambda client: (
+            client.get("token_endpoint_auth_method") or ("none" if client["client_type"] == "public" else None)
+        ),
+        metadata={"type": "string", "enum": list(AUTH_METHODS), "nullable": True},
+        dump_only=True,
+    )
     redirect_uris = fields.List(fields.String(), dump_only=True)
     default_scopes = fields.List(fields.String(), dump_only=True)
     allowed_scopes = fields.List(fields.String(), dump_only=True)
@@ -76,6 +84,21 @@ class CreateOAuth2ClientSchema(Schema):
     )
     default_scopes = fields.List(SCOPE, load_default=list)
     allowed_scopes = fields.List(SCOPE, required=True, validate=validate.Length(min=1))
+    token_endpoint_auth_method = fields.String(
+        validate=validate.OneOf(AUTH_METHODS),
+        metadata={
+            "description": "How the client authenticates at the token endpoint (OpenID Connect registration): "
+            "`none` for public clients; `client_secret_basic` (default) or `client_secret_post` for confidential ones."
+        },
+    )
+
+    @validates_schema
+    def _auth_method_fits_the_type(self, data: dict[str, Any], **_: Any) -> None:
+        method = data.get("token_endpoint_auth_method")
+        if method is not None and (method == "none") != (data.get("client_type") == "public"):
+            raise ValidationError(
+                ["Public clients use none; confidential ones a client secret."], "token_endpoint_auth_method"
+            )
 
     @validates_schema
     def _defaults_are_allowed(self, data: dict[str, Any], **_: Any) -> None:

@@ -108,6 +108,9 @@ async def authenticate_client(
     if client["client_type"] == "confidential":
         if secret is None or not secret_matches(secret, client["secret_hash"]):
             raise _invalid_client("Unknown client or wrong secret.")
+        registered = client.get("token_endpoint_auth_method")
+        if registered is not None and registered != ("client_secret_basic" if basic else "client_secret_post"):
+            raise _invalid_client(f"This client authenticates with {registered}.")
     elif secret:
         raise _invalid_client("Public clients have no secret.")
     if confidential_only and client["client_type"] != "confidential":
@@ -419,6 +422,7 @@ def new_client_document(client_id: str, data: dict[str, Any], secret: str | None
     return {
         "_id": client_id,
         "client_type": data["client_type"],
+        "token_endpoint_auth_method": data.get("token_endpoint_auth_method"),  # None: Basic or form
         "secret_hash": hash_secret(secret) if secret else None,
         "redirect_uris": data["redirect_uris"],
         "default_scopes": data["default_scopes"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from service.crypto import hash_secret
+from tests.helpers import basic
 
 URL = "/api/v1/auth/oauth2_clients/"
 PROBLEM = "application/problem+json"
@@ -27,6 +28,7 @@ async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client
     assert set(body) == {
         "client_id",
         "client_type",
+        "token_endpoint_auth_method",
         "redirect_uris",
         "default_scopes",
         "allowed_scopes",
@@ -117,3 +119,31 @@ async def test_clients_carry_an_etag_and_delete_honours_if_match(
     assert await db.oauth2_clients.count_documents({"_id": body["client_id"]}) == 1
     assert (await client.delete(url, headers={**headers, "If-Match": '"1"'})).status == 204
     assert await db.oauth2_clients.count_documents({"_id": body["client_id"]}) == 0
+
+
+async def test_a_registered_token_endpoint_auth_method_is_stored_and_enforced(
+    client: TestClient, register_client
+) -> None:  # type: ignore[no-untyped-def]
+    post_only = await register_client("user", token_endpoint_auth_method="client_secret_post")
+    assert post_only["token_endpoint_auth_method"] == "client_secret_post"
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": post_only["client_id"],
+        "client_secret": post_only["client_secret"],
+    }
+    assert (await client.post("/auth/oauth2/token", data=form)).status == 200
+    basic_auth = basic(post_only["client_id"], post_only["client_secret"])
+    refused = await client.post("/auth/oauth2/token", data={"grant_type": "client_credentials"}, headers=basic_auth)
+    assert refused.status == 401
+    assert (await refused.json())["error"] == "invalid_client"
+    unspecified = await register_client("user")
+    assert unspecified["token_endpoint_auth_method"] is None  # Basic or form, as before
+    public = await register_client("user", client_type="public", redirect_uris=["https://app.example/cb"])
+    assert public["token_endpoint_auth_method"] == "none"
+
+
+async def test_an_auth_method_that_does_not_fit_the_client_type_is_422(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+    body = {"client_type": "public", "allowed_scopes": ["openid"], "token_endpoint_auth_method": "client_secret_basic"}
+    response = await client.post("/api/v1/auth/oauth2_clients/", json=body, headers=await bearer("user"))
+    assert response.status == 422
+    assert "token_endpoint_auth_method" in (await response.json())["errors"]
