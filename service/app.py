@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from service import docs, fixtures, keys, metrics
+from service import docs, fixtures, keys, metrics, tracing
 from service.audit import auditor_ctx
 from service.audit import routes as audit_routes
 from service.auth import openapi as auth_openapi
@@ -51,10 +51,17 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     # Order matters: the edge (request id, security headers, body limit) wraps everything so even error
     # responses carry them and oversize bodies are refused first; the problem middleware turns every
     # failure below it into problem+json.
+    # Tracing (when configured) opens the server span first, so everything below is inside it.
     # Metrics see every answer (problem responses included) under its route template.
     # The per-address limit on the OAuth2 endpoints comes next, before any work is done for them.
     app = web.Application(
-        middlewares=[edge_middleware, metrics_middleware, problem_middleware, oauth_rate_limit_middleware],
+        middlewares=[
+            *tracing.middlewares(),
+            edge_middleware,
+            metrics_middleware,
+            problem_middleware,
+            oauth_rate_limit_middleware,
+        ],
         client_max_size=settings.max_body_size,
     )
     app[keys.settings] = settings

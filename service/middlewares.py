@@ -12,6 +12,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami.validation import ValidationSchema
 from marshmallow import ValidationError
+from opentelemetry import trace
 
 from service import audit, keys
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
@@ -37,6 +38,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else next(_request_ids)
     request[keys.request_id] = request_id
+    trace.get_current_span().set_attribute("http.request.id", request_id)
     token = request_id_var.set(request_id)
     auditor = request.config_dict.get(keys.auditor)
     scope = (

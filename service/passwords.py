@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import argon2
 from aiohttp import web
 
-from service import keys, metrics
+from service import keys, metrics, tracing
 from service.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -123,7 +123,8 @@ class PasswordHasher:
                 # which grow with load and would make the server shed work it can still do.
                 self.hash_seconds = 0.8 * self.hash_seconds + 0.2 * (time.thread_time() - cpu)
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, timed)
+        with tracing.tracer.start_as_current_span("password hash"):
+            return await asyncio.get_running_loop().run_in_executor(self._pool, timed)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
