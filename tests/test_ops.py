@@ -21,7 +21,8 @@ def routes() -> set[str]:
 
 
 def test_stack_has_the_expected_services() -> None:
-    assert set(SERVICES) == {"mongo", "mongo-init", "fixtures", "api", "nginx"}
+    assert set(SERVICES) == {"mongo", "mongo-init", "fixtures", "api", "nginx", "prometheus"}
+    assert SERVICES["prometheus"]["profiles"] == ["observability"]  # optional, off by default
     assert SERVICES["mongo"]["image"].startswith("mongo:8")
     assert "--replSet" in SERVICES["mongo"]["command"]
     assert "mongo-data" in COMPOSE["volumes"]
@@ -59,9 +60,18 @@ def test_api_can_scale_behind_nginx() -> None:
     api = SERVICES["api"]
     assert "ports" not in api, "a fixed host port would stop `--scale api=3`"
     port = api["environment"]["PORT"]
-    assert api["expose"] == [port]
+    assert api["expose"][0] == port
     nginx = (ROOT / "ops" / "nginx.conf").read_text()
     assert f"server api:{port}" in nginx
     limit = re.search(r"client_max_body_size (\d+)k", nginx)
     assert limit is not None
     assert int(limit.group(1)) * 1024 == Settings().max_body_size
+
+
+def test_observability_profile_scrapes_the_metrics_port_nginx_never_routes() -> None:
+    port = SERVICES["api"]["environment"]["METRICS_PORT"]
+    scrape = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["dns_sd_configs"][0]["port"] == int(port)
+    assert port in SERVICES["api"]["expose"]
+    nginx = (ROOT / "ops" / "nginx.conf").read_text()
+    assert f":{port}" not in nginx
