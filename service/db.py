@@ -284,9 +284,30 @@ async def _documentation_client_may_sign_in(db: Database) -> None:
     )
 
 
+async def _memberships_out_of_team_documents(db: Database) -> None:
+    """Teams stored their members in an array; each becomes a `memberships` document and the team keeps
+    a leader count. Idempotent: an interrupted run upserts what it already wrote and goes on."""
+    async for team in db.teams.find({"members": {"$exists": True}}):
+        for member in team["members"]:
+            await db.memberships.update_one(
+                {"team_id": team["_id"], "user_id": member["user_id"]},
+                {
+                    "$setOnInsert": {
+                        "is_leader": member["is_leader"],
+                        "created": member["created"],
+                        "team_created": team["created"],
+                    }
+                },
+                upsert=True,
+            )
+        leaders = sum(1 for member in team["members"] if member["is_leader"])
+        await db.teams.update_one({"_id": team["_id"]}, {"$set": {"leaders": leaders}, "$unset": {"members": ""}})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     ("0001_backfill_versions", _backfill_versions),
     ("0002_documentation_client_oidc_scopes", _documentation_client_may_sign_in),
+    ("0003_memberships_out_of_team_documents", _memberships_out_of_team_documents),
 )
 
 
@@ -317,6 +338,17 @@ async def upgrade(db: Database) -> list[str]:
     """Indexes, then migrations: what start-up and `db upgrade` do."""
     await ensure_indexes(db)
     return await run_migrations(db)
+
+
+async def in_transaction(db: Database, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run `work(session)` in a multi-document transaction, retried by the driver on transient
+    conflicts and unknown commit results; on mongomock (no transactions) run it with no session."""
+    try:
+        session = await db.client.start_session()
+    except NotImplementedError:  # mongomock: no sessions
+        return await work(None)
+    async with session:
+        return await session.with_transaction(work)
 
 
 async def shared_secret(db: Database, name: str) -> bytes:

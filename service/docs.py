@@ -206,7 +206,7 @@ _HEADER_DESCRIPTIONS = {
     "X-Tokens-Revoked": "`true` when the change revoked all of the user's tokens.",
 }
 _ERROR_DESCRIPTIONS = {
-    400: "Malformed body (not JSON, or not a JSON Patch array).",
+    400: "Malformed body (not JSON, or not a JSON Patch array), or a malformed If-Match.",
     404: "No such object, or one you may not see.",
     409: "Conflict (duplicate, failed JSON Patch test, or last leader).",
     412: "If-Match does not match the current ETag; nothing changed.",

@@ -18,7 +18,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from service.auth import repository as auth_repository
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.auth.service import new_client_document
-from service.db import Database, utcnow
+from service.db import Database
 from service.passwords import PasswordHasher
 from service.teams import repository as teams_repository
 from service.teams.schemas import TITLE
@@ -132,14 +132,14 @@ async def load(db: Database, hasher: PasswordHasher, paths: Iterable[Path]) -> d
     for team in data["teams"]:
         if await teams_repository.get_team_by_title(db, team["title"]) is not None:
             continue
+        document = teams_repository.new_team_document(team["title"])
         members = []
         for member in team["members"]:
             user = await users_repository.get_user_by_username(db, member["username"])
             if user is None:
                 raise FixtureError(f"Team {team['title']!r}: unknown member {member['username']!r}")
-            members.append({"user_id": user["_id"], "is_leader": member["is_leader"], "created": utcnow()})
-        document = teams_repository.new_team_document(team["title"], members[0]["user_id"])
-        document["members"] = members
-        await teams_repository.insert_team(db, document)
+            members.append(teams_repository.new_membership(document, user["_id"], member["is_leader"]))
+        document["leaders"] = sum(1 for member in members if member["is_leader"])
+        await teams_repository.insert_team(db, document, members)
         created["teams"] += 1
     return created

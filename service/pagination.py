@@ -25,7 +25,8 @@ from bson.errors import InvalidId
 from service.db import Database
 from service.errors import ValidationFailed
 
-ORDER = [("created", 1), ("_id", 1)]
+KEYS = ("created", "_id")
+ORDER = [(name, 1) for name in KEYS]
 _MAC_BYTES = 16
 
 
@@ -79,10 +80,10 @@ class Cursors:
         return created, key
 
 
-def sort_key(item: Mapping[str, Any], key: str = "_id") -> tuple[datetime, Any]:
+def sort_key(item: Mapping[str, Any], keys: tuple[str, str] = ("created", "_id")) -> tuple[datetime, Any]:
     """An item's place in list order (timestamps read back naive by some drivers count as UTC)."""
-    created: datetime = item["created"]
-    return (created if created.tzinfo else created.replace(tzinfo=UTC), item[key])
+    created: datetime = item[keys[0]]
+    return (created if created.tzinfo else created.replace(tzinfo=UTC), item[keys[1]])
 
 
 def _b64(raw: bytes) -> str:
@@ -98,7 +99,13 @@ TIE_SLACK = 16
 
 
 def page_filter(
-    query: Mapping[str, Any], request: PageRequest, cursors: Cursors, scope: str, *, descending: bool = False
+    query: Mapping[str, Any],
+    request: PageRequest,
+    cursors: Cursors,
+    scope: str,
+    *,
+    descending: bool = False,
+    keys: tuple[str, str] = KEYS,
 ) -> dict[str, Any]:
     """The filter a page's query runs with (the tests `explain` it).
 
@@ -109,7 +116,7 @@ def page_filter(
     filters = dict(query)
     if request.after is not None:
         created, _ = cursors.decode(scope, request.after)
-        filters["created"] = {"$lte" if descending else "$gte": created}
+        filters[keys[0]] = {"$lte" if descending else "$gte": created}
     return filters
 
 
@@ -123,40 +130,32 @@ async def fetch_page(
     projection: Mapping[str, Any] | None = None,
     *,
     descending: bool = False,
+    keys: tuple[str, str] = KEYS,
 ) -> Page:
     """One page of `collection` matching `query`, in list order (oldest first, or newest first when
-    `descending`): by cursor one query, by offset two."""
+    `descending`): by cursor one query, by offset two. `keys` names the (time, id) fields that order
+    it when they are not `created` and `_id` (a member's teams are ordered by the teams' own)."""
     wanted = request.limit + 1  # one more than the page, to know whether more remain
-    order = [(name, -1) for name, _ in ORDER] if descending else ORDER
-    filters = page_filter(query, request, cursors, scope, descending=descending)
+    order = [(name, -1 if descending else 1) for name in keys]
+    filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys)
     found = db[collection].find(filters, projection).sort(order)
     if request.after is None:
         items = await found.skip(request.offset).limit(wanted).to_list(wanted)
     else:
         position = cursors.decode(scope, request.after)
         batch = await found.limit(wanted + TIE_SLACK).to_list(wanted + TIE_SLACK)
-        items = [item for item in batch if (sort_key(item) < position if descending else sort_key(item) > position)]
+        items = [
+            item
+            for item in batch
+            if (sort_key(item, keys) < position if descending else sort_key(item, keys) > position)
+        ]
         if len(items) < wanted and len(batch) == wanted + TIE_SLACK:  # the slack went on ties: go exact
             created, key = position
             beyond = "$lt" if descending else "$gt"
-            exact = {**query, "$or": [{"created": {beyond: created}}, {"created": created, "_id": {beyond: key}}]}
+            exact = {**query, "$or": [{keys[0]: {beyond: created}}, {keys[0]: created, keys[1]: {beyond: key}}]}
             items = await db[collection].find(exact, projection).sort(order).limit(wanted).to_list(wanted)
     more = len(items) > request.limit
     items = items[: request.limit]
     total = None if request.after is not None else await db[collection].count_documents(dict(query))
-    next_after = cursors.encode(scope, items[-1]["created"], items[-1]["_id"]) if more and items else None
+    next_after = cursors.encode(scope, *sort_key(items[-1], keys)) if more and items else None
     return Page(items, next_after, total)
-
-
-def page_in_memory(
-    items: list[dict[str, Any]], request: PageRequest, cursors: Cursors, scope: str, key: str = "_id"
-) -> Page:
-    """The same paging over a list already in memory, sorted by (created, `key`)."""
-    start = request.offset
-    if request.after is not None:
-        position = cursors.decode(scope, request.after)
-        start = next((i for i, item in enumerate(items) if sort_key(item, key) > position), len(items))
-    chunk = items[start : start + request.limit]
-    more = start + request.limit < len(items)
-    next_after = cursors.encode(scope, chunk[-1]["created"], chunk[-1][key]) if more and chunk else None
-    return Page(chunk, next_after, None if request.after is not None else len(items))

@@ -22,6 +22,11 @@ def with_current_password(op: dict[str, Any], password: str = "w") -> list[dict[
     return [{"op": "test", "path": "/current_password", "value": password}, op]
 
 
+async def stored_members(db: Any, team: dict[str, Any]) -> list[dict[str, Any]]:  # db: the test's Motor database
+    """A team's membership documents, as stored."""
+    return await db.memberships.find({"team_id": team["_id"]}).to_list(None)
+
+
 # --- the authorization-code flow through the sign-in page --------------------------------------
 
 REDIRECT = "http://127.0.0.1:8080/api/v1/static/oauth2-redirect.html"

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service import keys
 from service.app import create_app
 from service.config import Settings
+from tests.helpers import stored_members
 
 PROBLEM = "application/problem+json"
 FIGURES = {"requests": 0, "faults": 0, "inconsistencies": 0}
@@ -62,12 +63,14 @@ async def audit(db) -> list[str]:  # type: ignore[no-untyped-def]
     users = {u["_id"]: u for u in await db.users.find({}).to_list(None)}
     problems += [f"user {u['username']} has no credentials" for u in users.values() if not u.get("password_hash")]
     for team in await db.teams.find({}).to_list(None):
-        if not any(m["is_leader"] for m in team["members"]):
+        members = await stored_members(db, team)
+        leaders = sum(1 for m in members if m["is_leader"])
+        if not leaders:
             problems.append(f"team {team['title']} has no leader")
+        if leaders != team["leaders"]:
+            problems.append(f"team {team['title']} counts {team['leaders']} leaders but has {leaders}")
         problems += [
-            f"team {team['title']} has orphan member {m['user_id']}"
-            for m in team["members"]
-            if m["user_id"] not in users
+            f"team {team['title']} has orphan member {m['user_id']}" for m in members if m["user_id"] not in users
         ]
     for token in await db.oauth2_tokens.find({}).to_list(None):
         if not token.get("family_id") or token["user_id"] not in users:
@@ -151,7 +154,7 @@ async def test_team_create_and_delete(client: TestClient, fail, db, bearer) -> N
     team = await (await call(client, "POST", "/api/v1/teams/", json={"title": "Fragile"}, headers=headers)).json()
     async with fail("delete"):
         await expect_503(await call(client, "DELETE", f"/api/v1/teams/{team['id']}", headers=headers))
-    assert len((await db.teams.find_one({"title": "Fragile"}))["members"]) == 1
+    assert len(await stored_members(db, await db.teams.find_one({"title": "Fragile"}))) == 1
     assert (await call(client, "DELETE", f"/api/v1/teams/{team['id']}", headers=headers)).status == 204
     assert await audit(db) == []
 
@@ -163,14 +166,14 @@ async def test_membership_changes(client: TestClient, fail, db, bearer) -> None:
     url = f"/api/v1/teams/{team['id']}/members/"
     async with fail("findAndModify"):
         await expect_503(await call(client, "POST", url, json={"user_id": root_id}, headers=leader))
-    assert len((await db.teams.find_one({"title": "Crew"}))["members"]) == 1
+    assert len(await stored_members(db, await db.teams.find_one({"title": "Crew"}))) == 1
     assert (await call(client, "POST", url, json={"user_id": root_id, "is_leader": True}, headers=leader)).status == 201
     demote = [{"op": "replace", "path": "/is_leader", "value": False}]
     async with fail("findAndModify"):
         await expect_503(await call(client, "PATCH", f"{url}{root_id}", json=demote, headers=leader))
         await expect_503(await call(client, "DELETE", f"{url}{root_id}", headers=leader))
     stored = await db.teams.find_one({"title": "Crew"})
-    assert sum(m["is_leader"] for m in stored["members"]) == 2
+    assert sum(m["is_leader"] for m in await stored_members(db, stored)) == 2
     assert (await call(client, "DELETE", f"{url}{root_id}", headers=leader)).status == 204
     assert await audit(db) == []
 

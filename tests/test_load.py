@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from service.config import Settings
 from service.crypto import hash_secret
+from tests.helpers import stored_members
 
 CLIENTS = 300
 DISTINCT = 250  # clients 250..299 reuse the usernames of 0..49: concurrent duplicate sign-ups
@@ -111,13 +112,14 @@ async def test_concurrent_mixed_load_loses_nothing(client: TestClient, db, beare
         elif stored_users[name]["first_name"] != won[0] or stored_users[name]["version"] != 2:
             problems.append(f"{name}: stored {stored_users[name]['first_name']} v{stored_users[name]['version']}")
     stored_team = await db.teams.find_one({"title": "Load"})
-    members = {str(m["user_id"]) for m in stored_team["members"]}
+    stored_memberships = await stored_members(db, stored_team)
+    members = {str(m["user_id"]) for m in stored_memberships}
     for user_id, results in adds.items():
         if sorted(results) != [201, 409] or user_id not in members:
             problems.append(f"membership of {user_id}: {results}")
-    if len(stored_team["members"]) != 1 + sum(results.count(201) for results in adds.values()):
+    if len(stored_memberships) != 1 + sum(results.count(201) for results in adds.values()):
         problems.append("member count does not match the 201s")
-    if stored_team["version"] != len(stored_team["members"]):
+    if stored_team["version"] != len(stored_memberships):
         problems.append("team version does not count its writes")
     problems += [f"{kind}: server error" for kind in statuses if kind.endswith(("500", "503"))]
 

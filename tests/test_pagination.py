@@ -12,9 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service import keys
+from service.audit import INDEXES as AUDIT_INDEXES
 from service.auth.repository import INDEXES as AUTH_INDEXES
 from service.db import utcnow
-from service.pagination import ORDER, PageRequest, page_filter
+from service.pagination import KEYS, PageRequest, page_filter
 from service.teams.repository import INDEXES as TEAM_INDEXES
 from service.users.repository import INDEXES as USER_INDEXES
 
@@ -163,7 +164,7 @@ async def test_a_cursor_from_another_list_or_with_an_offset_is_422(client: TestC
 
 DECLARED = {
     collection: [dict(model.document["key"]) for model in models]
-    for declared in (AUTH_INDEXES, USER_INDEXES, TEAM_INDEXES)
+    for declared in (AUTH_INDEXES, USER_INDEXES, TEAM_INDEXES, AUDIT_INDEXES)
     for collection, models in declared.items()
 }
 
@@ -176,7 +177,9 @@ def stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def assert_index_backed(explained: dict[str, Any], collection: str, backend: str) -> None:
+def assert_index_backed(
+    explained: dict[str, Any], collection: str, backend: str, keys: tuple[str, str] = ("created", "_id")
+) -> None:
     plan = explained["queryPlanner"]["winningPlan"]
     all_stages = stages(plan)
     names = [stage["stage"] for stage in all_stages]
@@ -188,7 +191,7 @@ def assert_index_backed(explained: dict[str, Any], collection: str, backend: str
         key = dict(scan["keyPattern"])
         assert key in DECLARED[collection], f"{key} is not a declared index of {collection}"
         # The index ends in the list order, so on MongoDB it hands the rows over sorted.
-        assert list(key.items())[-2:] == [("created", 1), ("_id", 1)], key
+        assert list(key.items())[-2:] == [(keys[0], 1), (keys[1], 1)], key
     if "SORT" in names and backend == "secantus":
         # SecantusDB 0.7's planner puts a SORT above any compound-index scan with a filter (its
         # own rule; it scans anyway); the index above already yields the order, as MongoDB uses it.
@@ -203,18 +206,23 @@ async def test_every_list_query_is_index_backed(backend: str, app: web.Applicati
     cursors = app[keys.cursors]
     someone = seeded and (await db.users.find_one({"username": "user"}))["_id"]
     now = utcnow()
+    by_team = ("team_created", "team_id")
     lists = [
-        ("users", {}, "users"),
-        ("teams", {}, "teams"),
-        ("teams", {"members.user_id": someone}, "teams"),
-        ("oauth2_clients", {"user_id": someone}, "oauth2_clients"),
+        ("users", {}, "users", KEYS),
+        ("teams", {}, "teams", KEYS),
+        ("memberships", {"user_id": someone}, "teams", by_team),  # a member's teams
+        ("memberships", {"team_id": someone}, "members", KEYS),  # a team's members
+        ("oauth2_clients", {"user_id": someone}, "oauth2_clients", KEYS),
+        ("audit_events", {"user_ids": str(someone)}, "audit", KEYS),
     ]
-    for collection, query, scope in lists:
+    for collection, query, scope, sort_keys in lists:
         after = cursors.encode(scope, now, someone)
+        descending = collection == "audit_events"
+        order = [(name, -1 if descending else 1) for name in sort_keys]
         for request in (PageRequest(limit=20, after=after), PageRequest(limit=20)):
-            filters = page_filter(query, request, cursors, scope)
-            explained = await db[collection].find(filters).sort(ORDER).limit(21).explain()
+            filters = page_filter(query, request, cursors, scope, keys=sort_keys, descending=descending)
+            explained = await db[collection].find(filters).sort(order).limit(21).explain()
             if not query and request.after is None:
-                assert_index_backed(explained, collection, "mongodb")  # even SecantusDB needs no SORT here
+                assert_index_backed(explained, collection, "mongodb", sort_keys)  # even SecantusDB needs no SORT
             else:
-                assert_index_backed(explained, collection, backend)
+                assert_index_backed(explained, collection, backend, sort_keys)

@@ -1,44 +1,82 @@
-"""The `teams` collection: every query and update, and its indexes.
+"""The `teams` and `memberships` collections: every query and update, and their indexes.
 
-Memberships are embedded (`members: [{user_id, is_leader, created}]`), so a team and its members
-are created and deleted in one atomic write. Every change bumps `version`; membership edits that
-must keep "at least one leader" replace the array only if the version is unchanged, so concurrent
-edits serialise instead of racing (mongomock lacks arrayFilters and SecantusDB the positional `$`).
+A membership is a document of its own (`team_id`, `user_id`, `is_leader`, `created`, and the team's
+`team_created` so a member's teams list in team order from an index), so adding, promoting or removing
+a member costs the same in a team of 20 or of 50,000, and no document limit caps a team. The team
+document keeps `leaders`, the number of its leaders, and a `version` that every membership change
+bumps (the ETag of memberships is the team's).
+
+"At least one leader" spans two documents. On backends with transactions (a MongoDB replica set, the
+embedded server) each change is one transaction whose first write is a conditional update of the team
+document (`leaders > 1` to lose a leader): two concurrent demotions both write that document, so they
+conflict and one retries, sees a single leader and stops. mongomock has no transactions: the same
+writes run in an order that leaves nothing harmful if a crash cuts them short (a membership without
+its team is invisible), and concurrency is proven on the real server.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
-from service.db import Database, utcnow
+from service.db import Database, in_transaction, utcnow
 from service.pagination import Cursors, Page, PageRequest, fetch_page
 
+T = TypeVar("T")
+
 INDEXES: dict[str, list[IndexModel]] = {
-    "teams": [
-        IndexModel([("members.user_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]),
-        IndexModel([("created", ASCENDING), ("_id", ASCENDING)]),
+    "teams": [IndexModel([("created", ASCENDING), ("_id", ASCENDING)])],
+    "memberships": [
+        IndexModel([("team_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
+        IndexModel([("team_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("user_id", ASCENDING), ("team_created", ASCENDING), ("team_id", ASCENDING)]),
     ],
 }
 
 
-def new_team_document(title: str, leader_id: ObjectId) -> dict[str, Any]:
+class LastLeader(Exception):
+    """The change would leave the team without a leader."""
+
+
+class AlreadyMember(Exception):
+    """The user is already a member of the team."""
+
+
+class TeamGone(Exception):
+    """The team was deleted meanwhile."""
+
+
+class VersionMoved(Exception):
+    """The team changed since the caller read it (If-Match)."""
+
+
+def new_team_document(title: str) -> dict[str, Any]:
     now = utcnow()
+    return {"_id": ObjectId(), "title": title, "leaders": 1, "created": now, "updated": now, "version": 1}
+
+
+def new_membership(team: dict[str, Any], user_id: ObjectId, is_leader: bool) -> dict[str, Any]:
     return {
         "_id": ObjectId(),
-        "title": title,
-        "members": [{"user_id": leader_id, "is_leader": True, "created": now}],
-        "created": now,
-        "updated": now,
-        "version": 1,
+        "team_id": team["_id"],
+        "user_id": user_id,
+        "is_leader": is_leader,
+        "created": utcnow(),
+        "team_created": team["created"],
     }
 
 
-async def insert_team(db: Database, document: dict[str, Any]) -> dict[str, Any]:
-    await db.teams.insert_one(document)
-    return document
+async def insert_team(db: Database, team: dict[str, Any], leaders: list[dict[str, Any]]) -> dict[str, Any]:
+    """The team and its first members. Memberships first: without a transaction, a crash before the
+    team exists leaves memberships of nothing, which no query shows."""
+    if leaders:
+        await db.memberships.insert_many(leaders)
+    await db.teams.insert_one(team)
+    return team
 
 
 async def get_team(db: Database, team_id: ObjectId) -> dict[str, Any] | None:
@@ -49,16 +87,30 @@ async def get_team_by_title(db: Database, title: str) -> dict[str, Any] | None:
     return await db.teams.find_one({"title": title})
 
 
+async def get_membership(db: Database, team_id: ObjectId, user_id: ObjectId) -> dict[str, Any] | None:
+    return await db.memberships.find_one({"team_id": team_id, "user_id": user_id})
+
+
 async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequest, cursors: Cursors) -> Page:
-    query = {} if member_id is None else {"members.user_id": member_id}
-    return await fetch_page(db, "teams", query, request, cursors, "teams", {"members": 0})
+    """All teams (admins), or a member's, in team order: a page of memberships then their teams."""
+    if member_id is None:
+        return await fetch_page(db, "teams", {}, request, cursors, "teams")
+    found = await fetch_page(
+        db, "memberships", {"user_id": member_id}, request, cursors, "teams", keys=("team_created", "team_id")
+    )
+    ids = [membership["team_id"] for membership in found.items]
+    teams = {team["_id"]: team for team in await db.teams.find({"_id": {"$in": ids}}).to_list(None)}
+    return Page([teams[i] for i in ids if i in teams], found.next_after, found.total)
+
+
+async def list_members(db: Database, team_id: ObjectId, request: PageRequest, cursors: Cursors) -> Page:
+    return await fetch_page(db, "memberships", {"team_id": team_id}, request, cursors, f"members:{team_id}")
 
 
 async def update_team(
     db: Database, team_id: ObjectId, version: int | None, changes: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Set `changes` (title, or the whole members array) only if the team is still at `version`
-    (any version when None: a blind write)."""
+    """Set `changes` (the title) only if the team is still at `version` (any version when None)."""
     query: dict[str, Any] = {"_id": team_id} if version is None else {"_id": team_id, "version": version}
     return await db.teams.find_one_and_update(
         query,
@@ -67,19 +119,118 @@ async def update_team(
     )
 
 
-async def add_member(db: Database, team_id: ObjectId, member: dict[str, Any]) -> dict[str, Any] | None:
-    """Atomically append a member unless already there; None when the team is gone or has them."""
+async def _touch_team(db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None) -> Any:
+    """Bump the team's version and leader count: the write every membership change begins with, so
+    concurrent changes of one team conflict. Refuses to drop the last leader."""
+    query: dict[str, Any] = {"_id": team_id}
+    if leaders < 0:
+        query["leaders"] = {"$gt": -leaders}
+    if version is not None:
+        query["version"] = version
     return await db.teams.find_one_and_update(
-        {"_id": team_id, "members.user_id": {"$ne": member["user_id"]}},
-        {"$push": {"members": member}, "$set": {"updated": utcnow()}, "$inc": {"version": 1}},
+        query,
+        {"$inc": {"version": 1, "leaders": leaders}, "$set": {"updated": utcnow()}},
         return_document=ReturnDocument.AFTER,
+        session=session,
     )
 
 
+async def _why_not(db: Database, team_id: ObjectId, version: int | None) -> Exception:
+    """Why a conditional team write matched nothing: the team is gone, its version moved, or the change
+    would have taken its last leader."""
+    team = await db.teams.find_one({"_id": team_id})
+    if team is None:
+        return TeamGone()
+    if version is not None and team["version"] != version:
+        return VersionMoved()
+    return LastLeader()
+
+
+async def add_member(
+    db: Database, team: dict[str, Any], membership: dict[str, Any], version: int | None
+) -> dict[str, Any]:
+    """Insert the membership and bump the team; the team after."""
+
+    async def work(session: Any) -> dict[str, Any]:
+        try:
+            await db.memberships.insert_one(membership, session=session)
+        except DuplicateKeyError:
+            raise AlreadyMember() from None
+        updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version)
+        if updated is None:
+            raise await _why_not(db, team["_id"], version)
+        return updated
+
+    return await _run(db, work)
+
+
+async def set_leader(
+    db: Database, team_id: ObjectId, user_id: ObjectId, is_leader: bool, version: int | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Promote or demote; (team, membership) after, None when the membership is gone."""
+
+    async def work(session: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
+        if current is None:
+            return None
+        delta = int(is_leader) - int(current["is_leader"])
+        team = await _touch_team(db, session, team_id, delta, version)
+        if team is None:
+            raise await _why_not(db, team_id, version)
+        changed = await db.memberships.find_one_and_update(
+            {"_id": current["_id"], "is_leader": current["is_leader"]},
+            {"$set": {"is_leader": is_leader}},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        if changed is None:  # changed under us (only possible without a transaction): undo, let it retry
+            await _touch_team(db, session, team_id, -delta, None)
+            raise _Raced()
+        return team, changed
+
+    return await _run(db, work)
+
+
+async def remove_member(db: Database, team_id: ObjectId, user_id: ObjectId, version: int | None) -> bool:
+    """Delete the membership (a leader only while another remains); False when it is gone."""
+
+    async def work(session: Any) -> bool:
+        current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
+        if current is None:
+            return False
+        team = await _touch_team(db, session, team_id, -int(current["is_leader"]), version)
+        if team is None:
+            raise await _why_not(db, team_id, version)
+        deleted = await db.memberships.delete_one({"_id": current["_id"]}, session=session)
+        if not deleted.deleted_count:
+            await _touch_team(db, session, team_id, int(current["is_leader"]), None)
+            raise _Raced()
+        return True
+
+    return await _run(db, work)
+
+
 async def delete_team(db: Database, team_id: ObjectId, version: int | None) -> bool:
-    """Delete the team and, being embedded, its memberships in the same write."""
+    """Delete the team, then its memberships (a crash between leaves memberships no query shows)."""
     query: dict[str, Any] = {"_id": team_id}
     if version is not None:
         query["version"] = version
     result = await db.teams.delete_one(query)
+    if result.deleted_count:
+        await db.memberships.delete_many({"team_id": team_id})
     return result.deleted_count == 1
+
+
+class _Raced(Exception):
+    """A concurrent change won (without transactions); the caller retries."""
+
+
+async def _run(db: Database, work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work` in a transaction where the backend has them (the driver retries transient conflicts),
+    else as plain writes retried a few times on a lost race."""
+    for _ in range(20):
+        try:
+            return await in_transaction(db, work)
+        except _Raced:
+            continue
+    raise _Raced()

@@ -93,7 +93,7 @@ async def patch_team(request: web.Request) -> web.Response:
 @routes.delete("/teams/{team_id}")
 @docs(tags=["teams"], summary="Delete a team and its memberships", operation_id="deleteTeam", parameters=[IF_MATCH])
 @requires("teams:write", who=LEADERS)
-@responds(None, 204, description="Deleted", errors=(404, 412))
+@responds(None, 204, description="Deleted", errors=(400, 404, 412))
 async def delete_team(request: web.Request) -> web.Response:
     await service.delete_team(db(request), principal(request), request.match_info["team_id"], if_match_version(request))
     return web.Response(status=204)
@@ -158,7 +158,7 @@ async def patch_member(request: web.Request) -> web.Response:
     parameters=[IF_MATCH],
 )
 @requires("teams:write", who="team leaders, admins, or the member themself")
-@responds(None, 204, description="Removed", errors=(404, 409, 412))
+@responds(None, 204, description="Removed", errors=(400, 404, 409, 412))
 async def remove_member(request: web.Request) -> web.Response:
     await service.remove_member(
         db(request),

@@ -1,25 +1,24 @@
 """Team rules: who sees and manages a team, and "a team always keeps at least one leader".
 
-Membership edits read the team, compute the new members array, check the invariant, and write it
-back only if the team is still at the version they read (retrying on a concurrent change). So two
-leaders demoting each other at once cannot both succeed: the second one re-reads and gets 409.
+The rule is kept by the repository's conditional writes (a transaction per change where the backend
+has them); this module decides who may ask for a change and turns refusals into HTTP errors.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
+from bson import ObjectId
+
 from service import patch
-from service.db import Database, document_id, utcnow
+from service.db import Database, document_id
 from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed
 from service.http import check_version
 from service.middlewares import load
-from service.pagination import Cursors, Page, PageRequest, page_in_memory
-from service.security import Principal, visible_or_404
+from service.pagination import Cursors, Page, PageRequest
+from service.security import Principal
 from service.teams import repository
-from service.teams.permissions import leader_count, may_manage_team, may_see_team
+from service.teams.permissions import may_manage_team, may_see_team
 from service.teams.schemas import EditableMembershipSchema, EditableTeamSchema
 from service.users import repository as users_repository
 
@@ -28,21 +27,28 @@ EDITABLE_MEMBERSHIP = EditableMembershipSchema()
 _ATTEMPTS = 20
 
 
-async def _team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
-    """The team if the caller may see it; 404 otherwise (non-members may not learn it exists)."""
-    return await visible_or_404(lambda oid: repository.get_team(db, oid), team_id, caller, may_see_team, "team")
+async def _team(db: Database, caller: Principal, team_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The team and the caller's membership, if the caller may see it; 404 otherwise (non-members may
+    not learn that it exists)."""
+    oid = document_id(team_id)
+    team = await repository.get_team(db, oid) if oid is not None else None
+    membership = await repository.get_membership(db, oid, caller.user_id) if team is not None else None
+    if team is None or not may_see_team(caller.user, membership):
+        raise NotFound("No such team.")
+    return team, membership
 
 
 async def _managed_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
-    team = await _team(db, caller, team_id)
-    if not may_manage_team(caller.user, team):
+    team, membership = await _team(db, caller, team_id)
+    if not may_manage_team(caller.user, membership):
         raise Forbidden("Only the team's leaders or an admin may do this.")
     return team
 
 
 async def create_team(db: Database, caller: Principal, title: str) -> dict[str, Any]:
-    """The creator becomes the leader in the same write that creates the team."""
-    return await repository.insert_team(db, repository.new_team_document(title, caller.user_id))
+    """The creator becomes the team's leader."""
+    team = repository.new_team_document(title)
+    return await repository.insert_team(db, team, [repository.new_membership(team, caller.user_id, True)])
 
 
 async def list_teams(db: Database, caller: Principal, request: PageRequest, cursors: Cursors) -> Page:
@@ -51,7 +57,7 @@ async def list_teams(db: Database, caller: Principal, request: PageRequest, curs
 
 
 async def get_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
-    return await _team(db, caller, team_id)
+    return (await _team(db, caller, team_id))[0]
 
 
 async def patch_team(
@@ -90,62 +96,56 @@ async def _with_users(db: Database, members: list[dict[str, Any]]) -> list[dict[
 
 
 async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
-    team = await _team(db, caller, team_id)
-    ordered = sorted(team["members"], key=lambda m: (m["created"], m["user_id"]))
-    found = page_in_memory(ordered, request, cursors, f"members:{team['_id']}", key="user_id")
-    return dataclasses.replace(found, items=await _with_users(db, found.items))
+    team, _ = await _team(db, caller, team_id)
+    found = await repository.list_members(db, team["_id"], request, cursors)
+    return Page(await _with_users(db, found.items), found.next_after, found.total)
+
+
+def _refusal(exc: Exception, what: str) -> Exception:
+    """The HTTP error for a change the repository refused."""
+    if isinstance(exc, repository.LastLeader):
+        return Conflict("A team must keep at least one leader.")
+    if isinstance(exc, repository.VersionMoved):
+        return PreconditionFailed(f"The team changed since you read it; the {what} was not changed.")
+    if isinstance(exc, repository.AlreadyMember):
+        return Conflict("The user is already a member of this team.")
+    return NotFound("No such team.")
+
+
+_REFUSED = (repository.LastLeader, repository.VersionMoved, repository.AlreadyMember, repository.TeamGone)
 
 
 async def add_member(
-    db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool
+    db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool, expected_version: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Add a member atomically; returns (team, membership). 404 for an unknown user, 409 if already in."""
+    """Add a member; returns (team, membership). 404 for an unknown user, 409 if already in."""
     team = await _managed_team(db, caller, team_id)
+    check_version(expected_version, team)
     oid = document_id(user_id)
     user = await users_repository.get_user(db, oid) if oid is not None else None
     if user is None:
         raise NotFound("No such user.")
-    member = {"user_id": user["_id"], "is_leader": is_leader, "created": utcnow()}
-    updated = await repository.add_member(db, team["_id"], member)
-    if updated is None:
-        if await repository.get_team(db, team["_id"]) is None:
-            raise NotFound("No such team.")
-        raise Conflict("The user is already a member of this team.")
-    return updated, {**member, "user": user}
+    membership = repository.new_membership(team, user["_id"], is_leader)
+    try:
+        updated = await repository.add_member(db, team, membership, expected_version)
+    except _REFUSED as exc:
+        raise _refusal(exc, "membership") from None
+    return updated, {**membership, "user": user}
 
 
-async def _change_members(
-    db: Database,
-    caller: Principal,
-    team_id: str,
-    user_id: str,
-    change: Callable[[dict[str, Any], dict[str, Any]], list[dict[str, Any]]],
-    *,
-    allow_self: bool = False,
-    expected_version: int | None = None,
-) -> dict[str, Any]:
-    """Read, change the members array, keep a leader, write back if unchanged; retry on a race."""
+async def _target(
+    db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
+) -> tuple[ObjectId, ObjectId]:
+    """(team id, member id) of a membership the caller may change (a member may always leave)."""
+    team, membership = await _team(db, caller, team_id)
     target_id = document_id(user_id)
-    for _ in range(_ATTEMPTS):
-        team = await _team(db, caller, team_id)
-        target = next((m for m in team["members"] if m["user_id"] == target_id), None)
-        if target is None:
-            raise NotFound("No such member in this team.")
-        leaving_self = allow_self and target_id == caller.user_id
-        if not (leaving_self or may_manage_team(caller.user, team)):
-            raise Forbidden("Only the team's leaders or an admin may do this.")
-        check_version(expected_version, team)
-        members = change(team, target)
-        if leader_count(members) == 0:
-            raise Conflict("A team must keep at least one leader.")
-        if members == team["members"]:
-            return team
-        updated = await repository.update_team(db, team["_id"], team["version"], {"members": members})
-        if updated is not None:
-            return updated
-        if expected_version is not None:
-            raise PreconditionFailed("The team changed while the change was applied.")
-    raise Conflict("The team keeps changing; read it again and retry.")
+    target = await repository.get_membership(db, team["_id"], target_id) if target_id is not None else None
+    if target is None:
+        raise NotFound("No such member in this team.")
+    leaving_self = allow_self and target_id == caller.user_id
+    if not (leaving_self or may_manage_team(caller.user, membership)):
+        raise Forbidden("Only the team's leaders or an admin may do this.")
+    return team["_id"], target_id
 
 
 async def patch_membership(
@@ -156,21 +156,29 @@ async def patch_membership(
     operations: list[dict[str, Any]],
     expected_version: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    def change(team: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]]:
-        result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": target["is_leader"]}, operations))
-        return [{**m, "is_leader": result["is_leader"]} if m is target else m for m in team["members"]]
-
-    team = await _change_members(db, caller, team_id, user_id, change, expected_version=expected_version)
-    member = next(m for m in team["members"] if m["user_id"] == document_id(user_id))
-    return team, (await _with_users(db, [member]))[0]
+    team_oid, target_id = await _target(db, caller, team_id, user_id, allow_self=False)
+    current = await repository.get_membership(db, team_oid, target_id)
+    if current is None:
+        raise NotFound("No such member in this team.")
+    result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current["is_leader"]}, operations))
+    try:
+        changed = await repository.set_leader(db, team_oid, target_id, result["is_leader"], expected_version)
+    except _REFUSED as exc:
+        raise _refusal(exc, "membership") from None
+    if changed is None:
+        raise NotFound("No such member in this team.")
+    team, membership = changed
+    return team, (await _with_users(db, [membership]))[0]
 
 
 async def remove_member(
     db: Database, caller: Principal, team_id: str, user_id: str, expected_version: int | None
 ) -> None:
     """Leaders and admins remove anyone; a member may leave. The last leader cannot go."""
-
-    def change(team: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]]:
-        return [m for m in team["members"] if m is not target]
-
-    await _change_members(db, caller, team_id, user_id, change, allow_self=True, expected_version=expected_version)
+    team_oid, target_id = await _target(db, caller, team_id, user_id, allow_self=True)
+    try:
+        removed = await repository.remove_member(db, team_oid, target_id, expected_version)
+    except _REFUSED as exc:
+        raise _refusal(exc, "membership") from None
+    if not removed:
+        raise NotFound("No such member in this team.")
