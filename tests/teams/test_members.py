@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
-from service.db import utcnow
+from service.db import _memberships_out_of_team_documents, utcnow
 from tests.helpers import stored_members
 
 PROBLEM = "application/problem+json"
@@ -201,3 +202,63 @@ async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:  # 
     for value in (0, 1, "true"):
         response = await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": value}, headers=leader)
         assert response.status == 422, value
+
+
+async def test_migration_moves_embedded_members_out_idempotently(db, app) -> None:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    leader, member = ObjectId(), ObjectId()
+    legacy = {
+        "_id": ObjectId(),
+        "title": "Legacy",
+        "created": now,
+        "updated": now,
+        "version": 3,
+        "members": [
+            {"user_id": leader, "is_leader": True, "created": now},
+            {"user_id": member, "is_leader": False, "created": now},
+        ],
+    }
+    await db.teams.insert_one(legacy)
+    await _memberships_out_of_team_documents(db)
+    await _memberships_out_of_team_documents(db)  # a second run (or a run after a crash) changes nothing
+    team = await db.teams.find_one({"_id": legacy["_id"]})
+    assert "members" not in team
+    assert team["leaders"] == 1
+    members = sorted(await stored_members(db, team), key=lambda m: m["is_leader"])
+    assert [(m["user_id"], m["is_leader"]) for m in members] == [(member, False), (leader, True)]
+    assert all(m["team_created"] == legacy["created"] for m in members)
+
+
+async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotions(
+    backend: str, client: TestClient, bearer, db
+) -> None:  # type: ignore[no-untyped-def]
+    if backend != "secantus":
+        pytest.skip("transactions and their conflicts are the real server's (--backend=secantus)")
+    leader, url = await setup_team(client, bearer)
+    team = await db.teams.find_one({"title": "Crew"})
+    root = await bearer("root")
+    root_id = await user_id(client, root)
+    await client.post(f"{url}/members/", json={"user_id": root_id, "is_leader": True}, headers=leader)
+    team = await db.teams.find_one({"_id": team["_id"]})
+    await db.memberships.insert_many(
+        [
+            {
+                "team_id": team["_id"],
+                "user_id": ObjectId(),
+                "is_leader": False,
+                "created": utcnow(),
+                "team_created": team["created"],
+            }
+            for _ in range(5000)
+        ]
+    )
+    me = await user_id(client, leader)
+    demote = [{"op": "replace", "path": "/is_leader", "value": False}]
+    first, second = await asyncio.gather(
+        client.patch(f"{url}/members/{root_id}", json=demote, headers=leader),
+        client.patch(f"{url}/members/{me}", json=demote, headers=root),
+    )
+    assert sorted([first.status, second.status])[0] == 200
+    assert sorted([first.status, second.status])[1] in (403, 409)
+    assert await db.memberships.count_documents({"team_id": team["_id"], "is_leader": True}) == 1
+    assert (await db.teams.find_one({"_id": team["_id"]}))["leaders"] == 1
