@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-mongomock test-secantus lint e2e bench clean
+.PHONY: run test test-mongomock test-secantus lint e2e bench bench-scale clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +45,9 @@ bench: $(VENV)/.dev
 	$(PY) ops/bench/run.py
 	PYTHONPATH=. $(PY) ops/bench/drivers.py
 
+## Costs at scale (10k users, 1k teams, a team of 5,000) and database operations per request; prints a table.
+bench-scale: $(VENV)/.dev
+	$(PY) ops/bench/scale.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis .schemathesis .coverage htmlcov test-output var

@@ -1,0 +1,232 @@
+"""`make bench-scale`: costs at scale, and database operations per request.
+
+Starts the service on a fresh embedded database, loads 10,000 users, 1,000 teams and one team of 5,000
+members straight into it, then times each endpoint (median and p90 of sequential requests, so the
+figure is the request's own cost, not queueing) next to the same endpoint on small data, and counts the
+database operations each request costs from the server's `serverStatus` opcounters (change-stream
+getMores excluded). Prints a table and writes var/bench/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bson import ObjectId
+from pymongo import MongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import PYTHON, ROOT, Server, free_port, http
+
+COUNTERS = ("insert", "query", "update", "delete", "command")
+
+
+def request(method: str, url: str, token: str, body: Any = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def ops(db_client: MongoClient) -> int:
+    counters = db_client.admin.command("serverStatus")["opcounters"]
+    return sum(int(counters[name]) for name in COUNTERS)
+
+
+def timed(label: str, calls: list[tuple[str, str, Any]], token: str, db_client: MongoClient) -> dict[str, Any]:
+    """Run each call once, in order; latency percentiles and operations per request."""
+    samples = []
+    before = ops(db_client)
+    for method, url, body in calls:
+        started = time.perf_counter()
+        status = request(method, url, token, body)
+        samples.append((time.perf_counter() - started) * 1000)
+        if status >= 400:
+            raise RuntimeError(f"{label}: {method} {url} answered {status}")
+    per_request = (ops(db_client) - before - 1) / len(calls)  # minus the first serverStatus itself
+    samples.sort()
+    return {
+        "scenario": label,
+        "requests": len(calls),
+        "p50_ms": round(statistics.median(samples), 2),
+        "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 2),
+        "db_ops_per_request": round(per_request, 2),
+    }
+
+
+def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    stamp = lambda i: now - timedelta(seconds=users - i)  # noqa: E731 - distinct, ordered creation times
+    docs = [
+        {
+            "_id": ObjectId(),
+            "username": f"scale{i}",
+            "username_key": f"scale{i}",
+            "email": f"scale{i}@example.com",
+            "email_key": f"scale{i}@example.com",
+            "password_hash": "!",
+            "first_name": "",
+            "middle_name": "",
+            "last_name": "",
+            "is_active": True,
+            "is_regular_user": True,
+            "is_admin": False,
+            "created": stamp(i),
+            "updated": stamp(i),
+            "version": 1,
+        }
+        for i in range(users)
+    ]
+    db.users.insert_many(docs)
+    team_docs = [
+        {"_id": ObjectId(), "title": f"Team {i}", "leaders": 1, "created": stamp(i), "updated": now, "version": 1}
+        for i in range(teams)
+    ]
+    db.teams.insert_many(team_docs)
+    memberships = [
+        {"team_id": t["_id"], "user_id": owner, "is_leader": True, "created": now, "team_created": t["created"]}
+        for t in team_docs
+    ]
+    big, small = team_docs[0], team_docs[1]
+    memberships += [
+        {"team_id": big["_id"], "user_id": u["_id"], "is_leader": False, "created": now, "team_created": big["created"]}
+        for u in docs[:big_team]
+    ]
+    memberships += [
+        {
+            "team_id": small["_id"],
+            "user_id": u["_id"],
+            "is_leader": False,
+            "created": now,
+            "team_created": small["created"],
+        }
+        for u in docs[big_team : big_team + 19]
+    ]
+    db.memberships.insert_many(memberships)
+    return {"users": docs, "big": big, "small": small}
+
+
+def membership_changes(base: str, team: dict[str, Any], users: list[dict[str, Any]], label: str) -> list[list[Any]]:
+    url = f"{base}/api/v1/teams/{team['_id']}/members/"
+    add = [("POST", url, {"user_id": str(u["_id"]), "is_leader": False}) for u in users]
+    promote = [("PATCH", f"{url}{u['_id']}", [{"op": "replace", "path": "/is_leader", "value": True}]) for u in users]
+    demote = [("PATCH", f"{url}{u['_id']}", [{"op": "replace", "path": "/is_leader", "value": False}]) for u in users]
+    remove = [("DELETE", f"{url}{u['_id']}", None) for u in users]
+    return [
+        [f"add member ({label})", add],
+        [f"promote ({label})", promote],
+        [f"demote ({label})", demote],
+        [f"remove member ({label})", remove],
+    ]
+
+
+def run(samples: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SERVICE_DATA_DIR": str(work / "db"), "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    env.pop("MONGODB_URL", None)
+    service = Server([PYTHON, "-m", "service", "serve"], env, f"{base}/readyz")
+    results: list[dict[str, Any]] = []
+    try:
+        family = psutil.Process(service.process.pid).children(recursive=True)
+        database = next(p for p in family if "secantus" in " ".join(p.cmdline()))
+        db_port = next(c.laddr.port for c in database.net_connections() if c.status == "LISTEN")
+        db_client: MongoClient = MongoClient(f"mongodb://127.0.0.1:{db_port}/?directConnection=true")
+        db = db_client["service"]
+        sign_in = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
+        token = http("POST", f"{base}/auth/oauth2/token", data=sign_in)["access_token"]
+        owner = db.users.find_one({"username": "root"})["_id"]
+
+        def lists(label: str) -> None:
+            first = f"{base}/api/v1/users/?limit=20"
+            with urllib.request.urlopen(
+                urllib.request.Request(first, headers={"Authorization": f"Bearer {token}"})
+            ) as r:
+                link = r.headers.get("Link", "")
+            after = link[1 : link.index(">")] if link else "/api/v1/users/?limit=20"
+            results.append(
+                timed(
+                    f"GET /users/me ({label})", [("GET", f"{base}/api/v1/users/me", None)] * samples, token, db_client
+                )
+            )
+            results.append(
+                timed(f"GET /users/ first page + count ({label})", [("GET", first, None)] * samples, token, db_client)
+            )
+            results.append(
+                timed(f"GET /users/ by cursor ({label})", [("GET", f"{base}{after}", None)] * samples, token, db_client)
+            )
+            teams = [("GET", f"{base}/api/v1/teams/?limit=20", None)] * samples
+            results.append(timed(f"GET /teams/ first page + count ({label})", teams, token, db_client))
+
+        lists("small data")
+        data = load(db, owner, 10_000, 1_000, 5_000)
+        lists("10k users, 1k teams")
+        spare = data["users"][5_100 : 5_100 + samples]
+        for team, label in ((data["small"], "team of 20"), (data["big"], "team of 5,000")):
+            members = f"{base}/api/v1/teams/{team['_id']}/members/?limit=20"
+            results.append(timed(f"GET members page ({label})", [("GET", members, None)] * samples, token, db_client))
+            for name, calls in membership_changes(base, team, spare, label):
+                results.append(timed(name, calls, token, db_client))
+        before = ops(db_client)
+        for _ in range(samples):
+            http("POST", f"{base}/auth/oauth2/token", data=sign_in)
+        results.append(
+            {
+                "scenario": "POST /auth/oauth2/token (password)",
+                "requests": samples,
+                "db_ops_per_request": round((ops(db_client) - before - 1) / samples, 2),
+            }
+        )
+        db_client.close()
+    finally:
+        service.stop()
+    ratios = {}
+    for change in ("add member", "promote", "demote", "remove member", "GET members page"):
+        small = next(r for r in results if r["scenario"] == f"{change} (team of 20)")
+        big = next(r for r in results if r["scenario"] == f"{change} (team of 5,000)")
+        ratios[f"{change}: 5,000 vs 20 (median, <= 1.5)"] = round(big["p50_ms"] / small["p50_ms"], 2)
+    return {
+        "results": results,
+        "ratios": ratios,
+        "machine": f"{os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--output", type=Path, default=ROOT / "var" / "bench" / "scale.json")
+    args = parser.parse_args()
+    report = run(args.samples)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"{'scenario':48} {'p50 ms':>8} {'p90 ms':>8} {'db ops/req':>10}")
+    for row in report["results"]:
+        print(
+            f"{row['scenario']:48} {row.get('p50_ms', float('nan')):>8} {row.get('p90_ms', float('nan')):>8} {row['db_ops_per_request']:>10}"
+        )
+    print(json.dumps(report["ratios"], indent=2))
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
