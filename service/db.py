@@ -12,10 +12,12 @@ import ctypes
 import fcntl
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +38,9 @@ Client = AsyncIOMotorClient
 Migration = tuple[str, Callable[[Database], Awaitable[None]]]
 
 # Codes a healthy server never returns: it is shutting down, stepping down or a fail point says so.
-_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# 112 (WriteConflict) reaches the app only once a transaction has retried for TRANSACTION_DEADLINE:
+# too busy to finish now, so "retry later" too.
+_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
 def is_unavailable_error(exc: BaseException) -> bool:
@@ -340,15 +344,59 @@ async def upgrade(db: Database) -> list[str]:
     return await run_migrations(db)
 
 
+TRANSACTION_DEADLINE = 10.0  # seconds a transaction may keep retrying write conflicts
+_OUTAGE_RETRIES = 2  # a lost connection is retried this often, then the request gets its 503
+
+
 async def in_transaction(db: Database, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run `work(session)` in a multi-document transaction, retried by the driver on transient
-    conflicts and unknown commit results; on mongomock (no transactions) run it with no session."""
+    """Run `work(session)` in a multi-document transaction; on mongomock (no sessions) with no session.
+
+    Retried as the driver documents (TransientTransactionError: the whole transaction;
+    UnknownTransactionCommitResult: the commit), but bounded, unlike `with_transaction`'s two minutes:
+    write conflicts with concurrent transactions retry with jitter for up to TRANSACTION_DEADLINE, a
+    lost database only _OUTAGE_RETRIES times, so an outage is a quick 503, not a hung request."""
     try:
         session = await db.client.start_session()
     except NotImplementedError:  # mongomock: no sessions
         return await work(None)
+    deadline, outages, attempt = time.monotonic() + TRANSACTION_DEADLINE, 0, 0
     async with session:
-        return await session.with_transaction(work)
+        while True:
+            attempt += 1
+            session.start_transaction()
+            try:
+                result = await work(session)
+                await _commit(session)
+                return result
+            except PyMongoError as exc:
+                await _abort(session)
+                if not exc.has_error_label("TransientTransactionError"):
+                    raise
+                outages += isinstance(exc, ConnectionFailure)
+                if outages > _OUTAGE_RETRIES or time.monotonic() > deadline:
+                    raise
+                # Exponential backoff with full jitter: many transactions on one document take turns
+                # instead of aborting each other in lockstep.
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))  # noqa: S311 - not a secret
+            except BaseException:
+                await _abort(session)
+                raise
+
+
+async def _commit(session: Any) -> None:
+    for attempt in range(3):
+        try:
+            await session.commit_transaction()
+            return
+        except PyMongoError as exc:
+            if not exc.has_error_label("UnknownTransactionCommitResult") or attempt == 2:
+                raise
+
+
+async def _abort(session: Any) -> None:
+    if session.in_transaction:
+        with contextlib.suppress(PyMongoError):
+            await session.abort_transaction()
 
 
 async def shared_secret(db: Database, name: str) -> bytes:

@@ -6,22 +6,24 @@ a member costs the same in a team of 20 or of 50,000, and no document limit caps
 document keeps `leaders`, the number of its leaders, and a `version` that every membership change
 bumps (the ETag of memberships is the team's).
 
-"At least one leader" spans two documents. On backends with transactions (a MongoDB replica set, the
-embedded server) each change is one transaction whose first write is a conditional update of the team
-document (`leaders > 1` to lose a leader): two concurrent demotions both write that document, so they
-conflict and one retries, sees a single leader and stops. mongomock has no transactions: the same
-writes run in an order that leaves nothing harmful if a crash cuts them short (a membership without
-its team is invisible), and concurrency is proven on the real server.
+"At least one leader" spans two documents. The team's leader count decides: losing a leader is a
+conditional decrement (`leaders > 1`) of the team document, so of two concurrent demotions only one
+can pass. On backends with transactions (a MongoDB replica set, the embedded server) a promotion,
+demotion or removal is one transaction beginning with that team write, so concurrent changes of one
+team conflict and retry, and the count and the memberships never disagree. mongomock has no
+transactions: the same writes run in an order whose interruption can only leave the count low, which
+errs on the safe side. Adding a member needs no transaction (see `add_member`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from service.db import Database, in_transaction, utcnow
 from service.pagination import Cursors, Page, PageRequest, fetch_page
@@ -149,19 +151,36 @@ async def _why_not(db: Database, team_id: ObjectId, version: int | None) -> Exce
 async def add_member(
     db: Database, team: dict[str, Any], membership: dict[str, Any], version: int | None
 ) -> dict[str, Any]:
-    """Insert the membership and bump the team; the team after."""
+    """Insert the membership, then bump the team (its version, and its leader count for a leader); the
+    team after. A leader is added in a transaction like every leader change. A plain member needs
+    none: the leader count does not move, so many concurrent adds to one team never conflict; if the
+    team write fails, the membership is taken back, so the caller's error means nothing changed."""
+    if membership["is_leader"]:
 
-    async def work(session: Any) -> dict[str, Any]:
-        try:
-            await db.memberships.insert_one(membership, session=session)
-        except DuplicateKeyError:
-            raise AlreadyMember() from None
-        updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version)
-        if updated is None:
-            raise await _why_not(db, team["_id"], version)
-        return updated
+        async def work(session: Any) -> dict[str, Any]:
+            return await _insert_then_touch(db, session, team, membership, version)
 
-    return await _run(db, work)
+        result: dict[str, Any] = await _run(db, work)
+        return result
+    try:
+        return await _insert_then_touch(db, None, team, membership, version)
+    except BaseException:
+        with contextlib.suppress(PyMongoError):
+            await db.memberships.delete_one({"_id": membership["_id"]})
+        raise
+
+
+async def _insert_then_touch(
+    db: Database, session: Any, team: dict[str, Any], membership: dict[str, Any], version: int | None
+) -> dict[str, Any]:
+    try:
+        await db.memberships.insert_one(membership, session=session)
+    except DuplicateKeyError:
+        raise AlreadyMember() from None
+    updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version)
+    if updated is None:
+        raise await _why_not(db, team["_id"], version)
+    return updated
 
 
 async def set_leader(
