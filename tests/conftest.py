@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from service import fixtures, keys
 from service.app import create_app
 from service.config import Settings
 from service.db import Client, create_client
@@ -147,8 +148,6 @@ def db(client: TestClient, settings: Settings, mongo_client: Client):  # type: i
 @pytest.fixture
 async def seeded(client: TestClient, app: web.Application, db):  # type: ignore[no-untyped-def]
     """The development fixtures (root/q admin, user/w regular, public `documentation` client)."""
-    from service import fixtures, keys
-
     return await fixtures.load(db, app[keys.hasher], fixtures.default_files())
 
 
@@ -203,3 +202,21 @@ def register_client(client: TestClient, bearer):  # type: ignore[no-untyped-def]
         return await response.json()
 
     return create
+
+
+@pytest.fixture
+async def live_server(settings, mongo_client) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """The service on a free port (a real socket, for browsers and other processes) with the fixtures
+    loaded; the docs client may redirect to its Swagger UI and to `<base>/cb` (a test relying party)."""
+    app = create_app(settings, mongo_client=mongo_client)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}"
+    db = app[keys.mongo].db
+    await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    await db.oauth2_clients.update_one(
+        {"_id": "documentation"},
+        {"$push": {"redirect_uris": {"$each": [f"{base}/api/v1/static/oauth2-redirect.html", f"{base}/cb"]}}},
+    )
+    yield base
+    await server.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -9,6 +10,7 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
 
@@ -20,6 +22,19 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 def with_current_password(op: dict[str, Any], password: str = "w") -> list[dict[str, Any]]:
     """A JSON Patch that proves the caller's password before a guarded change (email, password)."""
     return [{"op": "test", "path": "/current_password", "value": password}, op]
+
+
+async def wait_ready(http: Any, base: str, seconds: float = 30) -> None:  # http: an aiohttp ClientSession
+    """Poll `base`/readyz until the server answers 200 (a server started as its own process)."""
+    for _ in range(int(seconds * 10)):
+        try:
+            async with http.get(f"{base}/readyz") as ready:
+                if ready.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} did not become ready")
 
 
 async def stored_members(db: Any, team: dict[str, Any]) -> list[dict[str, Any]]:  # db: the test's Motor database

@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.helpers import wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,14 +61,7 @@ async def test_a_request_span_has_the_database_command_as_its_child(tmp_path: Pa
         try:
             base = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(f"{base}/readyz") as ready:
-                            if ready.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+                await wait_ready(http, base)
                 form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
                 async with http.post(f"{base}/auth/oauth2/token", data=form, headers=caller) as signed_in:
                     token = (await signed_in.json())["access_token"]

@@ -26,8 +26,10 @@ import psutil
 from bson import ObjectId
 from pymongo import MongoClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PYTHON, ROOT, Server, free_port, http
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
+from run import PYTHON, ROOT, Server, free_port, http  # noqa: E402 - the harness next to this file
+
+from service.users.repository import new_user_document  # noqa: E402
 
 COUNTERS = ("insert", "query", "update", "delete", "command")
 
@@ -75,21 +77,15 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
     stamp = lambda i: now - timedelta(seconds=users - i)  # noqa: E731 - distinct, ordered creation times
     docs = [
         {
-            "_id": ObjectId(),
-            "username": f"scale{i}",
-            "username_key": f"scale{i}",
-            "email": f"scale{i}@example.com",
-            "email_key": f"scale{i}@example.com",
-            "password_hash": "!",
-            "first_name": "",
-            "middle_name": "",
-            "last_name": "",
-            "is_active": True,
-            "is_regular_user": True,
-            "is_admin": False,
+            **new_user_document(
+                username=f"scale{i}",
+                email=f"scale{i}@example.com",
+                password_hash="!",  # noqa: S106 - not a password: nobody signs in as them
+                names={},
+                roles={},
+            ),
             "created": stamp(i),
             "updated": stamp(i),
-            "version": 1,
         }
         for i in range(users)
     ]

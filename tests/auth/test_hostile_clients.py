@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from service import keys
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import REDIRECT, decide, exchange, get_code, open_page, pkce, query
+from tests.helpers import REDIRECT, decide, exchange, get_code, open_page, pkce, query, wait_ready
 
 TOKEN = "/auth/oauth2/token"
 GUESS = {"grant_type": "password", "username": "user", "password": "wrong guess", "client_id": "documentation"}
@@ -99,14 +99,7 @@ async def _guess_on_both(ports: list[int]) -> None:
     """Wait for both servers, then 200 concurrent wrong guesses split between them."""
     async with aiohttp.ClientSession() as http:
         for port in ports:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
-                        if ready.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_ready(http, f"http://127.0.0.1:{port}")
 
         async def guess(i: int) -> int:
             async with http.post(f"http://127.0.0.1:{ports[i % 2]}{TOKEN}", data=GUESS) as response:

@@ -14,14 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oidc.core import CodeIDToken, IDToken
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
-from service import fixtures, keys
-from service.app import create_app
+from service import keys
 from service.auth import signing
 from service.auth.jose import JsonWebKey, jwt
 from service.db import utcnow
@@ -44,20 +43,6 @@ def verify(id_token: str, jwks: dict[str, Any], **params: Any) -> Any:
     return claims
 
 
-@pytest.fixture
-async def live(settings, mongo_client) -> str:  # type: ignore[no-untyped-def]
-    """The app on a real socket (authlib's client speaks HTTP through httpx), with the fixtures loaded."""
-    app = create_app(settings, mongo_client=mongo_client)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    base = f"http://127.0.0.1:{server.port}"
-    db = app[keys.mongo].db
-    await fixtures.load(db, app[keys.hasher], fixtures.default_files())
-    await db.oauth2_clients.update_one({"_id": "documentation"}, {"$push": {"redirect_uris": f"{base}/cb"}})
-    yield base
-    await server.close()
-
-
 async def test_discovery_is_valid_for_authlib_and_keys_are_public_only(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
     document = await (await client.get("/.well-known/openid-configuration")).json()
     OpenIDProviderMetadata(document).validate()
@@ -78,15 +63,15 @@ async def test_discovery_is_valid_for_authlib_and_keys_are_public_only(client: T
     assert (await client.get(urlsplit(document["userinfo_endpoint"]).path)).status == 401
 
 
-async def test_authlib_client_signs_in_with_code_pkce_and_nonce(live: str) -> None:
+async def test_authlib_client_signs_in_with_code_pkce_and_nonce(live_server: str) -> None:
     async with httpx.AsyncClient() as http:
-        metadata = (await http.get(f"{live}/.well-known/openid-configuration")).json()
+        metadata = (await http.get(f"{live_server}/.well-known/openid-configuration")).json()
         jwks = (await http.get(metadata["jwks_uri"])).json()
     verifier = os.urandom(32).hex()
     nonce = os.urandom(8).hex()
     async with AsyncOAuth2Client(
         client_id="documentation",
-        redirect_uri=f"{live}/cb",
+        redirect_uri=f"{live_server}/cb",
         scope="openid profile email",
         code_challenge_method="S256",
         token_endpoint_auth_method="none",

@@ -124,19 +124,21 @@ async def test_changes_reach_every_instance_within_100_ms(
     assert elapsed <= 100
 
 
-async def test_a_broken_change_stream_stops_the_cache(
-    real_server, client: TestClient, seeded, db, mongo_client
-) -> None:  # type: ignore[no-untyped-def]
+async def warm_session_then_fail_get_mores(client: TestClient, mongo_client, how: dict):  # type: ignore[no-untyped-def,type-arg]
+    """Sign in, get the token cached, then make the change stream's getMores fail as `how` says."""
     session = await sign_in(client, "user", "w")
     headers = {"Authorization": session["Authorization"]}
     await warm(client, headers)
     await mongo_client.admin.command(
-        {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": {"failCommands": ["getMore"], "closeConnection": True},
-        }
+        {"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {"failCommands": ["getMore"], **how}}
     )
+    return session, headers
+
+
+async def test_a_broken_change_stream_stops_the_cache(
+    real_server, client: TestClient, seeded, db, mongo_client
+) -> None:  # type: ignore[no-untyped-def]
+    _, headers = await warm_session_then_fail_get_mores(client, mongo_client, {"closeConnection": True})
     try:
         await asyncio.sleep(1.5)  # the waiting getMore returns, the next ones fail: the cache's trust runs out
         # A change the cache cannot hear about: it must not be trusted any more.
@@ -149,16 +151,8 @@ async def test_a_broken_change_stream_stops_the_cache(
 async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
     real_server, client: TestClient, seeded, db, mongo_client
 ) -> None:  # type: ignore[no-untyped-def]
-    session = await sign_in(client, "user", "w")
-    headers = {"Authorization": session["Authorization"]}
-    await warm(client, headers)
-    await mongo_client.admin.command(
-        {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": {"failCommands": ["getMore"], "blockConnection": True, "blockTimeMS": 4000},
-        }
-    )
+    block = {"blockConnection": True, "blockTimeMS": 4000}
+    session, headers = await warm_session_then_fail_get_mores(client, mongo_client, block)
     try:
         started = time.monotonic()
         cache = client.app[keys.principal_cache]

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
-
-from service import fixtures, keys
-from service.app import create_app
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "e2e"
@@ -45,22 +41,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 FAILED = pytest.StashKey[bool]()
-
-
-@pytest.fixture
-async def live_server(settings, mongo_client) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    """The service on a free port with the fixtures loaded and the docs client allowed to redirect to it."""
-    app = create_app(settings, mongo_client=mongo_client)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    base = f"http://127.0.0.1:{server.port}"
-    db = app[keys.mongo].db
-    await fixtures.load(db, app[keys.hasher], fixtures.default_files())
-    await db.oauth2_clients.update_one(
-        {"_id": "documentation"}, {"$push": {"redirect_uris": f"{base}/api/v1/static/oauth2-redirect.html"}}
-    )
-    yield base
-    await server.close()
 
 
 @pytest.fixture

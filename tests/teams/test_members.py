@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
 from service.db import _memberships_out_of_team_documents, utcnow
+from service.users.repository import new_user_document
 from tests.helpers import stored_members
 
 PROBLEM = "application/problem+json"
@@ -128,24 +129,9 @@ async def test_deactivated_member_keeps_membership_but_loses_access(
 async def test_fifty_concurrent_additions_all_land(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
     leader, url = await setup_team(client, bearer)
     docs = [
-        {
-            "username": f"bulk{i}",
-            "username_key": f"bulk{i}",
-            "email": f"bulk{i}@example.com",
-            "email_key": f"bulk{i}@example.com",
-            "password_hash": "x",
-            "first_name": "",
-            "middle_name": "",
-            "last_name": "",
-            "is_active": True,
-            "is_regular_user": True,
-            "is_admin": False,
-            "version": 1,
-        }
+        new_user_document(username=f"bulk{i}", email=f"bulk{i}@example.com", password_hash="x", names={}, roles={})
         for i in range(50)
     ]
-    for doc in docs:
-        doc["created"] = doc["updated"] = utcnow()
     ids = (await db.users.insert_many(docs)).inserted_ids
     responses = await asyncio.gather(
         *(client.post(f"{url}/members/", json={"user_id": str(oid)}, headers=leader) for oid in ids)
