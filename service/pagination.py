@@ -131,6 +131,7 @@ async def fetch_page(
     *,
     descending: bool = False,
     keys: tuple[str, str] = KEYS,
+    hint: list[tuple[str, int]] | None = None,
 ) -> Page:
     """One page of `collection` matching `query`, in list order (oldest first, or newest first when
     `descending`): by cursor one query, by offset two. `keys` names the (time, id) fields that order
@@ -139,6 +140,8 @@ async def fetch_page(
     order = [(name, -1 if descending else 1) for name in keys]
     filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys)
     found = db[collection].find(filters, projection).sort(order)
+    if hint is not None:
+        found = found.hint(hint)
     if request.after is None:
         items = await found.skip(request.offset).limit(wanted).to_list(wanted)
     else:
