@@ -52,13 +52,13 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     # responses carry them and oversize bodies are refused first; the problem middleware turns every
     # failure below it into problem+json.
     # Tracing (when configured) opens the server span first, so everything below is inside it.
-    # Metrics see every answer (problem responses included) under its route template.
+    # Metrics (when METRICS_PORT is set) see every answer, problem responses included, by route template.
     # The per-address limit on the OAuth2 endpoints comes next, before any work is done for them.
     app = web.Application(
         middlewares=[
             *tracing.middlewares(),
             edge_middleware,
-            metrics_middleware,
+            *([metrics_middleware] if settings.metrics_port is not None else []),
             problem_middleware,
             oauth_rate_limit_middleware,
         ],

@@ -106,7 +106,7 @@ async def test_the_trail_pages_by_cursor(client: TestClient, bearer) -> None:  #
 
 async def test_a_lost_audit_write_never_fails_the_request(client: TestClient, app: web.Application, seeded) -> None:  # type: ignore[no-untyped-def]
     class Down:
-        async def insert_one(self, document: dict[str, Any]) -> None:
+        async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
             raise ConnectionError("database unavailable")
 
     auditor = app[keys.auditor]

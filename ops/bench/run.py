@@ -235,6 +235,15 @@ end
 """
 
 
+SCRAPER = """
+import sys, time, urllib.request
+url, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until:
+    urllib.request.urlopen(url, timeout=5).read()
+    time.sleep(1)
+"""
+
+
 def token_storm(work: Path, base: str, seconds: int, me_script: str, *, distributed: bool) -> dict[str, Any]:
     """100 connections of random-username password grants, while one client (an address of its own)
     signs in with the right password once a second and wrk reads /users/me. The storm comes from one
@@ -410,6 +419,28 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
             finally:
                 service.stop()
 
+        # Metrics on: the same /users/me scenario with the Prometheus listener, scraped once a second.
+        metrics_port = free_port()
+        service = Server(
+            [PYTHON, "-m", "service", "serve"], {**env, "METRICS_PORT": str(metrics_port)}, f"{base}/readyz"
+        )
+        scraper = subprocess.Popen(
+            [PYTHON, "-c", SCRAPER, f"http://127.0.0.1:{metrics_port}/metrics", str(seconds + 3)],
+        )
+        try:
+            token = http(
+                "POST",
+                f"{base}/auth/oauth2/token",
+                data={"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"},
+            )["access_token"]
+            me = lua(work, "me-metrics", f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+            results.append(
+                measure("GET /users/me, metrics on", 1, service.process.pid, f"{base}/api/v1/users/me", seconds, 32, me)
+            )
+        finally:
+            scraper.wait()
+            service.stop()
+
         # The bare app needs the same kind of database: an idle service holds the embedded one for it.
         bare_port, holder_port = free_port(), free_port()
         holder = Server(
@@ -511,6 +542,13 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
             "rss_mb_per_worker (< 120)": report[f"rss_mb_workers_{workers}"],
         }
     quiet_p99 = rows[("GET /users/me", 1)]["p99_ms"]
+    metered = rows[("GET /users/me, metrics on", 1)]
+    summary["metrics_overhead"] = {
+        "users_me_cpu_us_metrics_off": round(rows[("GET /users/me", 1)]["service_cpu_us"], 1),
+        "users_me_cpu_us_metrics_on": round(metered["service_cpu_us"], 1),
+        "extra_cpu_per_request (<= 10%)": f"{metered['service_cpu_us'] / rows[('GET /users/me', 1)]['service_cpu_us'] - 1:+.1%}",
+        "users_me_rps_metrics_off_vs_on": [round(rows[("GET /users/me", 1)]["rps"]), round(metered["rps"])],
+    }
     for name in ("token_storm", "token_storm_distributed"):
         storm = report[name]
         unexpected = {code: n for code, n in storm["storm_statuses"].items() if code >= 500 and code != 503}
