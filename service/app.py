@@ -16,6 +16,7 @@ from service.auth import openapi as auth_openapi
 from service.auth import routes as auth_routes
 from service.auth.signing import KeyRing
 from service.config import Settings
+from service.cors import cors_middleware
 from service.db import Client, Mongo, shared_secret, upgrade
 from service.errors import problem_middleware, problem_response
 from service.log import harden_aiohttp_logging
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
             *tracing.middlewares(),
             edge_middleware,
             *([metrics_middleware] if settings.metrics_port is not None else []),
+            cors_middleware,
             problem_middleware,
             oauth_rate_limit_middleware,
         ],

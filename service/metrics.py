@@ -8,6 +8,7 @@ of the whole server, one scrape target.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -90,10 +91,47 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class _InFlight:
+    """Requests being handled. One process: a plain counter the gauge reads when scraped (no lock per
+    request). Under --workers (multiprocess mode, where a gauge cannot read a function): inc/dec."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shared = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        if not self.shared:
+            HTTP_IN_FLIGHT.set_function(lambda: self.count)
+
+    def enter(self) -> None:
+        self.count += 1
+        if self.shared:
+            HTTP_IN_FLIGHT.inc()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.shared:
+            HTTP_IN_FLIGHT.dec()
+
+
+_in_flight = _InFlight()
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The counter and histogram children of one label set, looked up once (labels() is not free)."""
+    key = (method, route, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (
+            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)),
+            HTTP_DURATION.labels(method=method, route=route),
+        )
+    return found
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    HTTP_IN_FLIGHT.inc()
+    _in_flight.enter()
     status = 500
     try:
         response = await handler(request)
@@ -103,10 +141,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        HTTP_IN_FLIGHT.dec()
-        route = route_of(request)
-        HTTP_REQUESTS.labels(method=request.method, route=route, status=str(status)).inc()
-        HTTP_DURATION.labels(method=request.method, route=route).observe(time.perf_counter() - started)
+        _in_flight.leave()
+        requests, duration = _series(request.method, route_of(request), status)
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
 
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> web.Response:

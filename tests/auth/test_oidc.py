@@ -219,3 +219,24 @@ def test_s256_helper_agrees_with_ours() -> None:
     assert create_s256_code_challenge(verifier) == challenge
     assert REDIRECT.startswith("http://127.0.0.1")
     assert decide is not None
+
+
+async def test_browser_apps_may_call_the_oidc_endpoints_cross_origin_but_not_the_api(
+    client: TestClient, bearer
+) -> None:  # type: ignore[no-untyped-def]
+    origin = {"Origin": "https://spa.example"}
+    preflight = await client.options(
+        "/auth/oauth2/token",
+        headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Credentials" not in preflight.headers  # no cookies, ever
+    discovery = await client.get("/.well-known/openid-configuration", headers=origin)
+    assert discovery.headers["Access-Control-Allow-Origin"] == "*"
+    refused = await client.get("/auth/oauth2/userinfo", headers=origin)
+    assert refused.status == 401
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"  # the app can read why
+    api = await client.get("/api/v1/users/me", headers={**origin, **await bearer("user")})
+    assert "Access-Control-Allow-Origin" not in api.headers
