@@ -377,7 +377,7 @@ async def in_transaction(db: Database, work: Callable[[Any], Awaitable[Any]]) ->
                     raise
                 # Exponential backoff with full jitter: many transactions on one document take turns
                 # instead of aborting each other in lockstep.
-                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))  # noqa: S311 - not a secret
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))  # noqa: S311  # nosec B311 - jitter, not a secret
             except BaseException:
                 await _abort(session)
                 raise
