@@ -147,9 +147,10 @@ async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Serve `/metrics` on METRICS_PORT (unset: no listener) for this process."""
+    """Serve `/metrics` on METRICS_PORT (unset: no listener) for this process; a worker under
+    `serve --workers` only records, and its master serves the sum of all workers there."""
     settings = app[keys.settings]
-    if settings.metrics_port is None:
+    if settings.metrics_port is None or metrics.MULTIPROCESS:
         yield
         return
     listener = web.Application()

@@ -25,6 +25,8 @@ from prometheus_client import (
 )
 from pymongo import monitoring
 
+# Set by the `serve --workers` master for its workers: values go to files the master sums.
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
@@ -97,7 +99,7 @@ class _InFlight:
 
     def __init__(self) -> None:
         self.count = 0
-        self.shared = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.shared = MULTIPROCESS
         if not self.shared:
             HTTP_IN_FLIGHT.set_function(lambda: self.count)
 

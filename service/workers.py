@@ -110,8 +110,7 @@ class Master:
         if self.settings.metrics_port is None:
             return None
         directory = tempfile.mkdtemp(prefix="service-metrics-")
-        env["PROMETHEUS_MULTIPROC_DIR"] = directory
-        env.pop("METRICS_PORT", None)  # workers record; only the master listens
+        env["PROMETHEUS_MULTIPROC_DIR"] = directory  # workers record there; only the master listens
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
         start_http_server(self.settings.metrics_port, addr=self.host, registry=registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,7 +41,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def test_two_workers_serve_and_stop_cleanly(tmp_path: Path, secantus_url: str | None) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "LOG_FORMAT": "json",
@@ -49,6 +50,7 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path: Path, secantus_url: str | 
         "ARGON2_MEMORY_KIB": "64",
         "ARGON2_TIME_COST": "1",
         "MONGODB_DB": f"w{port}",
+        "METRICS_PORT": str(metrics_port),
     }
     env.pop("MONGODB_URL", None)
     if secantus_url:
@@ -70,6 +72,14 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path: Path, secantus_url: str | 
             for _ in range(60):  # fresh connections, so the kernel spreads them over both workers
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
                     assert response.status == 200
+            # One scrape target for the whole server: the master sums what every worker counted.
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                exposition = response.read().decode()
+            served = re.search(
+                r'^http_requests_total\{method="GET",route="/healthz",status="200"\} ([0-9.e+]+)$', exposition, re.M
+            )
+            assert served is not None, exposition[:2000]
+            assert float(served.group(1)) >= 60
             before = descendants(master.pid)
             master.send_signal(signal.SIGHUP)  # rolling reload: new workers, no gap in service
             deadline = time.monotonic() + 30
