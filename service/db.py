@@ -344,6 +344,11 @@ async def upgrade(db: Database) -> list[str]:
     return await run_migrations(db)
 
 
+def _is_mongomock(client: Any) -> bool:
+    """mongomock-motor presents itself as a Motor client; its class hierarchy tells the truth."""
+    return any(cls.__module__.startswith("mongomock") for cls in type(client).__mro__)
+
+
 TRANSACTION_DEADLINE = 10.0  # seconds a transaction may keep retrying write conflicts
 _OUTAGE_RETRIES = 2  # a lost connection is retried this often, then the request gets its 503
 
@@ -355,7 +360,7 @@ async def in_transaction(db: Database, work: Callable[[Any], Awaitable[Any]]) ->
     UnknownTransactionCommitResult: the commit), but bounded, unlike `with_transaction`'s two minutes:
     write conflicts with concurrent transactions retry with jitter for up to TRANSACTION_DEADLINE, a
     lost database only _OUTAGE_RETRIES times, so an outage is a quick 503, not a hung request."""
-    if type(db.client).__module__.startswith("mongomock"):  # no sessions, so no transactions
+    if _is_mongomock(db.client):  # no sessions, so no transactions
         return await work(None)
     session = await db.client.start_session()
     deadline, outages, attempt = time.monotonic() + TRANSACTION_DEADLINE, 0, 0
