@@ -80,6 +80,14 @@ def http(
         return json.loads(response.read() or b"null")
 
 
+ROOT_SIGN_IN = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
+
+
+def root_token(base: str) -> str:
+    """An access token for the fixtures' admin."""
+    return str(http("POST", f"{base}/auth/oauth2/token", data=ROOT_SIGN_IN)["access_token"])
+
+
 def processes(root_pid: int) -> tuple[list[psutil.Process], list[psutil.Process]]:
     """(service processes, database processes) under root_pid."""
     root = psutil.Process(root_pid)
@@ -345,11 +353,7 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
         for workers in (1, 2):
             service = Server([PYTHON, "-m", "service", "serve", "--workers", str(workers)], env, f"{base}/readyz")
             try:
-                token = http(
-                    "POST",
-                    f"{base}/auth/oauth2/token",
-                    data={"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"},
-                )["access_token"]
+                token = root_token(base)
                 teams = http("GET", f"{base}/api/v1/teams/?limit=100", token=token)
                 for i in range(len(teams), 20):
                     http("POST", f"{base}/api/v1/teams/", json_body={"title": f"Team {i:02d}"}, token=token)
@@ -428,11 +432,7 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
             [PYTHON, "-c", SCRAPER, f"http://127.0.0.1:{metrics_port}/metrics", str(seconds + 3)],
         )
         try:
-            token = http(
-                "POST",
-                f"{base}/auth/oauth2/token",
-                data={"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"},
-            )["access_token"]
+            token = root_token(base)
             me = lua(work, "me-metrics", f'wrk.headers["Authorization"] = "Bearer {token}"\n')
             results.append(
                 measure("GET /users/me, metrics on", 1, service.process.pid, f"{base}/api/v1/users/me", seconds, 32, me)
