@@ -242,7 +242,8 @@ async def _follow_changes(cache: PrincipalCache, db: Any) -> None:
                     resume = stream.resume_token
                     if change is not None:
                         cache.evict(change["ns"]["coll"], change["documentKey"]["_id"])
-                        metrics.CHANGE_STREAM_LAG.observe(max(0.0, time.time() - change["clusterTime"].time))
+                        if "clusterTime" in change:  # the write's time on the server
+                            metrics.CHANGE_STREAM_LAG.observe(max(0.0, time.time() - change["clusterTime"].time))
                     if _server_cursor(stream) is not cursor:
                         # The driver hit an error and restarted the stream on its own: until it answers
                         # from a waiting getMore again, changes may come late, so stop trusting the cache.
