@@ -1,7 +1,9 @@
-"""The database layer: client lifecycle, the embedded server, mongomock mode, indexes and migrations.
+"""The database layer: client lifecycle, the embedded server, mongomock mode, indexes, migrations and
+transactions.
 
-The only module besides the domain repositories that imports the driver, so a later switch from
-Motor to PyMongo's async client stays one small change.
+Only this module creates clients; the modules that store documents (the domains' repositories, the
+audit trail, the signing keys) use the driver's collections and index models, and `metrics` listens to
+its command events. A later switch from Motor to PyMongo's async client stays one small change here.
 """
 
 from __future__ import annotations
