@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import authlib.deprecate  # noqa: F401 - importing it installs an "always" filter; ours must come after it
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
     from authlib.jose import JsonWebKey, JsonWebToken, RSAKey, jwt
