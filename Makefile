@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-mongomock test-secantus lint e2e bench bench-scale clean
+.PHONY: run test test-mongomock test-secantus lint e2e compose-e2e bench bench-scale clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: lint test-mongomock test-secantus
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check service tests ops
 	$(VENV)/bin/bandit -q -r service
-	$(VENV)/bin/hadolint ops/Dockerfile
+	$(VENV)/bin/hadolint ops/Dockerfile ops/podman/*.Containerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 test-mongomock: $(VENV)/.dev
@@ -38,6 +38,11 @@ test-secantus: $(VENV)/.dev
 e2e: $(VENV)/.dev
 	@test -x "$${CHROMIUM:-/usr/bin/chromium}" || { echo "e2e needs Chromium: apt-get install chromium" >&2; exit 1; }
 	$(PY) -m pytest -m e2e --backend=secantus tests/e2e -rA
+
+## The real docker-compose.yml started (three API replicas behind nginx) and driven from outside:
+## `docker compose` where a Docker engine runs, else podman (installed with apt when missing, as root).
+compose-e2e: $(VENV)/.dev
+	$(PY) ops/compose_e2e.py
 
 ## Load benchmark against the bare aiohttp ceiling (needs wrk: apt-get install wrk); prints a table, writes var/bench/results.json.
 bench: $(VENV)/.dev

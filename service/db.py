@@ -42,6 +42,9 @@ Migration = tuple[str, Callable[[Database], Awaitable[None]]]
 # Codes a healthy server never returns: it is shutting down, stepping down or a fail point says so.
 # 112 (WriteConflict) reaches the app only once a transaction has retried for TRANSACTION_DEADLINE:
 # too busy to finish now, so "retry later" too.
+# How long a starting process waits for its database to answer before giving up.
+STARTUP_WAIT = 60.0
+
 _UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
@@ -232,7 +235,7 @@ class Mongo:
             self._db = self.client[self.settings.mongodb_db]
         return self._db
 
-    async def connect(self) -> None:
+    async def connect(self, wait: float = STARTUP_WAIT) -> None:
         if self.client is not None:
             return
         url = self.settings.mongodb_url
@@ -241,6 +244,25 @@ class Mongo:
             await self.embedded.start()
             url = self.embedded.url
         self.client = create_client(url, self.settings.mongodb_timeout_ms)
+        try:
+            await self._wait_until_reachable(wait)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _wait_until_reachable(self, wait: float) -> None:
+        """A process may start before its database (compose without health conditions, Kubernetes):
+        keep asking for `wait` seconds, as a supervisor would restart us anyway, instead of exiting."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                await self.ping()
+                return
+            except ConnectionFailure as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("database not reachable yet (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     async def close(self) -> None:
         if self.client is not None and self.owns_client:

@@ -3,7 +3,7 @@
 The per-username sign-in throttle (in MongoDB, shared by every process) stops password guessing; this
 limit stops one address from flooding the sign-in endpoints with cheap requests at all. It lives in
 process memory on purpose: it is a first line that costs no database round trip, each process enforces
-it for its share of the traffic, and the reverse proxy (ops/nginx.conf `limit_req`) holds the same line
+it for its share of the traffic, and the reverse proxy (ops/nginx.conf.template `limit_req`) holds the same line
 for the whole deployment.
 """
 
