@@ -24,6 +24,9 @@ test: lint test-mongomock test-secantus
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check service tests ops
+	$(VENV)/bin/ruff format --check service tests ops
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/bandit -q -r service
 	$(VENV)/bin/hadolint ops/Dockerfile ops/podman/*.Containerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml

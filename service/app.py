@@ -14,10 +14,12 @@ from service.audit import auditor_ctx
 from service.audit import routes as audit_routes
 from service.auth import openapi as auth_openapi
 from service.auth import routes as auth_routes
+from service.auth.principals import PrincipalCache, principal_cache_ctx
 from service.auth.signing import KeyRing
 from service.config import Settings
 from service.cors import cors_middleware
-from service.db import Client, Mongo, shared_secret, upgrade
+from service.db import Client, Mongo, shared_secret
+from service.domains import upgrade
 from service.errors import problem_middleware, problem_response
 from service.log import harden_aiohttp_logging
 from service.metrics import metrics_middleware
@@ -25,7 +27,7 @@ from service.middlewares import edge_middleware, validation_middleware
 from service.pagination import Cursors
 from service.passwords import hasher_ctx
 from service.ratelimit import TokenBuckets, oauth_rate_limit_middleware
-from service.security import PrincipalCache, auth_middleware, principal_cache_ctx
+from service.security import auth_middleware
 from service.teams import routes as teams_routes
 from service.users import routes as users_routes
 
@@ -42,7 +44,7 @@ def _prepare_process() -> None:
     aiohttp has no setting for its `Server` header (`Python/3.x aiohttp/3.x`), and its answers to
     malformed requests never reach the app's middlewares or signals, so the module default is the one
     place that covers every response."""
-    web_response.SERVER_SOFTWARE = SERVER_HEADER
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # a module default aiohttp does not export
     harden_aiohttp_logging()
 
 

@@ -18,16 +18,18 @@ from marshmallow import ValidationError
 
 from service import fixtures, keys, log
 from service.app import create_app
-from service.auth import service as auth_service
+from service.auth import clients as auth_clients
 from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
+from service.auth.scopes import SCOPES
 from service.config import Settings, SettingsError
-from service.db import EmbeddedServerError, Mongo, upgrade
-from service.docs import SCOPES
+from service.db import EmbeddedServerError, Mongo
+from service.domains import upgrade
 from service.errors import ApiError
 from service.passwords import PasswordHasher
 from service.users import repository as users_repository
 from service.users.schemas import SignupSchema
+from service.workers import Master
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -112,8 +114,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     if workers > 1:
-        from service.workers import Master
-
         return Master(settings, host, port or _free_port(host), workers).run()
     _use_uvloop()
     app = create_app(settings)
@@ -263,7 +263,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> int:
         if owner is None:
             print(f"error: no user {args.owner!r}", file=sys.stderr)
             return 1
-        client, secret = await auth_service.create_client(mongo.db, owner["_id"], data)
+        client, secret = await auth_clients.create_client(mongo.db, owner["_id"], data)
         print(f"client_id: {client['_id']}")
         if secret:
             print(f"client_secret: {secret}  (shown once; it is stored hashed)")

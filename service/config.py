@@ -52,7 +52,7 @@ class Settings:
 
     @property
     def mongomock(self) -> bool:
-        return bool(self.mongodb_url) and self.mongodb_url.startswith("mongomock://")  # type: ignore[union-attr]
+        return self.mongodb_url is not None and self.mongodb_url.startswith("mongomock://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

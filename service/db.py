@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import IndexModel, ReturnDocument
@@ -35,8 +35,12 @@ from service.metrics import COMMAND_TIMER
 
 log = logging.getLogger(__name__)
 
-Database = AsyncIOMotorDatabase
-Client = AsyncIOMotorClient
+if TYPE_CHECKING:  # Motor's stubs are generic in the document type; the classes are not, at runtime
+    Database: TypeAlias = AsyncIOMotorDatabase[dict[str, Any]]
+    Client: TypeAlias = AsyncIOMotorClient[dict[str, Any]]
+else:
+    Database = AsyncIOMotorDatabase
+    Client = AsyncIOMotorClient
 Migration = tuple[str, Callable[[Database], Awaitable[None]]]
 
 # Codes a healthy server never returns: it is shutting down, stepping down or a fail point says so.
@@ -277,69 +281,14 @@ class Mongo:
         await self.db.command("ping")
 
 
-def all_indexes() -> Mapping[str, Sequence[IndexModel]]:
-    """Every collection's indexes, as declared next to the repository that needs them."""
-    from service.audit import INDEXES as AUDIT
-    from service.auth.repository import INDEXES as AUTH
-    from service.auth.signing import INDEXES as SIGNING
-    from service.teams.repository import INDEXES as TEAMS
-    from service.users.repository import INDEXES as USERS
-
-    merged: dict[str, list[IndexModel]] = {}
-    for declared in (AUTH, USERS, TEAMS, AUDIT, SIGNING):
-        for collection, models in declared.items():
-            merged.setdefault(collection, []).extend(models)
-    return merged
-
-
-async def ensure_indexes(db: Database, indexes: Mapping[str, Sequence[IndexModel]] | None = None) -> None:
+async def ensure_indexes(db: Database, indexes: Mapping[str, Sequence[IndexModel]]) -> None:
     """Create the declared indexes; idempotent, so every process runs it at start-up."""
-    for collection, models in (all_indexes() if indexes is None else indexes).items():
+    for collection, models in indexes.items():
         if models:
             await db[collection].create_indexes(list(models))
 
 
-async def _backfill_versions(db: Database) -> None:
-    """Documents written before versioning get version 1, so If-Match works on them."""
-    for collection in ("users", "teams", "oauth2_clients"):
-        await db[collection].update_many({"version": {"$exists": False}}, {"$set": {"version": 1}})
-
-
-async def _documentation_client_may_sign_in(db: Database) -> None:
-    """The docs page's client may ask for the OpenID Connect scopes (databases loaded before OIDC)."""
-    await db.oauth2_clients.update_one(
-        {"_id": "documentation"}, {"$addToSet": {"allowed_scopes": {"$each": ["openid", "profile", "email"]}}}
-    )
-
-
-async def _memberships_out_of_team_documents(db: Database) -> None:
-    """Teams stored their members in an array; each becomes a `memberships` document and the team keeps
-    a leader count. Idempotent: an interrupted run upserts what it already wrote and goes on."""
-    async for team in db.teams.find({"members": {"$exists": True}}):
-        for member in team["members"]:
-            await db.memberships.update_one(
-                {"team_id": team["_id"], "user_id": member["user_id"]},
-                {
-                    "$setOnInsert": {
-                        "is_leader": member["is_leader"],
-                        "created": member["created"],
-                        "team_created": team["created"],
-                    }
-                },
-                upsert=True,
-            )
-        leaders = sum(1 for member in team["members"] if member["is_leader"])
-        await db.teams.update_one({"_id": team["_id"]}, {"$set": {"leaders": leaders}, "$unset": {"members": ""}})
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    ("0001_backfill_versions", _backfill_versions),
-    ("0002_documentation_client_oidc_scopes", _documentation_client_may_sign_in),
-    ("0003_memberships_out_of_team_documents", _memberships_out_of_team_documents),
-)
-
-
-async def run_migrations(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+async def run_migrations(db: Database, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded; return the names applied now.
 
     Each migration is claimed by inserting its record first (unique `_id`), so two processes
@@ -360,12 +309,6 @@ async def run_migrations(db: Database, migrations: Sequence[Migration] = MIGRATI
         applied.append(name)
         log.info("migration %s applied", name)
     return applied
-
-
-async def upgrade(db: Database) -> list[str]:
-    """Indexes, then migrations: what start-up and `db upgrade` do."""
-    await ensure_indexes(db)
-    return await run_migrations(db)
 
 
 def _is_mongomock(client: Any) -> bool:

@@ -15,18 +15,8 @@ from marshmallow import Schema, fields
 
 import service
 from service import keys, patch
+from service.auth.scopes import SCOPES
 
-SCOPES = {
-    "auth:read": "Read your OAuth2 clients",
-    "auth:write": "Create and delete your OAuth2 clients",
-    "users:read": "Read users",
-    "users:write": "Change users",
-    "teams:read": "Read teams",
-    "teams:write": "Change teams",
-    "openid": "Sign you in to the application (OpenID Connect): your user id",
-    "profile": "Your name and username",
-    "email": "Your email address",
-}
 DOCS_CLIENT_ID = "documentation"
 API_PREFIX = "/api/v1"
 
@@ -85,7 +75,7 @@ def build_openapi(api: web.Application) -> dict[str, Any]:
         declared = getattr(route.handler, "__apispec__", None)
         if declared is not None and route.handler not in originals:
             originals[route.handler] = declared
-            route.handler.__apispec__ = _copy_structure(declared)  # type: ignore[attr-defined]
+            route.handler.__apispec__ = _copy_structure(declared)  # type: ignore[attr-defined]  # apigami's attribute
     try:
         with warnings.catch_warnings():
             # apigami stores its dict under a plain string key; we keep our own typed copy instead.
@@ -93,7 +83,7 @@ def build_openapi(api: web.Application) -> dict[str, Any]:
             spec.register(api, in_place=True)
     finally:
         for handler, declared in originals.items():
-            handler.__apispec__ = declared  # type: ignore[attr-defined]
+            handler.__apispec__ = declared  # type: ignore[attr-defined]  # apigami's attribute
     document = spec.swagger_dict()
     for operations in document.get("paths", {}).values():
         operations.pop("head", None)  # aiohttp answers HEAD for every GET; documenting it twice helps nobody

@@ -158,3 +158,9 @@ _HTTP_DETAILS = {
     413: "The request body is too large.",
     415: "The content type is not supported.",
 }
+
+
+def check_version(expected: int | None, document: dict[str, Any]) -> None:
+    """412 when the caller's If-Match no longer matches the stored document."""
+    if expected is not None and expected != document["version"]:
+        raise PreconditionFailed("The resource has changed since you read it (If-Match does not match its ETag).")

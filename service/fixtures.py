@@ -16,8 +16,8 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from service.auth import repository as auth_repository
+from service.auth.clients import new_client_document
 from service.auth.schemas import CreateOAuth2ClientSchema
-from service.auth.service import new_client_document
 from service.db import Database
 from service.passwords import PasswordHasher
 from service.teams import repository as teams_repository
@@ -135,10 +135,10 @@ async def load(db: Database, hasher: PasswordHasher, paths: Iterable[Path]) -> d
         document = teams_repository.new_team_document(team["title"])
         members = []
         for member in team["members"]:
-            user = await users_repository.get_user_by_username(db, member["username"])
-            if user is None:
+            found = await users_repository.get_user_by_username(db, member["username"])
+            if found is None:
                 raise FixtureError(f"Team {team['title']!r}: unknown member {member['username']!r}")
-            members.append(teams_repository.new_membership(document, user["_id"], member["is_leader"]))
+            members.append(teams_repository.new_membership(document, found["_id"], member["is_leader"]))
         document["leaders"] = sum(1 for member in members if member["is_leader"])
         await teams_repository.insert_team(db, document, members)
         created["teams"] += 1

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from service.errors import BadRequest, PreconditionFailed
+from service.errors import BadRequest
 from service.pagination import Page
 
 
@@ -44,12 +44,6 @@ def if_match_version(request: web.Request) -> int | None:
     if any(tag.value == "*" for tag in tags):
         return None
     return next((int(tag.value) for tag in tags if not tag.is_weak and tag.value.isdigit()), -1)
-
-
-def check_version(expected: int | None, document: dict[str, Any]) -> None:
-    """412 when the caller's If-Match no longer matches the stored document."""
-    if expected is not None and expected != document["version"]:
-        raise PreconditionFailed("The resource has changed since you read it (If-Match does not match its ETag).")
 
 
 def page(request: web.Request, data: list[Any], result: Page) -> web.Response:

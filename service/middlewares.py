@@ -11,13 +11,13 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami.validation import ValidationSchema
-from marshmallow import ValidationError
 from opentelemetry import trace
 
 from service import audit, keys
-from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed, problem_response
+from service.errors import BadRequest, UnsupportedMediaType, problem_response
 from service.log import request_id_var
 from service.ratelimit import client_address
+from service.schemas import load
 
 # Unique without a syscall per request: a random per-process prefix and a counter.
 _PROCESS_PREFIX = uuid.uuid4().hex[:16]
@@ -51,7 +51,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             limit = request.config_dict[keys.settings].max_body_size
             if request.content_length is not None and request.content_length > limit:
                 # Refused before anything reads it; chunked bodies hit aiohttp's own client_max_size.
-                response = problem_response(413, "The request body is too large.")
+                response: web.StreamResponse = problem_response(413, "The request body is too large.")
             else:
                 response = await handler(request)
         except web.HTTPException as exc:  # redirects and the like, which the problem middleware lets through
@@ -99,21 +99,6 @@ async def read_json(request: web.Request) -> Any:
     if _json_depth(data, request.config_dict[keys.settings].max_json_depth):
         raise BadRequest("The JSON body is nested too deeply.")
     return data
-
-
-def _stringify_keys(messages: Any) -> Any:
-    if isinstance(messages, dict):
-        return {str(key): _stringify_keys(value) for key, value in messages.items()}
-    return messages
-
-
-def load(schema: Any, data: Any) -> Any:
-    """Validate `data` with a marshmallow schema; 422 with the field errors when it does not fit."""
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise ValidationFailed(_stringify_keys(messages)) from None
 
 
 @web.middleware

@@ -39,7 +39,7 @@ class PageRequest:
     after: str | None = None
 
     @classmethod
-    def from_query(cls, query: Mapping[str, Any]) -> PageRequest:
+    def from_query(cls, query: dict[str, Any]) -> PageRequest:
         if query.get("after") is not None and query.get("offset"):
             raise ValidationFailed({"after": ["Send either offset or after, not both."]})
         return cls(limit=query["limit"], offset=query.get("offset", 0), after=query.get("after"))

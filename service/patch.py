@@ -88,7 +88,8 @@ def touched(operations: list[dict[str, Any]]) -> set[str]:
 def apply(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
     """Apply all operations to a copy, or none: a failed `test` is 409, an impossible operation 422."""
     try:
-        return jsonpatch.apply_patch(copy.deepcopy(document), operations, in_place=False)
+        patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(document), operations, in_place=False)
+        return patched
     except jsonpatch.JsonPatchTestFailed as exc:
         raise Conflict(f"A test operation failed: {exc}") from None
     except (jsonpatch.JsonPatchConflict, jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as exc:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from service.errors import ValidationFailed
 
 MAX_OFFSET = 1_000_000_000
 
@@ -31,15 +35,30 @@ class PaginationSchema(Schema):
 class IdField(fields.String):
     """A MongoDB ObjectId, shown as its hex string."""
 
-    def _serialize(self, value, attr, obj, **kwargs):  # type: ignore[no-untyped-def]
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else str(value)
 
 
 class StrictBoolean(fields.Boolean):
     """JSON true/false only; marshmallow's default would also take "yes", 1 or "off"."""
 
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         # A type check, not set membership: 0 == False and 1 == True in Python.
         if type(value) is not bool:
             raise self.make_error("invalid", input=value)
         return value
+
+
+def load(schema: Any, data: Any) -> Any:
+    """Validate `data` with a marshmallow schema; 422 with the field errors when it does not fit."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationFailed(_stringify_keys(messages)) from None
+
+
+def _stringify_keys(messages: Any) -> Any:
+    if isinstance(messages, dict):
+        return {str(key): _stringify_keys(value) for key, value in messages.items()}
+    return messages

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from service import fixtures
 from service.config import Settings
-from service.db import Mongo, upgrade
+from service.db import Mongo
+from service.domains import upgrade
 from service.passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,14 @@ class Master:
         directory = tempfile.mkdtemp(prefix="service-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = directory  # workers record there; only the master listens
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
         start_http_server(self.settings.metrics_port, addr=self.host, registry=registry)
         return directory
 
     def _forget(self, pid: int) -> None:
         """Live gauges (in flight, queue depth) stop counting a worker that is gone."""
         if self.metrics_dir is not None:
-            multiprocess.mark_process_dead(pid, path=self.metrics_dir)
+            multiprocess.mark_process_dead(pid, path=self.metrics_dir)  # type: ignore[no-untyped-call]  # same
 
     def _rolling_restart(self, env: dict[str, str]) -> None:
         for i, old in enumerate(list(self.workers)):

@@ -132,7 +132,7 @@ def app(settings: Settings, mongo_client: Client) -> web.Application:
 
 
 @pytest.fixture
-async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: ignore[no-untyped-def]
+async def client(aiohttp_client, app: web.Application) -> TestClient:
     """A client of the app served the way `serve` serves it (the production access logger included)."""
     server = TestServer(app)
     await server.start_server(access_log_class=AccessLogger)
@@ -140,22 +140,22 @@ async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: i
 
 
 @pytest.fixture
-def db(client: TestClient, settings: Settings, mongo_client: Client):  # type: ignore[no-untyped-def]
+def db(client: TestClient, settings: Settings, mongo_client: Client):
     """The test's database, after the app has started (indexes and migrations done)."""
     return mongo_client[settings.mongodb_db]
 
 
 @pytest.fixture
-async def seeded(client: TestClient, app: web.Application, db):  # type: ignore[no-untyped-def]
+async def seeded(client: TestClient, app: web.Application, db):
     """The development fixtures (root/q admin, user/w regular, public `documentation` client)."""
     return await fixtures.load(db, app[keys.hasher], fixtures.default_files())
 
 
 @pytest.fixture
-def login(client: TestClient, seeded):  # type: ignore[no-untyped-def]
+def login(client: TestClient, seeded):
     """Sign in through the real token endpoint: `await login("root", "q")` -> token response."""
 
-    async def sign_in(username: str, password: str, scope: str | None = None, client_id: str = "documentation"):  # type: ignore[no-untyped-def]
+    async def sign_in(username: str, password: str, scope: str | None = None, client_id: str = "documentation"):
         form = {"grant_type": "password", "username": username, "password": password, "client_id": client_id}
         if scope is not None:
             form["scope"] = scope
@@ -167,7 +167,7 @@ def login(client: TestClient, seeded):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def bearer(login):  # type: ignore[no-untyped-def]
+def bearer(login):
     """`await bearer("root")` -> Authorization headers for a fixture user (all scopes unless given)."""
     passwords = {"root": "q", "user": "w"}
 
@@ -179,10 +179,10 @@ def bearer(login):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def signup(client: TestClient):  # type: ignore[no-untyped-def]
+def signup(client: TestClient):
     """Create a user through the public sign-up endpoint."""
 
-    async def create(username: str, password: str = "long enough pw", **extra: str):  # type: ignore[no-untyped-def]
+    async def create(username: str, password: str = "long enough pw", **extra: str):
         body = {"username": username, "email": f"{username}@example.com", "password": password, **extra}
         response = await client.post("/api/v1/users/", json=body)
         assert response.status == 201, await response.text()
@@ -192,10 +192,10 @@ def signup(client: TestClient):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def register_client(client: TestClient, bearer):  # type: ignore[no-untyped-def]
+def register_client(client: TestClient, bearer):
     """`await register_client("user", client_type=..., allowed_scopes=[...])` -> the created client (with secret)."""
 
-    async def create(owner: str = "user", **body: Any):  # type: ignore[no-untyped-def]
+    async def create(owner: str = "user", **body: Any):
         payload = {"client_type": "confidential", "allowed_scopes": ["users:read"], **body}
         response = await client.post("/api/v1/auth/oauth2_clients/", json=payload, headers=await bearer(owner))
         assert response.status == 201, await response.text()
@@ -205,7 +205,7 @@ def register_client(client: TestClient, bearer):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def live_server(settings, mongo_client) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+async def live_server(settings, mongo_client) -> AsyncIterator[str]:
     """The service on a free port (a real socket, for browsers and other processes) with the fixtures
     loaded; the docs client may redirect to its Swagger UI and to `<base>/cb` (a test relying party)."""
     app = create_app(settings, mongo_client=mongo_client)

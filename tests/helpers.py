@@ -68,7 +68,7 @@ def query(challenge: str | None, **extra: str) -> dict[str, str]:
     return {k: v for k, v in params.items() if v != ""}
 
 
-async def open_page(client: TestClient, params: dict[str, str]):  # type: ignore[no-untyped-def]
+async def open_page(client: TestClient, params: dict[str, str]):
     response = await client.get(f"{AUTHORIZE}?{urlencode(params)}", allow_redirects=False)
     return response, await response.text()
 
@@ -79,12 +79,12 @@ def form_of(html: str) -> dict[str, str]:
 
 async def decide(
     client: TestClient, html: str, action: str = "approve", username: str = "user", password: str = "w", **override: str
-):  # type: ignore[no-untyped-def]
+):
     form = {**form_of(html), "action": action, "username": username, "password": password, **override}
     return await client.post(AUTHORIZE, data=form, allow_redirects=False)
 
 
-def redirect_params(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def redirect_params(response) -> dict[str, str]:
     location = response.headers["Location"]
     assert location.startswith(REDIRECT)
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
@@ -99,7 +99,7 @@ async def get_code(client: TestClient, challenge: str) -> str:
     return params["code"]
 
 
-async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):  # type: ignore[no-untyped-def]
+async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):
     form = {
         "grant_type": "authorization_code",
         "code": code,

@@ -26,7 +26,7 @@ async def events(client: TestClient, headers: dict[str, str], query: str = "") -
     return await response.json()
 
 
-async def test_sign_ins_and_their_failures_are_recorded_newest_first(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_ins_and_their_failures_are_recorded_newest_first(client: TestClient, bearer, db) -> None:
     wrong = {"grant_type": "password", "username": "user", "password": "nope-nope", "client_id": "documentation"}
     assert (await client.post(TOKEN, data=wrong, headers={"X-Request-ID": "req-audit-1"})).status == 400
     admin = await bearer("root")
@@ -45,7 +45,7 @@ async def test_sign_ins_and_their_failures_are_recorded_newest_first(client: Tes
     assert all(document["expires_at"] > document["created"] for document in stored)
 
 
-async def test_account_changes_and_clients_are_recorded(client: TestClient, bearer, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_account_changes_and_clients_are_recorded(client: TestClient, bearer, register_client) -> None:
     user = await bearer("user")
     me = await (await client.get("/api/v1/users/me", headers=user)).json()
     changed = await client.patch(
@@ -70,7 +70,7 @@ async def test_account_changes_and_clients_are_recorded(client: TestClient, bear
     assert [e["client_id"] for e in clients] == [created["client_id"]]
 
 
-async def test_revocation_and_refresh_reuse_are_recorded(client: TestClient, login, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_revocation_and_refresh_reuse_are_recorded(client: TestClient, login, bearer) -> None:
     token = await login("user", "w")
     refresh = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": "documentation"}
     assert (await client.post(TOKEN, data=refresh)).status == 200
@@ -81,7 +81,7 @@ async def test_revocation_and_refresh_reuse_are_recorded(client: TestClient, log
     assert "token.revoked" in names
 
 
-async def test_only_admins_read_the_trail_and_filters_are_validated(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_only_admins_read_the_trail_and_filters_are_validated(client: TestClient, bearer) -> None:
     assert (await client.get("/api/v1/audit/", headers=await bearer("user"))).status == 403
     assert (await client.get("/api/v1/audit/")).status == 401
     admin = await bearer("root")
@@ -89,7 +89,7 @@ async def test_only_admins_read_the_trail_and_filters_are_validated(client: Test
     assert (await client.get("/api/v1/audit/?limit=0", headers=admin)).status == 422
 
 
-async def test_the_trail_pages_by_cursor(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_the_trail_pages_by_cursor(client: TestClient, bearer) -> None:
     admin = await bearer("root")
     for _ in range(3):
         await bearer("user")
@@ -104,20 +104,20 @@ async def test_the_trail_pages_by_cursor(client: TestClient, bearer) -> None:  #
     assert [e["id"] for e in walked] == [e["id"] for e in everything]
 
 
-async def test_a_lost_audit_write_never_fails_the_request(client: TestClient, app: web.Application, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_a_lost_audit_write_never_fails_the_request(client: TestClient, app: web.Application, seeded) -> None:
     class Down:
         async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
             raise ConnectionError("database unavailable")
 
     auditor = app[keys.auditor]
-    auditor.db = type("Db", (), {"audit_events": Down()})()  # type: ignore[assignment]
+    auditor.db = type("Db", (), {"audit_events": Down()})()
     form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     assert (await client.post(TOKEN, data=form)).status == 200
     await settle(app)
     assert auditor.dropped == 2  # signin.success and token.issued, counted, not raised
 
 
-async def test_client_credentials_issue_is_recorded(client: TestClient, register_client, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_client_credentials_issue_is_recorded(client: TestClient, register_client, bearer) -> None:
     created = await register_client("user", allowed_scopes=["users:read"])
     response = await client.post(
         TOKEN, data={"grant_type": "client_credentials"}, headers=basic(created["client_id"], created["client_secret"])

@@ -163,11 +163,11 @@ async def test_readyz_turns_503_when_the_database_stops_and_recovers(tmp_path: P
         assert (await client.get("/readyz")).status == 200
 
 
-async def test_migrations_run_once_and_in_order(client: TestClient, db) -> None:  # type: ignore[no-untyped-def]
+async def test_migrations_run_once_and_in_order(client: TestClient, db) -> None:
     ran: list[str] = []
 
-    def step(name: str):  # type: ignore[no-untyped-def]
-        async def migrate(_db) -> None:  # type: ignore[no-untyped-def]
+    def step(name: str):
+        async def migrate(_db) -> None:
             ran.append(name)
 
         return (name, migrate)
@@ -180,7 +180,7 @@ async def test_migrations_run_once_and_in_order(client: TestClient, db) -> None:
     assert {record["state"] for record in records} == {"done"}
 
 
-async def test_startup_applied_the_builtin_migrations(client: TestClient, db) -> None:  # type: ignore[no-untyped-def]
+async def test_startup_applied_the_builtin_migrations(client: TestClient, db) -> None:
     assert await db.migrations.find_one({"_id": "0001_backfill_versions", "state": "done"}) is not None
 
 

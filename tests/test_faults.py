@@ -31,7 +31,7 @@ def _real_server_only(backend: str) -> None:
 
 
 @pytest.fixture
-async def fail(mongo_client) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
+async def fail(mongo_client) -> AsyncIterator[Any]:
     """`async with fail("insert")`: every listed command fails (connection dropped) until the block ends;
     `skip=N` lets the first N of them through."""
 
@@ -57,7 +57,7 @@ async def fail(mongo_client) -> AsyncIterator[Any]:  # type: ignore[no-untyped-d
     await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
-async def audit(db) -> list[str]:  # type: ignore[no-untyped-def]
+async def audit(db) -> list[str]:
     """Invariants that must hold whatever failed: returns what is wrong (empty when consistent)."""
     problems = []
     users = {u["_id"]: u for u in await db.users.find({}).to_list(None)}
@@ -79,17 +79,17 @@ async def audit(db) -> list[str]:  # type: ignore[no-untyped-def]
     return problems
 
 
-async def call(client: TestClient, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+async def call(client: TestClient, method: str, path: str, **kwargs: Any):
     FIGURES["requests"] += 1
     return await client.request(method, path, **kwargs)
 
 
-async def expect_503(response) -> None:  # type: ignore[no-untyped-def]
+async def expect_503(response) -> None:
     assert response.status == 503, await response.text()
     assert response.headers["Retry-After"] == "5"
 
 
-async def test_sign_up(client: TestClient, fail, db) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_up(client: TestClient, fail, db) -> None:
     body = {"username": "faulty", "email": "faulty@example.com", "password": "long enough"}
     async with fail("insert"):
         await expect_503(await call(client, "POST", "/api/v1/users/", json=body))
@@ -100,7 +100,7 @@ async def test_sign_up(client: TestClient, fail, db) -> None:  # type: ignore[no
     assert await audit(db) == []
 
 
-async def test_token_issue_and_refresh(client: TestClient, fail, db, login) -> None:  # type: ignore[no-untyped-def]
+async def test_token_issue_and_refresh(client: TestClient, fail, db, login) -> None:
     form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     async with fail("insert"):
         response = await call(client, "POST", "/auth/oauth2/token", data=form)
@@ -115,7 +115,7 @@ async def test_token_issue_and_refresh(client: TestClient, fail, db, login) -> N
     assert await audit(db) == []
 
 
-async def test_patch_is_all_or_nothing(client: TestClient, fail, db, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_patch_is_all_or_nothing(client: TestClient, fail, db, bearer) -> None:
     headers = await bearer("user")
     me = (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
     ops = [
@@ -130,7 +130,7 @@ async def test_patch_is_all_or_nothing(client: TestClient, fail, db, bearer) -> 
     assert await audit(db) == []
 
 
-async def test_password_change_revokes_even_if_the_cleanup_write_fails(client: TestClient, fail, db, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_password_change_revokes_even_if_the_cleanup_write_fails(client: TestClient, fail, db, bearer) -> None:
     headers = await bearer("user")
     me = (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
     ops = [
@@ -146,7 +146,7 @@ async def test_password_change_revokes_even_if_the_cleanup_write_fails(client: T
     assert await audit(db) == []
 
 
-async def test_team_create_and_delete(client: TestClient, fail, db, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_team_create_and_delete(client: TestClient, fail, db, bearer) -> None:
     headers = await bearer("user")
     async with fail("insert"):
         await expect_503(await call(client, "POST", "/api/v1/teams/", json={"title": "Fragile"}, headers=headers))
@@ -159,7 +159,7 @@ async def test_team_create_and_delete(client: TestClient, fail, db, bearer) -> N
     assert await audit(db) == []
 
 
-async def test_membership_changes(client: TestClient, fail, db, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_membership_changes(client: TestClient, fail, db, bearer) -> None:
     leader = await bearer("user")
     root_id = (await (await client.get("/api/v1/users/me", headers=await bearer("root"))).json())["id"]
     team = await (await call(client, "POST", "/api/v1/teams/", json={"title": "Crew"}, headers=leader)).json()

@@ -12,7 +12,7 @@ import pytest
 from service import fixtures, keys
 
 
-async def test_loading_twice_creates_nothing_new(client, app, db) -> None:  # type: ignore[no-untyped-def]
+async def test_loading_twice_creates_nothing_new(client, app, db) -> None:
     first = await fixtures.load(db, app[keys.hasher], fixtures.default_files())
     assert first["users"] == 2
     assert first["oauth2_clients"] == 1
@@ -23,7 +23,7 @@ async def test_loading_twice_creates_nothing_new(client, app, db) -> None:  # ty
     assert documentation["client_type"] == "public"
 
 
-async def test_bad_fixture_file_names_file_and_problem(client, app, db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_fixture_file_names_file_and_problem(client, app, db, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"users": [{"username": "x y", "email": "nope"}]}')
     with pytest.raises(fixtures.FixtureError, match=r"bad\.json"):
@@ -31,7 +31,7 @@ async def test_bad_fixture_file_names_file_and_problem(client, app, db, tmp_path
     assert await db.users.count_documents({}) == 0
 
 
-async def test_client_with_unknown_owner_is_refused(client, app, db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_client_with_unknown_owner_is_refused(client, app, db, tmp_path: Path) -> None:
     orphan = tmp_path / "orphan.json"
     orphan.write_text(
         '{"oauth2_clients": [{"client_id": "c", "client_type": "public", "owner": "ghost", "allowed_scopes": ["users:read"]}]}'

@@ -35,7 +35,7 @@ def _real_server_only(backend: str) -> None:
         pytest.skip("the load audit needs the real wire-protocol server (--backend=secantus)")
 
 
-async def test_concurrent_mixed_load_loses_nothing(client: TestClient, db, bearer, capsys) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_mixed_load_loses_nothing(client: TestClient, db, bearer, capsys) -> None:
     admin = await bearer("root")
     team = await (await client.post("/api/v1/teams/", json={"title": "Load"}, headers=admin)).json()
     members_url = client.make_url(f"/api/v1/teams/{team['id']}/members/")
@@ -114,10 +114,10 @@ async def test_concurrent_mixed_load_loses_nothing(client: TestClient, db, beare
     stored_team = await db.teams.find_one({"title": "Load"})
     stored_memberships = await stored_members(db, stored_team)
     members = {str(m["user_id"]) for m in stored_memberships}
-    for user_id, results in adds.items():
-        if sorted(results) != [201, 409] or user_id not in members:
-            problems.append(f"membership of {user_id}: {results}")
-    if len(stored_memberships) != 1 + sum(results.count(201) for results in adds.values()):
+    for user_id, answers in adds.items():
+        if sorted(answers) != [201, 409] or user_id not in members:
+            problems.append(f"membership of {user_id}: {answers}")
+    if len(stored_memberships) != 1 + sum(answers.count(201) for answers in adds.values()):
         problems.append("member count does not match the 201s")
     if stored_team["version"] != len(stored_memberships):
         problems.append("team version does not count its writes")

@@ -14,7 +14,7 @@ from service import log
 from service.app import create_app
 
 
-async def test_json_access_log_carries_request_id_and_no_query(settings, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_json_access_log_carries_request_id_and_no_query(settings, mongo_client) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(log.RequestIdFilter())
@@ -47,7 +47,7 @@ def test_text_format_includes_request_id() -> None:
     assert logging.Formatter(log.TEXT_FORMAT).format(record).endswith(f"INFO {record.process} x [abc] hello")
 
 
-async def _serve_with_text_log(settings, mongo_client, logger_names):  # type: ignore[no-untyped-def]
+async def _serve_with_text_log(settings, mongo_client, logger_names):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(log.RequestIdFilter())
@@ -58,10 +58,15 @@ async def _serve_with_text_log(settings, mongo_client, logger_names):  # type: i
         logger.setLevel(logging.DEBUG)
     server = TestServer(create_app(settings, mongo_client=mongo_client))
     await server.start_server(access_log_class=log.AccessLogger)
-    return stream, server, lambda: [logger.removeHandler(handler) for logger in loggers]
+
+    def detach() -> None:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+    return stream, server, detach
 
 
-async def test_a_path_with_a_newline_cannot_forge_a_log_line(settings, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_path_with_a_newline_cannot_forge_a_log_line(settings, mongo_client) -> None:
     stream, server, detach = await _serve_with_text_log(settings, mongo_client, ["aiohttp.access"])
     forged = "2026-01-01 00:00:00,000 INFO 1 aiohttp.access [-] POST /auth/oauth2/token 200"
     try:
@@ -87,7 +92,7 @@ def test_a_traceback_keeps_its_lines_but_none_looks_like_a_record() -> None:
     assert any("forged" in line for line in lines[1:])
 
 
-async def test_a_malformed_request_logs_one_warning_and_nothing_it_sent(settings, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_malformed_request_logs_one_warning_and_nothing_it_sent(settings, mongo_client) -> None:
     stream, server, detach = await _serve_with_text_log(settings, mongo_client, ["aiohttp.server"])
     secret_request = (
         b"POST /auth/oauth2/token HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET-TOKEN-123\n"

@@ -33,7 +33,7 @@ async def scrape(port: int) -> str:
 
 async def test_metrics_are_served_on_their_own_port_with_route_templates(
     aiohttp_client, settings: Settings, mongo_client, seeded, backend: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     port = unused_port()
     app = create_app(dataclasses.replace(settings, metrics_port=port), mongo_client=mongo_client)
     client: TestClient = await aiohttp_client(app)

@@ -86,7 +86,7 @@ _ComposeTags.add_constructor(
     lambda loader, node: (
         loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)
     ),
-)  # type: ignore[arg-type]
+)
 PODMAN = ROOT / "ops" / "podman"
 OVERRIDE = yaml.load((PODMAN / "compose.override.yml").read_text(), Loader=_ComposeTags)  # noqa: S506  # nosec B506 (a SafeLoader)
 

@@ -21,13 +21,14 @@ from service.teams.repository import MEMBERS_IN_ORDER
 from service.users.repository import INDEXES as USER_INDEXES
 
 
-def next_link(response) -> str | None:  # type: ignore[no-untyped-def]
+def next_link(response) -> str | None:
     match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("Link", ""))
     return match.group(1) if match else None
 
 
-async def walk(client: TestClient, url: str, headers: dict[str, str], between=None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+async def walk(client: TestClient, first: str, headers: dict[str, str], between=None) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
+    url: str | None = first
     pages = 0
     while url:
         response = await client.get(url, headers=headers)
@@ -42,7 +43,7 @@ async def walk(client: TestClient, url: str, headers: dict[str, str], between=No
     return seen
 
 
-async def test_following_next_links_visits_every_user_once(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_following_next_links_visits_every_user_once(client: TestClient, bearer, signup) -> None:
     admin = await bearer("root")
     for i in range(7):
         await signup(f"pager{i}")
@@ -61,7 +62,7 @@ async def test_following_next_links_visits_every_user_once(client: TestClient, b
     assert "Link" not in last.headers
 
 
-async def test_offset_pages_link_to_the_rest_by_cursor(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_offset_pages_link_to_the_rest_by_cursor(client: TestClient, bearer, signup) -> None:
     admin = await bearer("root")
     for i in range(3):
         await signup(f"offset{i}")
@@ -74,7 +75,7 @@ async def test_offset_pages_link_to_the_rest_by_cursor(client: TestClient, beare
 
 async def test_a_walk_sees_every_lasting_item_once_under_concurrent_inserts_and_deletes(
     client: TestClient, bearer, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     headers = await bearer("user")
     lasting = []
     for i in range(12):
@@ -98,7 +99,7 @@ async def test_a_walk_sees_every_lasting_item_once_under_concurrent_inserts_and_
     assert set(lasting) <= set(seen), "an item present for the whole walk was skipped"
 
 
-async def test_items_sharing_one_instant_are_paged_exactly(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_items_sharing_one_instant_are_paged_exactly(client: TestClient, bearer, db) -> None:
     """More items at the cursor's millisecond than the first query steps over: the exact fallback."""
     admin = await bearer("root")
     instant = utcnow()
@@ -139,23 +140,27 @@ async def test_items_sharing_one_instant_are_paged_exactly(client: TestClient, b
         lambda c: c.split(".")[0],
     ],
 )
-async def test_a_malformed_or_altered_cursor_is_422(client: TestClient, bearer, signup, mutate) -> None:  # type: ignore[no-untyped-def]
+async def test_a_malformed_or_altered_cursor_is_422(client: TestClient, bearer, signup, mutate) -> None:
     admin = await bearer("root")
     await signup("cursory")
     link = next_link(await client.get("/api/v1/users/?limit=1", headers=admin))
-    cursor = re.search(r"after=([^&]+)", link).group(1)  # type: ignore[union-attr]
+    found = re.search(r"after=([^&]+)", link or "")
+    assert found is not None, link
+    cursor = found.group(1)
     response = await client.get(f"/api/v1/users/?limit=1&after={mutate(cursor)}", headers=admin)
     assert response.status == 422
     assert response.content_type == "application/problem+json"
     assert "after" in (await response.json())["errors"]
 
 
-async def test_a_cursor_from_another_list_or_with_an_offset_is_422(client: TestClient, bearer, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_cursor_from_another_list_or_with_an_offset_is_422(client: TestClient, bearer, register_client) -> None:
     admin = await bearer("root")
     for _ in range(2):
         await register_client("root")
     link = next_link(await client.get("/api/v1/auth/oauth2_clients/?limit=1", headers=admin))
-    cursor = re.search(r"after=([^&]+)", link).group(1)  # type: ignore[union-attr]
+    found = re.search(r"after=([^&]+)", link or "")
+    assert found is not None, link
+    cursor = found.group(1)
     assert (await client.get(f"/api/v1/users/?after={cursor}", headers=admin)).status == 422
     both = await client.get(f"/api/v1/auth/oauth2_clients/?offset=1&after={cursor}", headers=admin)
     assert both.status == 422
@@ -203,7 +208,7 @@ def assert_index_backed(
         assert "SORT" not in names, names
 
 
-async def test_every_list_query_is_index_backed(backend: str, app: web.Application, db, client, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_every_list_query_is_index_backed(backend: str, app: web.Application, db, client, seeded) -> None:
     if backend != "secantus":
         pytest.skip("explain plans are the real server's (--backend=secantus)")
     cursors = app[keys.cursors]

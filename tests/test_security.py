@@ -32,7 +32,7 @@ PATHS = [
 ]
 
 
-async def test_no_token_secret_or_password_reaches_the_logs(client: TestClient, bearer, login, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_no_token_secret_or_password_reaches_the_logs(client: TestClient, bearer, login, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     token = await login("user", "w")
     headers = {"Authorization": f"Bearer {token['access_token']}"}
@@ -145,7 +145,7 @@ patch_bodies = st.one_of(
 @given(body=patch_bodies)
 async def test_json_patch_fuzz_never_500_and_changes_nothing_on_refusal(
     client: TestClient, bearer, db, body: Any
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     headers = getattr(test_json_patch_fuzz_never_500_and_changes_nothing_on_refusal, "_headers", None)
     if headers is None:
         headers = await bearer("user")

@@ -66,7 +66,7 @@ async def id_token(
         payload["nonce"] = nonce
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}
     signed = await asyncio.get_running_loop().run_in_executor(None, jwt.encode, header, payload, key.key)
-    return signed.decode()
+    return bytes(signed).decode()
 
 
 def discovery(oauth_metadata: dict[str, Any], issuer: str) -> dict[str, Any]:

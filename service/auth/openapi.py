@@ -36,7 +36,8 @@ def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     }
 
 
-_CLIENT_AUTH = [{}, {"clientBasic": []}]  # public clients send client_id only; confidential ones Basic or form
+# Public clients send client_id only; confidential ones Basic or form.
+_CLIENT_AUTH: list[dict[str, list[str]]] = [{}, {"clientBasic": []}]
 _CLIENT = {"client_id": _STRING, "client_secret": {"type": "string", "description": "client_secret_post only"}}
 _REFUSALS = {
     "400": _error("RFC 6749 error: invalid_request, invalid_grant, invalid_scope, unsupported_grant_type, ..."),

@@ -90,7 +90,9 @@ async def find_live_access_token(db: Database, digest: str) -> dict[str, Any] | 
 def is_current(token: dict[str, Any], user: dict[str, Any] | None) -> bool:
     """A token (or code) still speaks for its user: the user is active and has not revoked everything
     since it was issued (a password change or deactivation bumps `token_generation` atomically)."""
-    return bool(user and user.get("is_active")) and token.get("generation", 0) == user.get("token_generation", 0)
+    if not user or not user.get("is_active"):
+        return False
+    return bool(token.get("generation", 0) == user.get("token_generation", 0))
 
 
 async def find_token(db: Database, *, access_digest: str | None = None, refresh_digest: str | None = None) -> Any:
@@ -184,7 +186,7 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
     Inserts are left out: a new document cannot make a cached principal stale. Each `getMore` waits on
     the server (awaitData) until a change arrives or CHANGE_STREAM_AWAIT_MS pass, so an idle
     instance sends two commands a second, and a change reaches it milliseconds after the write."""
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {
             "$match": {
                 "operationType": {"$in": ["update", "replace", "delete"]},
@@ -194,3 +196,13 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
         {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1}},
     ]
     return db.watch(pipeline, max_await_time_ms=CHANGE_STREAM_AWAIT_MS, resume_after=resume_after)
+
+
+# --- migrations (listed, in order, in service/domains.py) ---
+
+
+async def documentation_client_may_sign_in(db: Database) -> None:
+    """The docs page's client may ask for the OpenID Connect scopes (databases loaded before OIDC)."""
+    await db.oauth2_clients.update_one(
+        {"_id": "documentation"}, {"$addToSet": {"allowed_scopes": {"$each": ["openid", "profile", "email"]}}}
+    )

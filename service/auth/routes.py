@@ -13,19 +13,21 @@ from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import errors as oauth
 
 from service import keys, metrics
-from service.auth import oidc, service
+from service.auth import authorize, clients, grants, introspection, oidc
+from service.auth.principals import invalidate_principals
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
     CreateOAuth2ClientSchema,
     ListOAuth2ClientsSchema,
     OAuth2ClientSchema,
 )
+from service.auth.scopes import SCOPES
 from service.db import is_unavailable_error
-from service.docs import IF_MATCH, SCOPES, responds
+from service.docs import IF_MATCH, responds
 from service.errors import InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
 from service.http import if_match_version, json_response, page, with_etag
 from service.pagination import PageRequest
-from service.security import authenticate, invalidate_principals, principal, requires
+from service.security import authenticate, principal, requires
 
 oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
@@ -41,9 +43,9 @@ def issuer(request: web.Request) -> str:
     return request.config_dict[keys.settings].public_url or f"{request.scheme}://{request.host}"
 
 
-def context(request: web.Request) -> service.Context:
+def context(request: web.Request) -> grants.Context:
     config = request.config_dict
-    return service.Context(
+    return grants.Context(
         config[keys.mongo].db, config[keys.hasher], config[keys.settings], config[keys.keyring], issuer(request)
     )
 
@@ -61,7 +63,7 @@ async def form_parameters(request: web.Request) -> dict[str, str]:
     query: dict[str, list[str]] = {}
     for name, value in request.query.items():
         query.setdefault(name, []).append(value)
-    return service.merge_parameters(body, query)
+    return grants.merge_parameters(body, query)
 
 
 def _refusal(exc: TooManyRequests | ServiceUnavailable) -> web.Response:
@@ -101,7 +103,7 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
 async def token(request: web.Request) -> web.Response:
     params = await form_parameters(request)
     try:
-        return json_response(await service.token(context(request), params, request.headers.get("Authorization")))
+        return json_response(await grants.token(context(request), params, request.headers.get("Authorization")))
     finally:
         if params.get("grant_type") in ("refresh_token", "authorization_code"):  # they retire or revoke tokens
             invalidate_principals(request)
@@ -111,7 +113,7 @@ async def token(request: web.Request) -> web.Response:
 @oauth_endpoint
 async def revoke(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    await service.revoke(request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"))
+    await introspection.revoke(request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"))
     invalidate_principals(request)
     return web.Response(status=200)
 
@@ -120,7 +122,7 @@ async def revoke(request: web.Request) -> web.Response:
 @oauth_endpoint
 async def introspect(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    result = await service.introspect(
+    result = await introspection.introspect(
         request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"), issuer(request)
     )
     return json_response(result)
@@ -128,12 +130,12 @@ async def introspect(request: web.Request) -> web.Response:
 
 @oauth_routes.get("/.well-known/oauth-authorization-server")
 async def server_metadata(request: web.Request) -> web.Response:
-    return json_response(service.metadata(issuer(request)))
+    return json_response(introspection.metadata(issuer(request)))
 
 
 @oauth_routes.get("/.well-known/openid-configuration")
 async def openid_configuration(request: web.Request) -> web.Response:
-    return json_response(oidc.discovery(service.metadata(issuer(request)), issuer(request)))
+    return json_response(oidc.discovery(introspection.metadata(issuer(request)), issuer(request)))
 
 
 @oauth_routes.get("/auth/oauth2/jwks")
@@ -167,7 +169,7 @@ async def userinfo(request: web.Request) -> web.Response:
 @responds(CLIENTS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_clients(request: web.Request) -> web.Response:
     query = request[keys.query]
-    found = await service.list_clients(
+    found = await clients.list_clients(
         request.config_dict[keys.mongo].db,
         principal(request),
         query.get("user_id"),
@@ -183,7 +185,7 @@ async def list_clients(request: web.Request) -> web.Response:
 @json_schema(CreateOAuth2ClientSchema)
 @responds(CREATED_CLIENT, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422))
 async def create_client(request: web.Request) -> web.Response:
-    client, secret = await service.create_client(
+    client, secret = await clients.create_client(
         request.config_dict[keys.mongo].db, principal(request).user_id, request[keys.body]
     )
     body = CREATED_CLIENT.dump({**client, **({"client_secret": secret} if secret else {})})
@@ -195,7 +197,7 @@ async def create_client(request: web.Request) -> web.Response:
 @requires("auth:read", who="the client's owner or an admin")
 @responds(CLIENT, headers=("ETag",), errors=(404,))
 async def get_client(request: web.Request) -> web.Response:
-    client = await service.get_visible_client(
+    client = await clients.get_visible_client(
         request.config_dict[keys.mongo].db, principal(request), request.match_info["client_id"]
     )
     return with_etag(CLIENT.dump(client), client)
@@ -211,7 +213,7 @@ async def get_client(request: web.Request) -> web.Response:
 @requires("auth:write", who="the client's owner or an admin")
 @responds(None, 204, description="Deleted", errors=(400, 404, 412))
 async def delete_client(request: web.Request) -> web.Response:
-    await service.delete_client(
+    await clients.delete_client(
         request.config_dict[keys.mongo].db,
         principal(request),
         request.match_info["client_id"],
@@ -266,7 +268,7 @@ def _error_page(message: str, status: int = 400) -> web.Response:
 
 
 def _consent_page(
-    auth: service.AuthorizationRequest, csrf: str, error: str | None = None, status: int = 200
+    auth: authorize.AuthorizationRequest, csrf: str, error: str | None = None, status: int = 200
 ) -> web.Response:
     hidden = "".join(
         f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">' for name, value in auth.as_form().items()
@@ -299,11 +301,13 @@ def _redirect(uri: str, params: list[tuple[str, str]]) -> web.Response:
     return response
 
 
-async def _checked_request(request: web.Request, params: dict[str, str]) -> service.AuthorizationRequest | web.Response:
+async def _checked_request(
+    request: web.Request, params: dict[str, str]
+) -> authorize.AuthorizationRequest | web.Response:
     """The validated authorization request, or the response that refuses it (page or redirect)."""
     try:
-        return await service.check_authorization_request(request.config_dict[keys.mongo].db, params)
-    except service.AuthorizePageError as exc:
+        return await authorize.check_authorization_request(request.config_dict[keys.mongo].db, params)
+    except authorize.AuthorizePageError as exc:
         return _error_page(str(exc))
     except OAuth2Error as exc:
         return _redirect(exc.redirect_uri, exc.get_body())
@@ -332,12 +336,12 @@ async def authorize_decision(request: web.Request) -> web.Response:
     if form.get("action") != "approve":
         return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
     try:
-        user = await service.authenticate_user(
+        user = await grants.authenticate_user(
             context(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
         )
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _consent_page(checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:
         return _consent_page(checked, cookie, exc.description, 400)
-    code = await service.issue_code(context(request), checked, user)
+    code = await authorize.issue_code(context(request), checked, user)
     return _redirect(checked.redirect_uri, [("code", code), *state])

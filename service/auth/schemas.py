@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from service.docs import SCOPES
+from service.auth.scopes import SCOPES
 from service.schemas import IdField, PaginationSchema
 
 SCOPE = fields.String(validate=validate.OneOf(tuple(SCOPES)))

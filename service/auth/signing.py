@@ -46,7 +46,7 @@ def _generate() -> RSAKey:
 async def add_key(db: Database, *, immediately: bool = False) -> str:
     """Store a new key (generated off the event loop); it signs a minute later unless `immediately`."""
     key = await asyncio.get_running_loop().run_in_executor(None, _generate)
-    kid = key.thumbprint()
+    kid = str(key.thumbprint())
     now = utcnow()
     await db.signing_keys.insert_one(
         {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.users.permissions import is_admin
+from service.principal import is_admin
 
 
 def may_see_team(user: dict[str, Any], membership: dict[str, Any] | None) -> bool:

@@ -126,7 +126,9 @@ async def update_team(
     )
 
 
-async def _touch_team(db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None) -> Any:
+async def _touch_team(
+    db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None
+) -> dict[str, Any] | None:
     """Bump the team's version and leader count: the write every membership change begins with, so
     concurrent changes of one team conflict. Refuses to drop the last leader."""
     query: dict[str, Any] = {"_id": team_id}
@@ -254,7 +256,31 @@ async def _run(db: Database, work: Callable[[Any], Awaitable[T]]) -> T:
     else as plain writes retried a few times on a lost race."""
     for _ in range(20):
         try:
-            return await in_transaction(db, work)
+            result: T = await in_transaction(db, work)
+            return result
         except _Raced:
             continue
     raise _Raced()
+
+
+# --- migrations (listed, in order, in service/domains.py) ---
+
+
+async def memberships_out_of_team_documents(db: Database) -> None:
+    """Teams stored their members in an array; each becomes a `memberships` document and the team keeps
+    a leader count. Idempotent: an interrupted run upserts what it already wrote and goes on."""
+    async for team in db.teams.find({"members": {"$exists": True}}):
+        for member in team["members"]:
+            await db.memberships.update_one(
+                {"team_id": team["_id"], "user_id": member["user_id"]},
+                {
+                    "$setOnInsert": {
+                        "is_leader": member["is_leader"],
+                        "created": member["created"],
+                        "team_created": team["created"],
+                    }
+                },
+                upsert=True,
+            )
+        leaders = sum(1 for member in team["members"] if member["is_leader"])
+        await db.teams.update_one({"_id": team["_id"]}, {"$set": {"leaders": leaders}, "$unset": {"members": ""}})

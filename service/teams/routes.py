@@ -6,6 +6,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 
 from service import keys
+from service.db import Database
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
 from service.pagination import Cursors, PageRequest
@@ -32,7 +33,7 @@ MEMBERS = "team members or admins"
 LEADERS = "team leaders or admins"
 
 
-def db(request: web.Request):  # type: ignore[no-untyped-def]
+def db(request: web.Request) -> Database:
     return request.config_dict[keys.mongo].db
 
 

@@ -12,11 +12,10 @@ from bson import ObjectId
 
 from service import patch
 from service.db import Database, document_id
-from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed
-from service.http import check_version
-from service.middlewares import load
+from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, check_version
 from service.pagination import Cursors, Page, PageRequest
-from service.security import Principal
+from service.principal import Principal
+from service.schemas import load
 from service.teams import repository
 from service.teams.permissions import may_manage_team, may_see_team
 from service.teams.schemas import EditableMembershipSchema, EditableTeamSchema

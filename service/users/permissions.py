@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.principal import is_admin
+
 ADMIN_ONLY_PATHS = frozenset({"/is_active", "/is_regular_user", "/is_admin"})
 PASSWORD_GUARDED_PATHS = frozenset({"/email", "/password"})
-
-
-def is_admin(user: dict[str, Any]) -> bool:
-    """An active administrator."""
-    return bool(user.get("is_admin")) and bool(user.get("is_active"))
 
 
 def is_self(user: dict[str, Any], target: dict[str, Any]) -> bool:

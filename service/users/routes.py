@@ -6,11 +6,12 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 
 from service import keys
+from service.auth.principals import invalidate_principals
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
 from service.pagination import PageRequest
 from service.schemas import PaginationSchema
-from service.security import invalidate_principals, optional_principal, principal, requires
+from service.security import optional_principal, principal, requires
 from service.users import service
 from service.users.schemas import SignupSchema, UserPatchOperationSchema, UserSchema
 
@@ -103,4 +104,7 @@ async def patch_user(request: web.Request) -> web.Response:
         if_match_version(request),
     )
     invalidate_principals(request)
-    return with_etag(USER.dump(user), user, **({"X-Tokens-Revoked": "true"} if revoked else {}))
+    response = with_etag(USER.dump(user), user)
+    if revoked:
+        response.headers["X-Tokens-Revoked"] = "true"
+    return response

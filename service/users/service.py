@@ -10,14 +10,13 @@ from service.auth import repository as auth_repository
 from service.auth.signin import check_password
 from service.config import Settings
 from service.db import Database, is_unavailable_error
-from service.errors import Forbidden, PreconditionFailed, ValidationFailed
-from service.http import check_version
-from service.middlewares import load
+from service.errors import Forbidden, PreconditionFailed, ValidationFailed, check_version
 from service.pagination import Cursors, Page, PageRequest
 from service.passwords import PasswordHasher
-from service.security import Principal, visible_or_404
+from service.principal import Principal, is_admin, visible_or_404
+from service.schemas import load
 from service.users import repository
-from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, is_admin, may_see_user
+from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, may_see_user
 from service.users.schemas import EditableUserSchema
 
 log = logging.getLogger(__name__)

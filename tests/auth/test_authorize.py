@@ -19,7 +19,7 @@ from tests.helpers import (
 )
 
 
-async def test_full_flow_signs_in_and_the_token_works(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_full_flow_signs_in_and_the_token_works(client: TestClient, seeded) -> None:
     verifier, challenge = pkce()
     response, html = await open_page(client, query(challenge))
     assert response.status == 200
@@ -37,7 +37,7 @@ async def test_full_flow_signs_in_and_the_token_works(client: TestClient, seeded
     assert (await me.json())["username"] == "user"
 
 
-async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:
     _, challenge = pkce()
     code = await get_code(client, challenge)
     assert await db.oauth2_codes.count_documents({}) == 1
@@ -54,7 +54,7 @@ async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None: 
 )
 async def test_bad_client_or_redirect_shows_an_error_page_and_never_redirects(
     client: TestClient, seeded, override, message
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _, challenge = pkce()
     response, html = await open_page(client, query(challenge, **override))
     assert response.status == 400
@@ -62,7 +62,7 @@ async def test_bad_client_or_redirect_shows_an_error_page_and_never_redirects(
     assert message in html
 
 
-async def test_missing_challenge_for_a_public_client_redirects_with_error(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_challenge_for_a_public_client_redirects_with_error(client: TestClient, seeded) -> None:
     response, _ = await open_page(client, query(None))
     assert response.status == 302
     params = redirect_params(response)
@@ -70,7 +70,7 @@ async def test_missing_challenge_for_a_public_client_redirects_with_error(client
     assert params["state"] == "xyz"
 
 
-async def test_plain_challenge_is_refused(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_plain_challenge_is_refused(client: TestClient, seeded) -> None:
     verifier, _ = pkce()
     response, _ = await open_page(client, query(None, code_challenge=verifier, code_challenge_method="plain"))
     assert redirect_params(response)["error"] == "invalid_request"
@@ -80,13 +80,13 @@ async def test_plain_challenge_is_refused(client: TestClient, seeded) -> None:  
     ("override", "error"),
     [({"response_type": "token"}, "unsupported_response_type"), ({"scope": "root:everything"}, "invalid_scope")],
 )
-async def test_other_request_errors_redirect(client: TestClient, seeded, override, error) -> None:  # type: ignore[no-untyped-def]
+async def test_other_request_errors_redirect(client: TestClient, seeded, override, error) -> None:
     _, challenge = pkce()
     response, _ = await open_page(client, query(challenge, **override))
     assert redirect_params(response)["error"] == error
 
 
-async def test_deny_redirects_with_access_denied(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_deny_redirects_with_access_denied(client: TestClient, seeded, db) -> None:
     _, challenge = pkce()
     _, html = await open_page(client, query(challenge))
     response = await decide(client, html, action="deny")
@@ -95,7 +95,7 @@ async def test_deny_redirects_with_access_denied(client: TestClient, seeded, db)
     assert await db.oauth2_codes.count_documents({}) == 0
 
 
-async def test_missing_or_wrong_csrf_token_is_refused(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_or_wrong_csrf_token_is_refused(client: TestClient, seeded) -> None:
     _, challenge = pkce()
     _, html = await open_page(client, query(challenge))
     forged = await decide(client, html, csrf_token="forged")
@@ -106,7 +106,7 @@ async def test_missing_or_wrong_csrf_token_is_refused(client: TestClient, seeded
     assert "Location" not in no_cookie.headers
 
 
-async def test_wrong_password_reshows_the_form(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_password_reshows_the_form(client: TestClient, seeded) -> None:
     _, challenge = pkce()
     _, html = await open_page(client, query(challenge))
     response = await decide(client, html, password="nope")
@@ -116,7 +116,7 @@ async def test_wrong_password_reshows_the_form(client: TestClient, seeded) -> No
     assert "csrf_token" in text
 
 
-async def test_wrong_or_missing_verifier_is_invalid_grant(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_or_missing_verifier_is_invalid_grant(client: TestClient, seeded) -> None:
     _, challenge = pkce()
     other_verifier, _ = pkce()
     code = await get_code(client, challenge)
@@ -128,7 +128,7 @@ async def test_wrong_or_missing_verifier_is_invalid_grant(client: TestClient, se
     assert (await missing.json())["error"] == "invalid_grant"
 
 
-async def test_reused_code_is_refused_and_revokes_its_tokens(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_reused_code_is_refused_and_revokes_its_tokens(client: TestClient, seeded) -> None:
     verifier, challenge = pkce()
     code = await get_code(client, challenge)
     first = await (await exchange(client, code, verifier)).json()
@@ -139,7 +139,7 @@ async def test_reused_code_is_refused_and_revokes_its_tokens(client: TestClient,
     assert me.status == 401
 
 
-async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None:
     verifier, challenge = pkce()
     code = await get_code(client, challenge)
     await db.oauth2_codes.update_many({}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}})
@@ -147,7 +147,7 @@ async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None: 
     assert (await response.json())["error"] == "invalid_grant"
 
 
-async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seeded, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_code_is_bound_to_redirect_uri_and_client(client: TestClient, seeded, register_client) -> None:
     verifier, challenge = pkce()
     code = await get_code(client, challenge)
     other_uri = await exchange(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp.test_utils import TestClient
 
 from service.crypto import hash_secret
@@ -11,12 +13,12 @@ URL = "/api/v1/auth/oauth2_clients/"
 PROBLEM = "application/problem+json"
 
 
-async def create(client: TestClient, headers, **body):  # type: ignore[no-untyped-def]
+async def create(client: TestClient, headers, **body):
     payload = {"client_type": "confidential", "allowed_scopes": ["users:read"], **body}
     return await client.post(URL, json=payload, headers=headers)
 
 
-async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     response = await create(
         client, headers, redirect_uris=["https://app.example.com/cb"], default_scopes=["users:read"]
@@ -43,15 +45,15 @@ async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client
     assert "client_secret" not in await again.json()
 
 
-async def test_public_client_has_no_secret(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_public_client_has_no_secret(client: TestClient, bearer) -> None:
     body = await (await create(client, await bearer("user"), client_type="public")).json()
     assert "client_secret" not in body
     assert body["default_scopes"] == []
 
 
-async def test_create_validation(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_create_validation(client: TestClient, bearer) -> None:
     headers = await bearer("user")
-    cases = [
+    cases: list[dict[str, Any]] = [
         {"client_type": "weird"},
         {"allowed_scopes": ["nope:read"]},
         {"allowed_scopes": []},
@@ -65,7 +67,7 @@ async def test_create_validation(client: TestClient, bearer) -> None:  # type: i
         assert "errors" in await response.json(content_type=PROBLEM)
 
 
-async def test_list_own_clients_and_admin_may_pass_user_id(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_list_own_clients_and_admin_may_pass_user_id(client: TestClient, bearer) -> None:
     user = await bearer("user")
     for _ in range(3):
         await create(client, user)
@@ -82,7 +84,7 @@ async def test_list_own_clients_and_admin_may_pass_user_id(client: TestClient, b
     assert by_user.status == 403
 
 
-async def test_others_cannot_see_or_delete(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_others_cannot_see_or_delete(client: TestClient, bearer) -> None:
     user = await bearer("user")
     assert (await client.get(f"{URL}documentation", headers=user)).status == 404
     assert (await client.delete(f"{URL}documentation", headers=user)).status == 404
@@ -90,7 +92,7 @@ async def test_others_cannot_see_or_delete(client: TestClient, bearer) -> None: 
     assert (await client.get(f"{URL}missing", headers=user)).status == 404
 
 
-async def test_scopes_are_enforced(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_scopes_are_enforced(client: TestClient, bearer) -> None:
     read_only = await bearer("user", scope="auth:read")
     response = await create(client, read_only)
     assert response.status == 403
@@ -100,7 +102,7 @@ async def test_scopes_are_enforced(client: TestClient, bearer) -> None:  # type:
 
 async def test_clients_carry_an_etag_and_delete_honours_if_match(
     client: TestClient, bearer, register_client, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     headers = await bearer("user")
     created = await client.post(
         "/api/v1/auth/oauth2_clients/",
@@ -123,7 +125,7 @@ async def test_clients_carry_an_etag_and_delete_honours_if_match(
 
 async def test_a_registered_token_endpoint_auth_method_is_stored_and_enforced(
     client: TestClient, register_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     post_only = await register_client("user", token_endpoint_auth_method="client_secret_post")
     assert post_only["token_endpoint_auth_method"] == "client_secret_post"
     form = {
@@ -142,7 +144,7 @@ async def test_a_registered_token_endpoint_auth_method_is_stored_and_enforced(
     assert public["token_endpoint_auth_method"] == "none"
 
 
-async def test_an_auth_method_that_does_not_fit_the_client_type_is_422(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_an_auth_method_that_does_not_fit_the_client_type_is_422(client: TestClient, bearer) -> None:
     body = {"client_type": "public", "allowed_scopes": ["openid"], "token_endpoint_auth_method": "client_secret_basic"}
     response = await client.post("/api/v1/auth/oauth2_clients/", json=body, headers=await bearer("user"))
     assert response.status == 422

@@ -40,7 +40,7 @@ def tally(statuses: list[int]) -> Counter[int]:
     return Counter(statuses)
 
 
-async def test_concurrent_wrong_guesses_get_at_most_the_limit_of_checks(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_wrong_guesses_get_at_most_the_limit_of_checks(client: TestClient, seeded) -> None:
     async def guess() -> tuple[int, str | None]:
         response = await client.post(TOKEN, data=GUESS)
         return response.status, response.headers.get("Retry-After")
@@ -59,7 +59,7 @@ async def test_concurrent_wrong_guesses_get_at_most_the_limit_of_checks(client: 
 
 async def test_guesses_split_over_two_server_processes_share_one_budget(
     backend: str, settings: Settings, seeded, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     if backend != "secantus":
         pytest.skip("two processes need a database both can reach (--backend=secantus)")
     ports = [unused_port(), unused_port()]
@@ -113,13 +113,13 @@ async def _guess_on_both(ports: list[int]) -> None:
                 assert right.status == 429
 
 
-async def test_a_right_password_gives_its_attempt_back(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_a_right_password_gives_its_attempt_back(client: TestClient, seeded, db) -> None:
     for _ in range(12):  # more sign-ins than the limit: successes never count
         assert (await client.post(TOKEN, data={**GUESS, "password": "w"})).status == 200
     assert (await db.login_attempts.find_one({"_id": "user"}))["failures"] == 0
 
 
-async def test_current_password_is_tested_once_per_patch_and_throttled(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_current_password_is_tested_once_per_patch_and_throttled(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     me = await (await client.get("/api/v1/users/me", headers=headers)).json()
     url = f"/api/v1/users/{me['id']}"
@@ -149,7 +149,7 @@ async def test_current_password_is_tested_once_per_patch_and_throttled(client: T
         "https:///no-host",
     ],
 )
-async def test_unsafe_redirect_uris_are_refused_at_registration(client: TestClient, bearer, db, uri: str) -> None:  # type: ignore[no-untyped-def]
+async def test_unsafe_redirect_uris_are_refused_at_registration(client: TestClient, bearer, db, uri: str) -> None:
     body = {"client_type": "public", "redirect_uris": [uri], "allowed_scopes": ["users:read"]}
     response = await client.post("/api/v1/auth/oauth2_clients/", json=body, headers=await bearer("user"))
     assert response.status == 422, await response.text()
@@ -167,12 +167,12 @@ async def test_unsafe_redirect_uris_are_refused_at_registration(client: TestClie
         "com.example.app:/cb",
     ],
 )
-async def test_safe_redirect_uris_are_accepted(client: TestClient, register_client, uri: str) -> None:  # type: ignore[no-untyped-def]
+async def test_safe_redirect_uris_are_accepted(client: TestClient, register_client, uri: str) -> None:
     created = await register_client(client_type="public", redirect_uris=[uri])
     assert created["redirect_uris"] == [uri]
 
 
-async def test_a_stored_unsafe_redirect_uri_is_never_redirected_to(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stored_unsafe_redirect_uri_is_never_redirected_to(client: TestClient, seeded, db) -> None:
     evil = "http://evil.example/cb"
     await db.oauth2_clients.update_one({"_id": "documentation"}, {"$set": {"redirect_uris": [evil]}})
     _, challenge = pkce()
@@ -182,7 +182,7 @@ async def test_a_stored_unsafe_redirect_uri_is_never_redirected_to(client: TestC
     assert "not allowed" in html
 
 
-async def test_another_client_cannot_burn_a_code(client: TestClient, seeded, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_another_client_cannot_burn_a_code(client: TestClient, seeded, register_client) -> None:
     other = await register_client("user", client_type="public", redirect_uris=[REDIRECT])
     verifier, challenge = pkce()
     code = await get_code(client, challenge)
@@ -203,13 +203,13 @@ async def test_another_client_cannot_burn_a_code(client: TestClient, seeded, reg
 
 async def test_a_deactivated_account_never_confirms_its_password(
     client: TestClient, seeded, db, app: web.Application
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
     hasher = app[keys.hasher]
     hashes = []
     original = hasher._verify
 
-    def counting(password_hash, password):  # type: ignore[no-untyped-def]
+    def counting(password_hash, password):
         hashes.append(password)
         return original(password_hash, password)
 
@@ -221,7 +221,7 @@ async def test_a_deactivated_account_never_confirms_its_password(
     assert hashes == ["w", "wrong guess"]  # the same hashing cost either way
 
 
-async def test_authenticated_responses_are_not_cacheable_and_name_no_versions(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_authenticated_responses_are_not_cacheable_and_name_no_versions(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     for path in ("/api/v1/users/me", "/api/v1/teams/", "/api/v1/users/000000000000000000000000"):
         response = await client.get(path, headers=headers)
@@ -232,7 +232,7 @@ async def test_authenticated_responses_are_not_cacheable_and_name_no_versions(cl
     assert anonymous.headers["Server"] == "service"
 
 
-async def test_sign_in_storm_is_shed_at_once_with_503(aiohttp_client, settings: Settings, mongo_client, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_in_storm_is_shed_at_once_with_503(aiohttp_client, settings: Settings, mongo_client, seeded) -> None:
     """Hashing that cannot start within the bound is refused before any work, not queued."""
     slow = dataclasses.replace(settings, argon2_memory_kib=16 * 1024, argon2_time_cost=2, hash_queue_wait_ms=1)
     storm: TestClient = await aiohttp_client(create_app(slow, mongo_client=mongo_client))
@@ -248,7 +248,7 @@ async def test_sign_in_storm_is_shed_at_once_with_503(aiohttp_client, settings: 
     assert await db.login_attempts.count_documents({}) == statuses[400]  # shed requests wrote nothing
 
 
-async def test_sign_up_under_hashing_overload_is_503_problem(aiohttp_client, settings: Settings, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_up_under_hashing_overload_is_503_problem(aiohttp_client, settings: Settings, mongo_client) -> None:
     busy = create_app(dataclasses.replace(settings, hash_queue_wait_ms=1), mongo_client=mongo_client)
     client: TestClient = await aiohttp_client(busy)
     hasher = busy[keys.hasher]
@@ -263,7 +263,7 @@ async def test_sign_up_under_hashing_overload_is_503_problem(aiohttp_client, set
 
 async def test_one_address_is_rate_limited_on_the_oauth2_endpoints(
     aiohttp_client, settings: Settings, mongo_client, seeded
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     limited = dataclasses.replace(settings, oauth_rate_burst=5, oauth_rate_limit=0.5)
     client: TestClient = await aiohttp_client(create_app(limited, mongo_client=mongo_client))
     statuses = [(await client.post(TOKEN, data={**GUESS, "password": "w"})).status for _ in range(5)]
@@ -277,7 +277,7 @@ async def test_one_address_is_rate_limited_on_the_oauth2_endpoints(
 
 async def test_forwarded_addresses_count_only_behind_a_trusted_proxy(
     aiohttp_client, settings: Settings, mongo_client, seeded
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from ipaddress import ip_network
 
     for trusted, expect_separate in (((ip_network("127.0.0.0/8"),), True), ((), False)):
@@ -297,7 +297,7 @@ async def test_forwarded_addresses_count_only_behind_a_trusted_proxy(
             assert statuses == [200, 200] + [429] * 4, statuses
 
 
-async def test_sign_in_page_sheds_and_throttles_with_a_page(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_in_page_sheds_and_throttles_with_a_page(client: TestClient, seeded) -> None:
     _, challenge = pkce()
     for _ in range(10):
         _, html = await open_page(client, query(challenge))

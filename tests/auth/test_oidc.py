@@ -43,7 +43,7 @@ def verify(id_token: str, jwks: dict[str, Any], **params: Any) -> Any:
     return claims
 
 
-async def test_discovery_is_valid_for_authlib_and_keys_are_public_only(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_discovery_is_valid_for_authlib_and_keys_are_public_only(client: TestClient, seeded) -> None:
     document = await (await client.get("/.well-known/openid-configuration")).json()
     OpenIDProviderMetadata(document).validate()
     issuer = str(client.make_url("")).rstrip("/")
@@ -128,7 +128,7 @@ async def test_authlib_client_signs_in_with_code_pkce_and_nonce(live_server: str
         assert again["auth_time"] == claims["auth_time"]  # the user did not sign in again
 
 
-async def test_scopes_decide_the_claims_and_userinfo_needs_openid(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_scopes_decide_the_claims_and_userinfo_needs_openid(client: TestClient, login) -> None:
     token = await login("user", "w", "openid")
     assert "id_token" in token  # the password grant with openid returns one too
     info = await (
@@ -154,7 +154,7 @@ async def test_scopes_decide_the_claims_and_userinfo_needs_openid(client: TestCl
         ({"request_uri": "https://app.example/request.jwt"}, "request_uri_not_supported"),
     ],
 )
-async def test_prompt_none_and_request_objects_are_refused(client: TestClient, seeded, extra, error) -> None:  # type: ignore[no-untyped-def]
+async def test_prompt_none_and_request_objects_are_refused(client: TestClient, seeded, extra, error) -> None:
     _, challenge = pkce()
     response, _ = await open_page(client, query(challenge, scope="openid", **extra))
     assert response.status == 302
@@ -165,7 +165,7 @@ async def test_prompt_none_and_request_objects_are_refused(client: TestClient, s
 
 async def test_rotation_keeps_old_tokens_verifiable_and_signs_new_ones_with_the_new_key(
     client: TestClient, app: web.Application, login, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     issuer = str(client.make_url("")).rstrip("/")
     old = await login("user", "w", "openid")
     old_kid = jwt.decode(
@@ -196,7 +196,7 @@ async def test_rotation_keeps_old_tokens_verifiable_and_signs_new_ones_with_the_
     assert [key["_id"] for key in await db.signing_keys.find({}).to_list(None)] == [new_kid]
 
 
-async def test_keys_rotate_command(backend: str, settings, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_keys_rotate_command(backend: str, settings, seeded, db) -> None:
     if backend != "secantus":
         pytest.skip("the command runs in its own process: it needs the real server (--backend=secantus)")
     env = {**os.environ, "MONGODB_URL": str(settings.mongodb_url), "MONGODB_DB": settings.mongodb_db}
@@ -223,7 +223,7 @@ def test_s256_helper_agrees_with_ours() -> None:
 
 async def test_browser_apps_may_call_the_oidc_endpoints_cross_origin_but_not_the_api(
     client: TestClient, bearer
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     origin = {"Origin": "https://spa.example"}
     preflight = await client.options(
         "/auth/oauth2/token",

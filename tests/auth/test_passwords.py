@@ -15,7 +15,7 @@ from service.passwords import PasswordHasher
 class CountingArgon2(argon2.PasswordHasher):
     calls = 0
 
-    def verify(self, hash, password):  # type: ignore[no-untyped-def]
+    def verify(self, hash, password):
         CountingArgon2.calls += 1
         return super().verify(hash, password)
 
@@ -35,7 +35,7 @@ async def test_unknown_user_still_runs_a_full_verification() -> None:
         hasher.close()
 
 
-async def test_hashes_are_upgraded_on_sign_in(aiohttp_client, settings, mongo_client, login, db) -> None:  # type: ignore[no-untyped-def]
+async def test_hashes_are_upgraded_on_sign_in(aiohttp_client, settings, mongo_client, login, db) -> None:
     old = (await db.users.find_one({"username": "user"}))["password_hash"]
     assert "t=1" in old
     stronger = dataclasses.replace(settings, argon2_time_cost=2)
@@ -52,7 +52,7 @@ async def test_hashes_are_upgraded_on_sign_in(aiohttp_client, settings, mongo_cl
 
 async def test_throttling_counts_across_server_instances(
     aiohttp_client, client, settings, mongo_client, seeded
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     other = await aiohttp_client(create_app(settings, mongo_client=mongo_client))
     form = {"grant_type": "password", "username": "user", "password": "bad", "client_id": "documentation"}
     for i in range(10):

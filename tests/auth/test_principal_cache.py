@@ -15,13 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service import keys
 from service.app import create_app
+from service.auth.principals import PrincipalCache
 from service.crypto import hash_secret
-from service.security import PrincipalCache
 
 TOKEN = "/auth/oauth2/token"
 
 
-def entry(expires_in: float = 60) -> dict:  # type: ignore[type-arg]
+def entry(expires_in: float = 60) -> dict:
     return {
         "_id": "d",
         "user_id": 1,
@@ -57,7 +57,7 @@ def real_server(backend: str) -> None:
 
 
 @pytest.fixture
-async def other(real_server, settings, mongo_client):  # type: ignore[no-untyped-def]
+async def other(real_server, settings, mongo_client):
     """A second app instance (another process, as far as the cache is concerned) on the same database."""
     async with TestClient(TestServer(create_app(settings, mongo_client=mongo_client))) as second:
         yield second
@@ -91,7 +91,7 @@ async def sign_in(client: TestClient, username: str, password: str) -> dict[str,
 @pytest.mark.parametrize("change", ["revoke", "deactivate", "password"])
 async def test_changes_reach_every_instance_within_100_ms(
     client: TestClient, other: TestClient, seeded, change: str, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     session = await sign_in(client, "user", "w")
     headers = {"Authorization": session["Authorization"]}
     await warm(client, headers)
@@ -124,7 +124,7 @@ async def test_changes_reach_every_instance_within_100_ms(
     assert elapsed <= 100
 
 
-async def warm_session_then_fail_get_mores(client: TestClient, mongo_client, how: dict):  # type: ignore[no-untyped-def,type-arg]
+async def warm_session_then_fail_get_mores(client: TestClient, mongo_client, how: dict):
     """Sign in, get the token cached, then make the change stream's getMores fail as `how` says."""
     session = await sign_in(client, "user", "w")
     headers = {"Authorization": session["Authorization"]}
@@ -137,7 +137,7 @@ async def warm_session_then_fail_get_mores(client: TestClient, mongo_client, how
 
 async def test_a_broken_change_stream_stops_the_cache(
     real_server, client: TestClient, seeded, db, mongo_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _, headers = await warm_session_then_fail_get_mores(client, mongo_client, {"closeConnection": True})
     try:
         await asyncio.sleep(1.5)  # the waiting getMore returns, the next ones fail: the cache's trust runs out
@@ -150,7 +150,7 @@ async def test_a_broken_change_stream_stops_the_cache(
 
 async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
     real_server, client: TestClient, seeded, db, mongo_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     block = {"blockConnection": True, "blockTimeMS": 4000}
     session, headers = await warm_session_then_fail_get_mores(client, mongo_client, block)
     try:
@@ -168,7 +168,7 @@ async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
         await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
-async def test_an_idle_instance_sends_few_commands(real_server, client: TestClient, seeded, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_an_idle_instance_sends_few_commands(real_server, client: TestClient, seeded, mongo_client) -> None:
     async def getmores() -> int:
         return int((await mongo_client.admin.command("serverStatus"))["opcounters"]["getmore"])
 

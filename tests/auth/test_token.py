@@ -12,7 +12,7 @@ from tests.helpers import basic
 TOKEN = "/auth/oauth2/token"
 
 
-async def test_password_grant_issues_bearer_and_refresh_token(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_password_grant_issues_bearer_and_refresh_token(client: TestClient, seeded) -> None:
     response = await client.post(
         TOKEN,
         data={"grant_type": "password", "username": "root", "password": "q", "client_id": "documentation"},
@@ -33,7 +33,7 @@ async def test_password_grant_issues_bearer_and_refresh_token(client: TestClient
     }
 
 
-async def test_tokens_are_stored_only_as_hashes(client: TestClient, login, db) -> None:  # type: ignore[no-untyped-def]
+async def test_tokens_are_stored_only_as_hashes(client: TestClient, login, db) -> None:
     body = await login("root", "q")
     stored = await db.oauth2_tokens.find_one({"_id": hash_secret(body["access_token"])})
     assert stored is not None
@@ -43,7 +43,7 @@ async def test_tokens_are_stored_only_as_hashes(client: TestClient, login, db) -
     assert body["refresh_token"] not in raw
 
 
-async def test_multipart_form_is_accepted(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_multipart_form_is_accepted(client: TestClient, seeded) -> None:
     form = FormData()
     for key, value in {
         "grant_type": "password",
@@ -57,7 +57,7 @@ async def test_multipart_form_is_accepted(client: TestClient, seeded) -> None:  
     assert response.status == 200
 
 
-async def test_grant_type_and_client_id_may_come_in_the_query(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_grant_type_and_client_id_may_come_in_the_query(client: TestClient, seeded) -> None:
     response = await client.post(
         f"{TOKEN}?grant_type=password&client_id=documentation", data={"username": "user", "password": "w"}
     )
@@ -65,7 +65,7 @@ async def test_grant_type_and_client_id_may_come_in_the_query(client: TestClient
 
 
 @pytest.mark.parametrize("name", ["password", "client_secret", "refresh_token", "code"])
-async def test_secrets_in_the_query_are_refused(client: TestClient, seeded, name: str) -> None:  # type: ignore[no-untyped-def]
+async def test_secrets_in_the_query_are_refused(client: TestClient, seeded, name: str) -> None:
     response = await client.post(
         f"{TOKEN}?{name}=x",
         data={"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"},
@@ -74,13 +74,13 @@ async def test_secrets_in_the_query_are_refused(client: TestClient, seeded, name
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def test_json_body_is_invalid_request(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_json_body_is_invalid_request(client: TestClient, seeded) -> None:
     response = await client.post(TOKEN, json={"grant_type": "password"})
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def test_repeated_parameter_is_invalid_request(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_repeated_parameter_is_invalid_request(client: TestClient, seeded) -> None:
     response = await client.post(
         TOKEN,
         data=[
@@ -95,7 +95,7 @@ async def test_repeated_parameter_is_invalid_request(client: TestClient, seeded)
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def test_wrong_password_and_unknown_user_look_the_same(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_password_and_unknown_user_look_the_same(client: TestClient, seeded) -> None:
     bodies = []
     for username, password in (("user", "nope"), ("ghost", "nope")):
         response = await client.post(
@@ -107,19 +107,19 @@ async def test_wrong_password_and_unknown_user_look_the_same(client: TestClient,
     assert bodies[0] == bodies[1] == {"error": "invalid_grant", "error_description": "Invalid username or password."}
 
 
-async def test_unknown_grant_type(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_grant_type(client: TestClient, seeded) -> None:
     response = await client.post(TOKEN, data={"grant_type": "magic", "client_id": "documentation"})
     assert response.status == 400
     assert (await response.json())["error"] == "unsupported_grant_type"
 
 
-async def test_missing_parameters(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_parameters(client: TestClient, seeded) -> None:
     response = await client.post(TOKEN, data={"grant_type": "password", "client_id": "documentation"})
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def test_unknown_client_is_401_invalid_client(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_client_is_401_invalid_client(client: TestClient, seeded) -> None:
     response = await client.post(
         TOKEN, data={"grant_type": "password", "username": "user", "password": "w", "client_id": "nobody"}
     )
@@ -128,7 +128,7 @@ async def test_unknown_client_is_401_invalid_client(client: TestClient, seeded) 
     assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
-async def test_scope_rules(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_scope_rules(client: TestClient, seeded) -> None:
     base = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     narrowed = await client.post(TOKEN, data={**base, "scope": "  users:read   teams:read users:read "})
     assert narrowed.status == 200
@@ -138,7 +138,7 @@ async def test_scope_rules(client: TestClient, seeded) -> None:  # type: ignore[
     assert (await unknown.json())["error"] == "invalid_scope"
 
 
-async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, register_client) -> None:
     created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     response = await client.post(
         TOKEN,
@@ -149,7 +149,7 @@ async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, regi
     assert (await response.json())["error"] == "invalid_scope"
 
 
-async def test_client_credentials_for_confidential_clients(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_client_credentials_for_confidential_clients(client: TestClient, register_client) -> None:
     created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     by_basic = await client.post(
         TOKEN, data={"grant_type": "client_credentials"}, headers=basic(created["client_id"], created["client_secret"])
@@ -171,7 +171,7 @@ async def test_client_credentials_for_confidential_clients(client: TestClient, r
     assert by_post.status == 200
 
 
-async def test_client_credentials_wrong_secret_and_public_client(client: TestClient, register_client) -> None:  # type: ignore[no-untyped-def]
+async def test_client_credentials_wrong_secret_and_public_client(client: TestClient, register_client) -> None:
     created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     wrong = await client.post(
         TOKEN, data={"grant_type": "client_credentials"}, headers=basic(created["client_id"], "wrong")
@@ -183,7 +183,7 @@ async def test_client_credentials_wrong_secret_and_public_client(client: TestCli
     assert (await public.json())["error"] == "unauthorized_client"
 
 
-async def test_deactivated_user_cannot_get_tokens(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_deactivated_user_cannot_get_tokens(client: TestClient, seeded, db) -> None:
     await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
     response = await client.post(
         TOKEN, data={"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
@@ -192,7 +192,7 @@ async def test_deactivated_user_cannot_get_tokens(client: TestClient, seeded, db
     assert (await response.json())["error"] == "invalid_grant"
 
 
-async def test_expired_tokens_disappear_by_ttl_index(client: TestClient, db) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_tokens_disappear_by_ttl_index(client: TestClient, db) -> None:
     info = await db.oauth2_tokens.index_information()
     ttl = [spec for spec in info.values() if spec.get("expireAfterSeconds") == 0]
     assert ttl

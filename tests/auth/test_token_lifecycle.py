@@ -16,7 +16,7 @@ TOKEN = "/auth/oauth2/token"
 DOCS = {"client_id": "documentation"}
 
 
-async def refresh(client: TestClient, refresh_token: str, **extra: str):  # type: ignore[no-untyped-def]
+async def refresh(client: TestClient, refresh_token: str, **extra: str):
     return await client.post(
         TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh_token, **DOCS, **extra}
     )
@@ -27,7 +27,7 @@ async def me(client: TestClient, access_token: str) -> int:
     return response.status
 
 
-async def test_refresh_rotates_and_the_old_token_stops_working(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_refresh_rotates_and_the_old_token_stops_working(client: TestClient, login) -> None:
     first = await login("user", "w")
     response = await refresh(client, first["refresh_token"])
     assert response.status == 200
@@ -37,7 +37,7 @@ async def test_refresh_rotates_and_the_old_token_stops_working(client: TestClien
     assert await me(client, first["access_token"]) == 401  # rotated out with its refresh token
 
 
-async def test_replaying_a_rotated_refresh_token_revokes_the_family(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_replaying_a_rotated_refresh_token_revokes_the_family(client: TestClient, login) -> None:
     first = await login("user", "w")
     second = await (await refresh(client, first["refresh_token"])).json()
     replay = await refresh(client, first["refresh_token"])
@@ -47,7 +47,7 @@ async def test_replaying_a_rotated_refresh_token_revokes_the_family(client: Test
     assert (await refresh(client, second["refresh_token"])).status == 400
 
 
-async def test_refresh_can_narrow_but_not_widen_scope(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_refresh_can_narrow_but_not_widen_scope(client: TestClient, login) -> None:
     first = await login("user", "w", scope="users:read teams:read")
     narrowed = await refresh(client, first["refresh_token"], scope="users:read")
     assert (await narrowed.json())["scope"] == "users:read"
@@ -58,7 +58,7 @@ async def test_refresh_can_narrow_but_not_widen_scope(client: TestClient, login)
 
 async def test_refresh_token_of_another_client_is_invalid_grant(
     client: TestClient, login, register_client, bearer
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     token = await login("user", "w")
     created = await register_client("user", client_type="public")
     response = await client.post(
@@ -72,7 +72,7 @@ async def test_refresh_token_of_another_client_is_invalid_grant(
     assert (await response.json())["error"] == "invalid_grant"
 
 
-async def test_expired_access_token_is_401(client: TestClient, login, db) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_access_token_is_401(client: TestClient, login, db) -> None:
     token = await login("user", "w")
     await db.oauth2_tokens.update_one(
         {"_id": hash_secret(token["access_token"])}, {"$set": {"access_expires": utcnow() - timedelta(seconds=1)}}
@@ -82,14 +82,14 @@ async def test_expired_access_token_is_401(client: TestClient, login, db) -> Non
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 
-async def test_revoking_an_access_token(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_revoking_an_access_token(client: TestClient, login) -> None:
     token = await login("user", "w")
     response = await client.post("/auth/oauth2/revoke", data={"token": token["access_token"], **DOCS})
     assert response.status == 200
     assert await me(client, token["access_token"]) == 401
 
 
-async def test_revoking_a_refresh_token_takes_the_family(client: TestClient, login) -> None:  # type: ignore[no-untyped-def]
+async def test_revoking_a_refresh_token_takes_the_family(client: TestClient, login) -> None:
     token = await login("user", "w")
     response = await client.post(
         "/auth/oauth2/revoke", data={"token": token["refresh_token"], "token_type_hint": "refresh_token", **DOCS}
@@ -101,7 +101,7 @@ async def test_revoking_a_refresh_token_takes_the_family(client: TestClient, log
 
 async def test_revoke_unknown_token_is_200_and_other_clients_tokens_are_untouched(
     client: TestClient, login, register_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     assert (await client.post("/auth/oauth2/revoke", data={"token": "nonsense", **DOCS})).status == 200
     token = await login("user", "w")
     other = await register_client("root", client_type="public")
@@ -112,13 +112,13 @@ async def test_revoke_unknown_token_is_200_and_other_clients_tokens_are_untouche
     assert await me(client, token["access_token"]) == 200
 
 
-async def test_revoke_needs_token_parameter(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_revoke_needs_token_parameter(client: TestClient, seeded) -> None:
     response = await client.post("/auth/oauth2/revoke", data=DOCS)
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_request"
 
 
-async def test_introspection_of_own_tokens(client: TestClient, register_client, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_introspection_of_own_tokens(client: TestClient, register_client, bearer) -> None:
     created = await register_client("user", default_scopes=["users:read"])
     auth = basic(created["client_id"], created["client_secret"])
     issued = await (await client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=auth)).json()
@@ -135,7 +135,7 @@ async def test_introspection_of_own_tokens(client: TestClient, register_client, 
 
 async def test_introspection_refuses_public_clients_and_foreign_tokens(
     client: TestClient, register_client, bearer, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     public = await client.post("/auth/oauth2/introspect", data={"token": "x", **DOCS})
     assert public.status == 401
     assert (await public.json())["error"] == "invalid_client"
@@ -160,7 +160,7 @@ async def test_server_metadata_is_valid_rfc8414(client: TestClient) -> None:
     AuthorizationServerMetadata(metadata).validate()
 
 
-async def test_throttling_after_ten_failures_even_with_the_right_password(client: TestClient, seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_throttling_after_ten_failures_even_with_the_right_password(client: TestClient, seeded) -> None:
     form = {"grant_type": "password", "username": "User", **DOCS}
     for _ in range(10):
         response = await client.post(TOKEN, data={**form, "password": "wrong"})
@@ -173,7 +173,7 @@ async def test_throttling_after_ten_failures_even_with_the_right_password(client
     assert other.status == 200  # the throttle is per username
 
 
-async def test_throttle_window_passes(client: TestClient, seeded, db) -> None:  # type: ignore[no-untyped-def]
+async def test_throttle_window_passes(client: TestClient, seeded, db) -> None:
     form = {"grant_type": "password", "username": "user", **DOCS}
     for _ in range(10):
         await client.post(TOKEN, data={**form, "password": "wrong"})
@@ -183,7 +183,7 @@ async def test_throttle_window_passes(client: TestClient, seeded, db) -> None:  
 
 async def test_deactivation_and_client_deletion_cut_access_at_once(
     client: TestClient, login, register_client, bearer, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     token = await login("user", "w")
     assert await me(client, token["access_token"]) == 200
     admin = await bearer("root")

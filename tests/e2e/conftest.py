@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
@@ -44,7 +44,7 @@ FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
-async def page(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+async def page(request: pytest.FixtureRequest):
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -56,14 +56,14 @@ async def page(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def shot(request: pytest.FixtureRequest, page) -> Callable[[str], Coroutine[Any, Any, None]]:  # type: ignore[no-untyped-def]
+def shot(request: pytest.FixtureRequest, page) -> Iterator[Callable[[str], Coroutine[Any, Any, None]]]:
     """`await shot("step")` saves a numbered screenshot; kept only if the test fails."""
     folder = OUTPUT / request.node.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     counter = iter(range(1, 1000))
 
-    async def take(name: str, target=None) -> None:  # type: ignore[no-untyped-def]
+    async def take(name: str, target=None) -> None:
         await (target or page).screenshot(path=str(folder / f"{next(counter):02d}-{name}.png"), full_page=True)
 
     yield take

@@ -12,7 +12,7 @@ import schemathesis
 class PasswordGrant:
     """Signs in once (and again when schemathesis refreshes) with E2E_USERNAME / E2E_PASSWORD."""
 
-    def get(self, case, ctx):  # type: ignore[no-untyped-def]
+    def get(self, case, ctx):
         response = httpx.post(
             f"{os.environ['E2E_BASE_URL']}/auth/oauth2/token",
             data={
@@ -26,5 +26,5 @@ class PasswordGrant:
         response.raise_for_status()
         return response.json()["access_token"]
 
-    def set(self, case, data, ctx):  # type: ignore[no-untyped-def]
+    def set(self, case, data, ctx):
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}

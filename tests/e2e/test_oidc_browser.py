@@ -49,7 +49,7 @@ def oidc_client_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def test_a_single_page_app_signs_in_with_oidc_client_ts(
     page: Page, live_server: str, oidc_client_ts: Path, mongo_client, settings, shot
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     port = unused_port()
     origin = f"http://127.0.0.1:{port}"
     config = json.dumps(

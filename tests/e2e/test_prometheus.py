@@ -19,7 +19,7 @@ from service.app import create_app
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
-async def test_prometheus_scrapes_the_request_rate_of_a_route(tmp_path: Path, settings, mongo_client) -> None:  # type: ignore[no-untyped-def]
+async def test_prometheus_scrapes_the_request_rate_of_a_route(tmp_path: Path, settings, mongo_client) -> None:
     if not Path(PROMETHEUS).exists():
         pytest.fail("Prometheus is missing: apt-get install prometheus (.ci/run does)")
     metrics_port, prometheus_port = unused_port(), unused_port()

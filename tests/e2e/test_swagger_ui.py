@@ -7,7 +7,7 @@ from playwright.async_api import Page, expect
 TIMEOUT = 20_000
 
 
-async def open_docs(page: Page, live_server: str, shot) -> None:  # type: ignore[no-untyped-def]
+async def open_docs(page: Page, live_server: str, shot) -> None:
     await page.goto(f"{live_server}/api/v1/")
     await expect(page.locator(".swagger-ui .info .title")).to_contain_text("RESTful API Server", timeout=TIMEOUT)
     await shot("docs-loaded")
@@ -16,7 +16,7 @@ async def open_docs(page: Page, live_server: str, shot) -> None:  # type: ignore
     await shot("authorize-dialog")
 
 
-async def call_me(page: Page, shot) -> None:  # type: ignore[no-untyped-def]
+async def call_me(page: Page, shot) -> None:
     operation = page.locator("#operations-users-getCurrentUser")
     await operation.locator(".opblock-summary").click()
     await operation.locator("button.try-out__btn").click()
@@ -27,7 +27,7 @@ async def call_me(page: Page, shot) -> None:  # type: ignore[no-untyped-def]
     await shot("users-me-200")
 
 
-async def test_password_flow_signs_in_and_calls_users_me(page: Page, live_server: str, shot) -> None:  # type: ignore[no-untyped-def]
+async def test_password_flow_signs_in_and_calls_users_me(page: Page, live_server: str, shot) -> None:
     await open_docs(page, live_server, shot)
     flow = page.locator(".auth-container").nth(0)  # the document declares the password flow first
     await expect(flow.locator("h4")).to_contain_text("password")
@@ -41,7 +41,7 @@ async def test_password_flow_signs_in_and_calls_users_me(page: Page, live_server
     await call_me(page, shot)
 
 
-async def test_authorization_code_flow_with_pkce_through_our_sign_in_page(page: Page, live_server: str, shot) -> None:  # type: ignore[no-untyped-def]
+async def test_authorization_code_flow_with_pkce_through_our_sign_in_page(page: Page, live_server: str, shot) -> None:
     await open_docs(page, live_server, shot)
     flow = page.locator(".auth-container").nth(1)
     await expect(flow.locator("h4")).to_contain_text("authorizationCode with PKCE")

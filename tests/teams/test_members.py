@@ -8,24 +8,25 @@ import pytest
 from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
-from service.db import _memberships_out_of_team_documents, utcnow
+from service.db import utcnow
+from service.teams.repository import memberships_out_of_team_documents
 from service.users.repository import new_user_document
 from tests.helpers import stored_members
 
 PROBLEM = "application/problem+json"
 
 
-async def setup_team(client: TestClient, bearer):  # type: ignore[no-untyped-def]
+async def setup_team(client: TestClient, bearer):
     leader = await bearer("user")
     team = await (await client.post("/api/v1/teams/", json={"title": "Crew"}, headers=leader)).json()
     return leader, f"/api/v1/teams/{team['id']}"
 
 
-async def user_id(client: TestClient, headers) -> str:  # type: ignore[no-untyped-def]
+async def user_id(client: TestClient, headers) -> str:
     return (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
 
 
-async def test_add_member_then_duplicate_and_unknown_user(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_add_member_then_duplicate_and_unknown_user(client: TestClient, bearer) -> None:
     leader, url = await setup_team(client, bearer)
     root = await bearer("root")
     root_id = await user_id(client, root)
@@ -45,7 +46,7 @@ async def test_add_member_then_duplicate_and_unknown_user(client: TestClient, be
     assert missing.status == 422
 
 
-async def test_list_members_paginated(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_list_members_paginated(client: TestClient, bearer, signup) -> None:
     leader, url = await setup_team(client, bearer)
     for name in ("mem1", "mem2", "mem3"):
         created = await signup(name)
@@ -55,7 +56,7 @@ async def test_list_members_paginated(client: TestClient, bearer, signup) -> Non
     assert [m["user"]["username"] for m in await response.json()] == ["mem1", "mem2"]
 
 
-async def test_promote_and_last_leader_rule(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_promote_and_last_leader_rule(client: TestClient, bearer) -> None:
     leader, url = await setup_team(client, bearer)
     me = await user_id(client, leader)
     demote_me = [{"op": "replace", "path": "/is_leader", "value": False}]
@@ -83,7 +84,7 @@ async def test_promote_and_last_leader_rule(client: TestClient, bearer) -> None:
     assert bad_value.status == 422
 
 
-async def test_members_may_leave_but_not_remove_others(client: TestClient, bearer, signup, login) -> None:  # type: ignore[no-untyped-def]
+async def test_members_may_leave_but_not_remove_others(client: TestClient, bearer, signup, login) -> None:
     leader, url = await setup_team(client, bearer)
     for name in ("erin", "fred"):
         created = await signup(name)
@@ -99,7 +100,7 @@ async def test_members_may_leave_but_not_remove_others(client: TestClient, beare
     assert (await client.delete(f"{url}/members/{fred_id}", headers=leader)).status == 404
 
 
-async def test_stale_if_match_on_membership_changes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_stale_if_match_on_membership_changes(client: TestClient, bearer) -> None:
     leader, url = await setup_team(client, bearer)
     root_id = await user_id(client, await bearer("root"))
     added = await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)
@@ -115,7 +116,7 @@ async def test_stale_if_match_on_membership_changes(client: TestClient, bearer) 
 
 async def test_deactivated_member_keeps_membership_but_loses_access(
     client: TestClient, bearer, signup, login, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     leader, url = await setup_team(client, bearer)
     created = await signup("gina")
     await client.post(f"{url}/members/", json={"user_id": created["id"]}, headers=leader)
@@ -126,7 +127,7 @@ async def test_deactivated_member_keeps_membership_but_loses_access(
     assert "gina" in [m["user"]["username"] for m in members]
 
 
-async def test_fifty_concurrent_additions_all_land(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_fifty_concurrent_additions_all_land(client: TestClient, bearer, db) -> None:
     leader, url = await setup_team(client, bearer)
     docs = [
         new_user_document(username=f"bulk{i}", email=f"bulk{i}@example.com", password_hash="x", names={}, roles={})
@@ -142,7 +143,7 @@ async def test_fifty_concurrent_additions_all_land(client: TestClient, bearer, d
     assert team["version"] == 51
 
 
-async def test_two_leaders_demoting_each_other_at_once_keep_one_leader(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_two_leaders_demoting_each_other_at_once_keep_one_leader(client: TestClient, bearer, db) -> None:
     for _ in range(5):
         leader, url = await setup_team(client, bearer)
         root = await bearer("root")
@@ -164,7 +165,7 @@ async def test_two_leaders_demoting_each_other_at_once_keep_one_leader(client: T
         await db.teams.delete_one({"_id": team["_id"]})
 
 
-async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, bearer, db) -> None:
     leader, url = await setup_team(client, bearer)
     root = await bearer("root")
     me, root_id = await user_id(client, leader), await user_id(client, root)
@@ -181,7 +182,7 @@ async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, be
     assert team["leaders"] == 1
 
 
-async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:
     # Regression (found by schemathesis): {"is_leader": 0} was accepted because 0 == False in Python.
     leader, url = await setup_team(client, bearer)
     root_id = await user_id(client, await bearer("root"))
@@ -190,7 +191,7 @@ async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:  # 
         assert response.status == 422, value
 
 
-async def test_migration_moves_embedded_members_out_idempotently(db, app) -> None:  # type: ignore[no-untyped-def]
+async def test_migration_moves_embedded_members_out_idempotently(db, app) -> None:
     now = utcnow()
     leader, member = ObjectId(), ObjectId()
     legacy = {
@@ -205,8 +206,8 @@ async def test_migration_moves_embedded_members_out_idempotently(db, app) -> Non
         ],
     }
     await db.teams.insert_one(legacy)
-    await _memberships_out_of_team_documents(db)
-    await _memberships_out_of_team_documents(db)  # a second run (or a run after a crash) changes nothing
+    await memberships_out_of_team_documents(db)
+    await memberships_out_of_team_documents(db)  # a second run (or a run after a crash) changes nothing
     team = await db.teams.find_one({"_id": legacy["_id"]})
     assert "members" not in team
     assert team["leaders"] == 1
@@ -217,7 +218,7 @@ async def test_migration_moves_embedded_members_out_idempotently(db, app) -> Non
 
 async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotions(
     backend: str, client: TestClient, bearer, db
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     if backend != "secantus":
         pytest.skip("transactions and their conflicts are the real server's (--backend=secantus)")
     leader, url = await setup_team(client, bearer)

@@ -7,17 +7,17 @@ from aiohttp.test_utils import TestClient
 PROBLEM = "application/problem+json"
 
 
-async def new_team(client: TestClient, headers, title: str = "Team A"):  # type: ignore[no-untyped-def]
+async def new_team(client: TestClient, headers, title: str = "Team A"):
     response = await client.post("/api/v1/teams/", json={"title": title}, headers=headers)
     assert response.status == 201, await response.text()
     return await response.json()
 
 
-async def my_id(client: TestClient, headers) -> str:  # type: ignore[no-untyped-def]
+async def my_id(client: TestClient, headers) -> str:
     return (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
 
 
-async def test_creator_becomes_the_leader_atomically(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_creator_becomes_the_leader_atomically(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     response = await client.post("/api/v1/teams", json={"title": "Builders"}, headers=headers)
     assert response.status == 201
@@ -30,7 +30,7 @@ async def test_creator_becomes_the_leader_atomically(client: TestClient, bearer,
     assert set(members[0]["user"]) == {"id", "username", "first_name", "middle_name", "last_name"}
 
 
-async def test_title_validation(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_title_validation(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     for body in ({"title": ""}, {"title": "x" * 51}, {}, {"title": 5}):
         response = await client.post("/api/v1/teams/", json=body, headers=headers)
@@ -38,7 +38,7 @@ async def test_title_validation(client: TestClient, bearer) -> None:  # type: ig
         assert "title" in (await response.json(content_type=PROBLEM))["errors"]
 
 
-async def test_members_see_their_teams_and_admins_see_all(client: TestClient, bearer, signup, login) -> None:  # type: ignore[no-untyped-def]
+async def test_members_see_their_teams_and_admins_see_all(client: TestClient, bearer, signup, login) -> None:
     await signup("carol")
     carol = {"Authorization": f"Bearer {(await login('carol', 'long enough pw'))['access_token']}"}
     mine = await new_team(client, carol, "Carol's")
@@ -51,7 +51,7 @@ async def test_members_see_their_teams_and_admins_see_all(client: TestClient, be
     assert {t["title"] for t in await user.json()} == {"Platform", "Documentation"}
 
 
-async def test_non_members_get_404_and_members_403_on_writes(client: TestClient, bearer, signup, login) -> None:  # type: ignore[no-untyped-def]
+async def test_non_members_get_404_and_members_403_on_writes(client: TestClient, bearer, signup, login) -> None:
     await signup("dave")
     dave = {"Authorization": f"Bearer {(await login('dave', 'long enough pw'))['access_token']}"}
     root = await bearer("root")
@@ -69,7 +69,7 @@ async def test_non_members_get_404_and_members_403_on_writes(client: TestClient,
     assert (await client.get("/api/v1/teams/nope", headers=dave)).status == 404
 
 
-async def test_rename_with_json_patch_and_if_match(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_rename_with_json_patch_and_if_match(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     team = await new_team(client, headers)
     url = f"/api/v1/teams/{team['id']}"
@@ -91,7 +91,7 @@ async def test_rename_with_json_patch_and_if_match(client: TestClient, bearer) -
     assert failed_test.status == 409
 
 
-async def test_delete_removes_team_and_memberships(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_delete_removes_team_and_memberships(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     team = await new_team(client, headers)
     url = f"/api/v1/teams/{team['id']}"
@@ -102,7 +102,7 @@ async def test_delete_removes_team_and_memberships(client: TestClient, bearer, d
     assert (await client.delete(url, headers=headers)).status == 404
 
 
-async def test_admin_manages_any_team(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_admin_manages_any_team(client: TestClient, bearer) -> None:
     team = await new_team(client, await bearer("user"))
     admin = await bearer("root")
     url = f"/api/v1/teams/{team['id']}"
@@ -112,7 +112,7 @@ async def test_admin_manages_any_team(client: TestClient, bearer) -> None:  # ty
     assert (await client.delete(url, headers=admin)).status == 204
 
 
-async def test_scopes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_scopes(client: TestClient, bearer) -> None:
     read_only = await bearer("user", scope="teams:read")
     response = await client.post("/api/v1/teams/", json={"title": "X"}, headers=read_only)
     assert response.status == 403
@@ -120,7 +120,7 @@ async def test_scopes(client: TestClient, bearer) -> None:  # type: ignore[no-un
     assert (await client.get("/api/v1/teams/")).status == 401
 
 
-async def test_concurrent_renames_without_if_match_all_succeed(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_renames_without_if_match_all_succeed(client: TestClient, bearer, db) -> None:
     # Regression (found by the benchmark): many concurrent PATCHes of one team exhausted the optimistic
     # retries and answered 409. A patch with no `test` and no If-Match does not depend on the stored
     # state, so it is written unguarded: every request lands, the last one wins.

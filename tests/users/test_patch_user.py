@@ -17,11 +17,11 @@ async def user_id(client: TestClient, headers: dict[str, str]) -> str:
     return (await (await client.get("/api/v1/users/me", headers=headers)).json())["id"]
 
 
-async def patch(client: TestClient, target: str, ops, headers, **extra):  # type: ignore[no-untyped-def]
+async def patch(client: TestClient, target: str, ops, headers, **extra):
     return await client.patch(f"/api/v1/users/{target}", json=ops, headers={**headers, **extra})
 
 
-async def test_patch_names_and_etag_moves(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_patch_names_and_etag_moves(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     response = await client.patch(
@@ -36,7 +36,7 @@ async def test_patch_names_and_etag_moves(client: TestClient, bearer) -> None:  
     assert body["updated"] >= body["created"]
 
 
-async def test_stale_if_match_is_412_and_changes_nothing(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_stale_if_match_is_412_and_changes_nothing(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     ok = await patch(
@@ -56,7 +56,7 @@ async def test_stale_if_match_is_412_and_changes_nothing(client: TestClient, bea
     assert star.status == 200
 
 
-async def test_concurrent_patches_are_never_lost(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_patches_are_never_lost(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     fields = ["/first_name", "/middle_name", "/last_name"]
@@ -72,7 +72,7 @@ async def test_concurrent_patches_are_never_lost(client: TestClient, bearer, db)
     assert stored["version"] == 4
 
 
-async def test_unknown_path_or_bad_operation_is_422_and_changes_nothing(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_path_or_bad_operation_is_422_and_changes_nothing(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     for ops in (
@@ -90,14 +90,14 @@ async def test_unknown_path_or_bad_operation_is_422_and_changes_nothing(client: 
     assert stored["version"] == 1
 
 
-async def test_malformed_patch_document_is_400(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_patch_document_is_400(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     for body in ({"op": "replace"}, [], ["replace"], "text"):
         assert (await patch(client, me, body, headers)).status == 400, body
 
 
-async def test_failed_test_operation_is_409_and_atomic(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_failed_test_operation_is_409_and_atomic(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     ops = [
@@ -113,7 +113,7 @@ async def test_failed_test_operation_is_409_and_atomic(client: TestClient, beare
     assert (await patch(client, me, passing, headers)).status == 200
 
 
-async def test_email_change_needs_current_password_first(client: TestClient, bearer, db) -> None:  # type: ignore[no-untyped-def]
+async def test_email_change_needs_current_password_first(client: TestClient, bearer, db) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     change = {"op": "replace", "path": "/email", "value": "new@example.com"}
@@ -129,14 +129,14 @@ async def test_email_change_needs_current_password_first(client: TestClient, bea
     assert (await db.users.find_one({"username": "user"}))["email_key"] == "new@example.com"
 
 
-async def test_email_taken_is_409(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_email_taken_is_409(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     ops = with_current_password({"op": "replace", "path": "/email", "value": "ROOT@example.com"})
     assert (await patch(client, me, ops, headers)).status == 409
 
 
-async def test_password_change_revokes_tokens_and_says_so(client: TestClient, bearer, login) -> None:  # type: ignore[no-untyped-def]
+async def test_password_change_revokes_tokens_and_says_so(client: TestClient, bearer, login) -> None:
     headers = await bearer("user")
     other_session = await bearer("user")
     me = await user_id(client, headers)
@@ -149,14 +149,14 @@ async def test_password_change_revokes_tokens_and_says_so(client: TestClient, be
     assert (await login("user", "a much better password"))["access_token"]
 
 
-async def test_short_new_password_is_422(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_short_new_password_is_422(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     ops = with_current_password({"op": "replace", "path": "/password", "value": "short"})
     assert (await patch(client, me, ops, headers)).status == 422
 
 
-async def test_roles_only_admins_may_change(client: TestClient, bearer, login) -> None:  # type: ignore[no-untyped-def]
+async def test_roles_only_admins_may_change(client: TestClient, bearer, login) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     promote = [{"op": "replace", "path": "/is_admin", "value": True}]
@@ -172,7 +172,7 @@ async def test_roles_only_admins_may_change(client: TestClient, bearer, login) -
     assert (await response.json())["error"] == "invalid_grant"
 
 
-async def test_others_cannot_patch_and_admin_uses_own_password(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_others_cannot_patch_and_admin_uses_own_password(client: TestClient, bearer, signup) -> None:
     victim = await signup("victim")
     user_headers = await bearer("user")
     rename = [{"op": "replace", "path": "/first_name", "value": "Pwned"}]
@@ -186,7 +186,7 @@ async def test_others_cannot_patch_and_admin_uses_own_password(client: TestClien
     assert (await patch(client, victim["id"], reset, admin)).status == 200
 
 
-async def test_patch_needs_users_write_scope(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_patch_needs_users_write_scope(client: TestClient, bearer) -> None:
     headers = await bearer("user", scope="users:read")
     me = await user_id(client, headers)
     response = await patch(client, me, [{"op": "replace", "path": "/first_name", "value": "X"}], headers)
@@ -195,7 +195,7 @@ async def test_patch_needs_users_write_scope(client: TestClient, bearer) -> None
 
 
 @pytest.mark.parametrize("header", ["", "kiq", "{}", '"1', "1", '"1",,"2"'])
-async def test_malformed_if_match_is_400_and_changes_nothing(client: TestClient, bearer, db, header: str) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_if_match_is_400_and_changes_nothing(client: TestClient, bearer, db, header: str) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     response = await patch(
@@ -207,7 +207,7 @@ async def test_malformed_if_match_is_400_and_changes_nothing(client: TestClient,
 
 
 @pytest.mark.parametrize(("header", "status"), [("*", 200), ('W/"1"', 412), ('"abc"', 412), ('"9", "1"', 412)])
-async def test_well_formed_if_match_values(client: TestClient, bearer, header: str, status: int) -> None:  # type: ignore[no-untyped-def]
+async def test_well_formed_if_match_values(client: TestClient, bearer, header: str, status: int) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     response = await patch(
@@ -216,7 +216,7 @@ async def test_well_formed_if_match_values(client: TestClient, bearer, header: s
     assert response.status == status
 
 
-async def test_members_an_operation_does_not_define_are_ignored(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_members_an_operation_does_not_define_are_ignored(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     operation = {"op": "replace", "path": "/first_name", "value": "Ada", "comment": "RFC 6902 section 4", "from": "/x"}
@@ -225,7 +225,7 @@ async def test_members_an_operation_does_not_define_are_ignored(client: TestClie
     assert (await response.json())["first_name"] == "Ada"
 
 
-async def test_current_password_can_only_be_tested(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_current_password_can_only_be_tested(client: TestClient, bearer) -> None:
     headers = await bearer("user")
     me = await user_id(client, headers)
     response = await patch(client, me, [{"op": "replace", "path": "/current_password", "value": "w"}], headers)

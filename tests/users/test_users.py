@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
@@ -11,7 +12,7 @@ from service.app import create_app
 PROBLEM = "application/problem+json"
 
 
-async def test_signup_creates_an_active_regular_user(client: TestClient, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_signup_creates_an_active_regular_user(client: TestClient, signup) -> None:
     response = await client.post(
         "/api/v1/users/",
         json={"username": "Jane.Doe", "email": "Jane@Example.com", "password": "long enough", "first_name": "Jane"},
@@ -38,7 +39,7 @@ async def test_signup_creates_an_active_regular_user(client: TestClient, signup)
     assert user["created"].endswith("+00:00")
 
 
-async def test_signup_never_returns_or_stores_the_password(client: TestClient, signup, db) -> None:  # type: ignore[no-untyped-def]
+async def test_signup_never_returns_or_stores_the_password(client: TestClient, signup, db) -> None:
     user = await signup("secretive", password="my password 1")
     assert "password" not in str(user)
     stored = await db.users.find_one({"username": "secretive"})
@@ -46,14 +47,14 @@ async def test_signup_never_returns_or_stores_the_password(client: TestClient, s
     assert "my password 1" not in str(stored)
 
 
-async def test_signup_then_sign_in(client: TestClient, signup, login) -> None:  # type: ignore[no-untyped-def]
+async def test_signup_then_sign_in(client: TestClient, signup, login) -> None:
     await signup("newbie", password="newbie password")
     token = await login("newbie", "newbie password")
     me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
     assert (await me.json())["username"] == "newbie"
 
 
-async def test_username_and_email_are_unique_case_insensitively(client: TestClient, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_username_and_email_are_unique_case_insensitively(client: TestClient, signup) -> None:
     await signup("alice")
     same_name = await client.post(
         "/api/v1/users/", json={"username": "ALICE", "email": "other@example.com", "password": "long enough"}
@@ -87,7 +88,7 @@ async def test_deeply_nested_json_is_refused(client: TestClient) -> None:
     assert response.status == 400
 
 
-async def test_signup_can_be_disabled_except_for_admins(aiohttp_client, settings, mongo_client, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_signup_can_be_disabled_except_for_admins(aiohttp_client, settings, mongo_client, bearer) -> None:
     closed = await aiohttp_client(
         create_app(dataclasses.replace(settings, signup_enabled=False), mongo_client=mongo_client)
     )
@@ -106,14 +107,14 @@ async def test_me_requires_a_token(client: TestClient) -> None:
     assert 'error="invalid_token"' in garbage.headers["WWW-Authenticate"]
 
 
-async def test_missing_scope_is_403_insufficient_scope(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_scope_is_403_insufficient_scope(client: TestClient, bearer) -> None:
     headers = await bearer("user", scope="teams:read")
     response = await client.get("/api/v1/users/me", headers=headers)
     assert response.status == 403
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="api", error="insufficient_scope", scope="users:read"'
 
 
-async def test_list_users_is_admin_only_with_total_count(client: TestClient, bearer, signup) -> None:  # type: ignore[no-untyped-def]
+async def test_list_users_is_admin_only_with_total_count(client: TestClient, bearer, signup) -> None:
     for name in ("usr1", "usr2", "usr3"):
         await signup(name)
     assert (await client.get("/api/v1/users/", headers=await bearer("user"))).status == 403
@@ -127,14 +128,14 @@ async def test_list_users_is_admin_only_with_total_count(client: TestClient, bea
     assert [user["username"] for user in await same.json()] == names
 
 
-async def test_list_users_pagination_validation(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_list_users_pagination_validation(client: TestClient, bearer) -> None:
     admin = await bearer("root")
     for query in ("limit=0", "limit=101", "offset=-1", "limit=abc"):
         response = await client.get(f"/api/v1/users/?{query}", headers=admin)
         assert response.status == 422, query
 
 
-async def test_users_see_themselves_and_admins_see_all(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_users_see_themselves_and_admins_see_all(client: TestClient, bearer) -> None:
     user_headers = await bearer("user")
     me = await (await client.get("/api/v1/users/me", headers=user_headers)).json()
     root = await (await client.get("/api/v1/users/me", headers=await bearer("root"))).json()
@@ -149,17 +150,17 @@ async def test_users_see_themselves_and_admins_see_all(client: TestClient, beare
 
 async def test_another_process_with_the_same_database_sees_tokens(
     aiohttp_client, settings, mongo_client, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     token = await login("user", "w")
     async with TestServer(create_app(settings, mongo_client=mongo_client)) as server:
-        other = TestClient(server)
+        other: TestClient[web.Request, None] = TestClient(server)
         await other.start_server()
         response = await other.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
         assert response.status == 200
         await other.close()
 
 
-async def test_huge_offset_is_422_not_500(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_huge_offset_is_422_not_500(client: TestClient, bearer) -> None:
     # Regression (found by schemathesis): an offset beyond 64 bits overflowed in the driver -> 500.
     admin = await bearer("root")
     for path in ("/api/v1/users/", "/api/v1/teams/", "/api/v1/auth/oauth2_clients/"):
@@ -168,7 +169,7 @@ async def test_huge_offset_is_422_not_500(client: TestClient, bearer) -> None:  
         assert "offset" in (await response.json(content_type=PROBLEM))["errors"]
 
 
-async def test_head_is_not_offered_on_api_routes(client: TestClient, bearer) -> None:  # type: ignore[no-untyped-def]
+async def test_head_is_not_offered_on_api_routes(client: TestClient, bearer) -> None:
     # The Allow header lists exactly the documented methods (schemathesis' Allow check).
     response = await client.options("/api/v1/users/me", headers=await bearer("user"))
     assert response.status == 405

@@ -1,47 +1,37 @@
-"""The OAuth2 server: client authentication, grants, rotation, revocation, introspection, metadata.
+"""The token endpoint: client authentication and the grants (password, client credentials, refresh
+with rotation, authorization code with PKCE).
 
 authlib's server classes are synchronous and would block on MongoDB, so these grant handlers are our
-own async functions; they use authlib's RFC error classes, PKCE helper and metadata model. A grant
-is a function of (context, client, params) registered in GRANTS, so the authorization-code grant
-slots in next to the others.
+own async functions; they use authlib's RFC error classes and PKCE helper. A grant is a function of
+(context, client, params) registered in GRANTS.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from authlib.oidc.core import errors as oidc_errors
-from bson import ObjectId
-from marshmallow import ValidationError
 
 from service import audit
 from service.auth import oidc, repository
-from service.auth.permissions import may_see_client
-from service.auth.schemas import validate_redirect_uri
+from service.auth.scopes import SCOPES
 from service.auth.signin import check_password
 from service.auth.signing import KeyRing
 from service.config import Settings
 from service.crypto import hash_secret, new_token, secret_matches
-from service.db import Database, document_id, utcnow
-from service.docs import SCOPES
-from service.errors import Forbidden, NotFound, PreconditionFailed, TooManyRequests
-from service.http import check_version
-from service.pagination import Cursors, Page, PageRequest
+from service.db import Database, utcnow
+from service.errors import TooManyRequests
 from service.passwords import Overloaded, PasswordHasher
-from service.security import Principal
 from service.users import repository as users_repository
-from service.users.permissions import is_admin
 
 SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
 QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
@@ -198,7 +188,7 @@ async def issue_token(
     return response
 
 
-def _required(params: dict[str, str], *names: str) -> list[str]:
+def required(params: dict[str, str], *names: str) -> list[str]:
     missing = [name for name in names if not params.get(name)]
     if missing:
         raise oauth.InvalidRequestError(f"Missing parameter: {', '.join(missing)}.")
@@ -231,7 +221,7 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
 
 
 async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
-    username, password = _required(params, "username", "password")
+    username, password = required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     user = await authenticate_user(ctx, username, password, client["_id"])
     return await issue_token(ctx, client, user, scopes, grant="password")
@@ -249,7 +239,7 @@ async def client_credentials_grant(ctx: Context, client: dict[str, Any], params:
 
 async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
     """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family."""
-    (refresh_token,) = _required(params, "refresh_token")
+    (refresh_token,) = required(params, "refresh_token")
     digest = hash_secret(refresh_token)
     old = await repository.find_token(ctx.db, refresh_digest=digest)
     if old is None or old["client_id"] != client["_id"]:
@@ -282,7 +272,7 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
     Everything is checked before the code is consumed, so another client (or a request with the wrong
     redirect URI or verifier) cannot burn the rightful client's code; only an exchange that succeeds,
     or a replay by the same client, uses it."""
-    code, redirect_uri = _required(params, "code", "redirect_uri")
+    code, redirect_uri = required(params, "code", "redirect_uri")
     digest = hash_secret(code)
     stored = await repository.find_code(ctx.db, digest)
     if stored is None or stored["client_id"] != client["_id"]:
@@ -327,7 +317,7 @@ GRANTS: dict[str, Grant] = {
 
 
 async def token(ctx: Context, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
-    (grant_type,) = _required(params, "grant_type")
+    (grant_type,) = required(params, "grant_type")
     grant = GRANTS.get(grant_type)
     if grant is None:
         raise oauth.UnsupportedGrantTypeError(f"Unsupported grant_type '{grant_type}'.")
@@ -335,241 +325,3 @@ async def token(ctx: Context, params: dict[str, str], authorization: str | None)
         raise Overloaded()  # before any database work: under a storm, a refusal must cost next to nothing
     client = await authenticate_client(ctx.db, params, authorization)
     return await grant(ctx, client, params)
-
-
-# --- revocation and introspection ------------------------------------------------------------
-
-
-async def _find_any(db: Database, token_value: str, hint: str | None) -> dict[str, Any] | None:
-    digest = hash_secret(token_value)
-    order = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
-    for kind in order:
-        found = await repository.find_token(
-            db, **({"access_digest": digest} if kind == "access" else {"refresh_digest": digest})
-        )
-        if found is not None:
-            found["_kind"] = kind
-            return found
-    return None
-
-
-async def revoke(db: Database, params: dict[str, str], authorization: str | None) -> None:
-    """RFC 7009: revoke the client's own token; a refresh token takes its family with it."""
-    client = await authenticate_client(db, params, authorization)
-    (value,) = _required(params, "token")
-    found = await _find_any(db, value, params.get("token_type_hint"))
-    if found is None or found["client_id"] != client["_id"]:
-        return  # RFC 7009 2.2: unknown tokens are not an error
-    if found["_kind"] == "refresh":
-        await repository.revoke_tokens(db, {"family_id": found["family_id"]})
-    else:
-        await repository.revoke_tokens(db, {"_id": found["_id"]})
-    audit.record("token.revoked", subject_id=found["user_id"], client_id=client["_id"], token_kind=found["_kind"])
-
-
-async def introspect(db: Database, params: dict[str, str], authorization: str | None, issuer: str) -> dict[str, Any]:
-    """RFC 7662 for confidential clients, about their own tokens only."""
-    client = await authenticate_client(db, params, authorization, confidential_only=True)
-    (value,) = _required(params, "token")
-    found = await _find_any(db, value, params.get("token_type_hint"))
-    if found is None or found["client_id"] != client["_id"] or found["revoked"]:
-        return {"active": False}
-    expires = found["access_expires"] if found["_kind"] == "access" else found["refresh_expires"]
-    if expires <= utcnow():
-        return {"active": False}
-    user = await users_repository.get_user(db, found["user_id"])
-    if user is None or not repository.is_current(found, user):
-        return {"active": False}
-    return {
-        "active": True,
-        "scope": " ".join(found["scopes"]),
-        "client_id": found["client_id"],
-        "username": user["username"],
-        "token_type": "Bearer" if found["_kind"] == "access" else "refresh_token",
-        "exp": int(expires.timestamp()),
-        "iat": int(found["created"].replace(tzinfo=found["created"].tzinfo or UTC).timestamp()),
-        "sub": str(user["_id"]),
-        "iss": issuer,
-    }
-
-
-def metadata(issuer: str) -> dict[str, Any]:
-    """RFC 8414 authorization server metadata."""
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
-    return {
-        "issuer": issuer,
-        "authorization_endpoint": f"{issuer}/auth/oauth2/authorize",
-        "token_endpoint": f"{issuer}/auth/oauth2/token",
-        "revocation_endpoint": f"{issuer}/auth/oauth2/revoke",
-        "introspection_endpoint": f"{issuer}/auth/oauth2/introspect",
-        "scopes_supported": list(SCOPES),
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
-        "grant_types_supported": list(GRANTS),
-        "token_endpoint_auth_methods_supported": auth_methods,
-        "revocation_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "code_challenge_methods_supported": ["S256"],
-        "service_documentation": f"{issuer}/api/v1/",
-    }
-
-
-# --- OAuth2 clients (the /api/v1/auth/oauth2_clients resource) --------------------------------
-
-
-def new_client_document(client_id: str, data: dict[str, Any], secret: str | None, owner_id: ObjectId) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "_id": client_id,
-        "client_type": data["client_type"],
-        "token_endpoint_auth_method": data.get("token_endpoint_auth_method"),  # None: Basic or form
-        "secret_hash": hash_secret(secret) if secret else None,
-        "redirect_uris": data["redirect_uris"],
-        "default_scopes": data["default_scopes"],
-        "allowed_scopes": data["allowed_scopes"],
-        "user_id": owner_id,
-        "created": now,
-        "updated": now,
-        "version": 1,
-    }
-
-
-async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Register a client; the secret of a confidential client is returned once and stored hashed."""
-    secret = new_token(36) if data["client_type"] == "confidential" else None
-    document = new_client_document(new_token(24), data, secret, owner_id)
-    client = await repository.insert_client(db, document)
-    audit.record("client.created", actor_id=owner_id, subject_id=owner_id, client_id=client["_id"])
-    return client, secret
-
-
-async def list_clients(
-    db: Database, caller: Principal, user_id: str | None, request: PageRequest, cursors: Cursors
-) -> Page:
-    owner = caller.user_id
-    if user_id is not None and user_id != str(caller.user_id):
-        if not is_admin(caller.user):
-            raise Forbidden("Only administrators may list another user's clients.")
-        owner = document_id(user_id)
-        if owner is None:
-            return Page([], None, 0)
-    return await repository.list_clients(db, owner, request, cursors)
-
-
-async def get_visible_client(db: Database, caller: Principal, client_id: str) -> dict[str, Any]:
-    client = await repository.get_client(db, client_id)
-    if client is None or not may_see_client(caller.user, client):
-        raise NotFound("No such OAuth2 client.")
-    return client
-
-
-async def delete_client(db: Database, caller: Principal, client_id: str, expected_version: int | None) -> None:
-    client = await get_visible_client(db, caller, client_id)
-    check_version(expected_version, client)
-    deleted = await repository.delete_client(db, client["_id"], expected_version)
-    if deleted:
-        audit.record("client.deleted", actor_id=caller.user_id, subject_id=client["user_id"], client_id=client["_id"])
-    if not deleted and expected_version is not None:  # changed or gone between the read and the delete
-        raise PreconditionFailed("The OAuth2 client changed since you read it.")
-
-
-# --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------
-
-_CHALLENGE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
-
-
-class AuthorizePageError(Exception):
-    """The client or redirect URI cannot be trusted: show an error page, never redirect (RFC 6749 4.1.2.1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationRequest:
-    client: dict[str, Any]
-    redirect_uri: str
-    scopes: list[str]
-    state: str | None
-    code_challenge: str | None
-    nonce: str | None = None
-
-    def as_form(self) -> dict[str, str]:
-        """The request as hidden form fields, re-validated when the form comes back."""
-        fields = {
-            "response_type": "code",
-            "client_id": self.client["_id"],
-            "redirect_uri": self.redirect_uri,
-            "scope": " ".join(self.scopes),
-        }
-        if self.state is not None:
-            fields["state"] = self.state
-        if self.code_challenge:
-            fields.update(code_challenge=self.code_challenge, code_challenge_method="S256")
-        if self.nonce:
-            fields["nonce"] = self.nonce
-        return fields
-
-
-async def check_authorization_request(db: Database, params: Mapping[str, str]) -> AuthorizationRequest:
-    """Validate an authorization request; errors after the redirect URI is trusted carry it (and state)."""
-    client = await repository.get_client(db, params.get("client_id", "")) if params.get("client_id") else None
-    if client is None:
-        raise AuthorizePageError("Unknown client.")
-    redirect_uri = params.get("redirect_uri")
-    if redirect_uri is None and len(client["redirect_uris"]) == 1:
-        redirect_uri = client["redirect_uris"][0]
-    if redirect_uri is None or redirect_uri not in client["redirect_uris"]:
-        raise AuthorizePageError("The redirect URI is not registered for this client.")
-    try:  # registered before the rules were tightened: never redirect there
-        validate_redirect_uri(redirect_uri)
-    except ValidationError:
-        raise AuthorizePageError("The registered redirect URI is not allowed; register an https one.") from None
-    state = params.get("state")
-    where = {"redirect_uri": redirect_uri, "state": state}
-    if params.get("response_type") != "code":
-        raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
-    if "request" in params:
-        raise oidc_errors.RequestNotSupportedError("Request objects are not supported.", **where)
-    if "request_uri" in params:
-        raise oidc_errors.RequestURINotSupportedError("request_uri is not supported.", **where)
-    prompts = set(params.get("prompt", "").split())
-    if "none" in prompts:  # the sign-in page keeps no session, so it can never sign in silently
-        raise oidc_errors.LoginRequiredError("This server always asks the user to sign in.", **where)
-    if not prompts <= {"login", "consent", "select_account"}:
-        raise oauth.InvalidRequestError("prompt must be none, login, consent or select_account.", **where)
-    nonce = params.get("nonce") or None
-    if nonce is not None and len(nonce) > 512:
-        raise oauth.InvalidRequestError("nonce is too long.", **where)
-    try:
-        scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
-    except oauth.InvalidScopeError as exc:
-        raise oauth.InvalidScopeError(exc.description, **where) from None
-    challenge = params.get("code_challenge")
-    if challenge:
-        if params.get("code_challenge_method") != "S256":
-            raise oauth.InvalidRequestError("code_challenge_method must be S256.", **where)
-        if not _CHALLENGE.match(challenge):
-            raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
-    elif client["client_type"] == "public":
-        raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
-    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
-
-
-async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str, Any]) -> str:
-    """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed."""
-    code = new_token()
-    await repository.insert_code(
-        ctx.db,
-        {
-            "_id": hash_secret(code),
-            "client_id": request.client["_id"],
-            "redirect_uri": request.redirect_uri,
-            "scopes": request.scopes,
-            "user_id": user["_id"],
-            "generation": user.get("token_generation", 0),
-            "code_challenge": request.code_challenge,
-            "nonce": request.nonce,
-            "auth_time": int(time.time()),  # the user signed in just now, on the page
-            "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
-            "used": False,
-        },
-    )
-    return code

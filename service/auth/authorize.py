@@ -1,0 +1,121 @@
+"""The authorization endpoint (RFC 6749 4.1 with PKCE, RFC 7636): checking the request, issuing the code."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749 import errors as oauth
+from authlib.oidc.core import errors as oidc_errors
+from marshmallow import ValidationError
+
+from service.auth import repository
+from service.auth.grants import Context, parse_scope
+from service.auth.schemas import validate_redirect_uri
+from service.crypto import hash_secret, new_token
+from service.db import Database, utcnow
+
+# --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------
+
+_CHALLENGE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+
+
+class AuthorizePageError(Exception):
+    """The client or redirect URI cannot be trusted: show an error page, never redirect (RFC 6749 4.1.2.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    client: dict[str, Any]
+    redirect_uri: str
+    scopes: list[str]
+    state: str | None
+    code_challenge: str | None
+    nonce: str | None = None
+
+    def as_form(self) -> dict[str, str]:
+        """The request as hidden form fields, re-validated when the form comes back."""
+        fields = {
+            "response_type": "code",
+            "client_id": self.client["_id"],
+            "redirect_uri": self.redirect_uri,
+            "scope": " ".join(self.scopes),
+        }
+        if self.state is not None:
+            fields["state"] = self.state
+        if self.code_challenge:
+            fields.update(code_challenge=self.code_challenge, code_challenge_method="S256")
+        if self.nonce:
+            fields["nonce"] = self.nonce
+        return fields
+
+
+async def check_authorization_request(db: Database, params: Mapping[str, str]) -> AuthorizationRequest:
+    """Validate an authorization request; errors after the redirect URI is trusted carry it (and state)."""
+    client = await repository.get_client(db, params.get("client_id", "")) if params.get("client_id") else None
+    if client is None:
+        raise AuthorizePageError("Unknown client.")
+    redirect_uri = params.get("redirect_uri")
+    if redirect_uri is None and len(client["redirect_uris"]) == 1:
+        redirect_uri = client["redirect_uris"][0]
+    if redirect_uri is None or redirect_uri not in client["redirect_uris"]:
+        raise AuthorizePageError("The redirect URI is not registered for this client.")
+    try:  # registered before the rules were tightened: never redirect there
+        validate_redirect_uri(redirect_uri)
+    except ValidationError:
+        raise AuthorizePageError("The registered redirect URI is not allowed; register an https one.") from None
+    state = params.get("state")
+    where = {"redirect_uri": redirect_uri, "state": state}
+    if params.get("response_type") != "code":
+        raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
+    if "request" in params:
+        raise oidc_errors.RequestNotSupportedError("Request objects are not supported.", **where)
+    if "request_uri" in params:
+        raise oidc_errors.RequestURINotSupportedError("request_uri is not supported.", **where)
+    prompts = set(params.get("prompt", "").split())
+    if "none" in prompts:  # the sign-in page keeps no session, so it can never sign in silently
+        raise oidc_errors.LoginRequiredError("This server always asks the user to sign in.", **where)
+    if not prompts <= {"login", "consent", "select_account"}:
+        raise oauth.InvalidRequestError("prompt must be none, login, consent or select_account.", **where)
+    nonce = params.get("nonce") or None
+    if nonce is not None and len(nonce) > 512:
+        raise oauth.InvalidRequestError("nonce is too long.", **where)
+    try:
+        scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    except oauth.InvalidScopeError as exc:
+        raise oauth.InvalidScopeError(exc.description, **where) from None
+    challenge = params.get("code_challenge")
+    if challenge:
+        if params.get("code_challenge_method") != "S256":
+            raise oauth.InvalidRequestError("code_challenge_method must be S256.", **where)
+        if not _CHALLENGE.match(challenge):
+            raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
+    elif client["client_type"] == "public":
+        raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
+    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
+
+
+async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str, Any]) -> str:
+    """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed."""
+    code = new_token()
+    await repository.insert_code(
+        ctx.db,
+        {
+            "_id": hash_secret(code),
+            "client_id": request.client["_id"],
+            "redirect_uri": request.redirect_uri,
+            "scopes": request.scopes,
+            "user_id": user["_id"],
+            "generation": user.get("token_generation", 0),
+            "code_challenge": request.code_challenge,
+            "nonce": request.nonce,
+            "auth_time": int(time.time()),  # the user signed in just now, on the page
+            "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
+            "used": False,
+        },
+    )
+    return code

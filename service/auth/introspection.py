@@ -1,0 +1,89 @@
+"""Token revocation (RFC 7009), introspection (RFC 7662) and server metadata (RFC 8414)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from service import audit
+from service.auth import repository
+from service.auth.grants import GRANTS, authenticate_client, required
+from service.auth.scopes import SCOPES
+from service.crypto import hash_secret
+from service.db import Database, utcnow
+from service.users import repository as users_repository
+
+# --- revocation and introspection ------------------------------------------------------------
+
+
+async def _find_any(db: Database, token_value: str, hint: str | None) -> dict[str, Any] | None:
+    digest = hash_secret(token_value)
+    order = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
+    for kind in order:
+        found = await repository.find_token(
+            db, **({"access_digest": digest} if kind == "access" else {"refresh_digest": digest})
+        )
+        if found is not None:
+            return {**found, "_kind": kind}
+    return None
+
+
+async def revoke(db: Database, params: dict[str, str], authorization: str | None) -> None:
+    """RFC 7009: revoke the client's own token; a refresh token takes its family with it."""
+    client = await authenticate_client(db, params, authorization)
+    (value,) = required(params, "token")
+    found = await _find_any(db, value, params.get("token_type_hint"))
+    if found is None or found["client_id"] != client["_id"]:
+        return  # RFC 7009 2.2: unknown tokens are not an error
+    if found["_kind"] == "refresh":
+        await repository.revoke_tokens(db, {"family_id": found["family_id"]})
+    else:
+        await repository.revoke_tokens(db, {"_id": found["_id"]})
+    audit.record("token.revoked", subject_id=found["user_id"], client_id=client["_id"], token_kind=found["_kind"])
+
+
+async def introspect(db: Database, params: dict[str, str], authorization: str | None, issuer: str) -> dict[str, Any]:
+    """RFC 7662 for confidential clients, about their own tokens only."""
+    client = await authenticate_client(db, params, authorization, confidential_only=True)
+    (value,) = required(params, "token")
+    found = await _find_any(db, value, params.get("token_type_hint"))
+    if found is None or found["client_id"] != client["_id"] or found["revoked"]:
+        return {"active": False}
+    expires = found["access_expires"] if found["_kind"] == "access" else found["refresh_expires"]
+    if expires <= utcnow():
+        return {"active": False}
+    user = await users_repository.get_user(db, found["user_id"])
+    if user is None or not repository.is_current(found, user):
+        return {"active": False}
+    return {
+        "active": True,
+        "scope": " ".join(found["scopes"]),
+        "client_id": found["client_id"],
+        "username": user["username"],
+        "token_type": "Bearer" if found["_kind"] == "access" else "refresh_token",
+        "exp": int(expires.timestamp()),
+        "iat": int(found["created"].replace(tzinfo=found["created"].tzinfo or UTC).timestamp()),
+        "sub": str(user["_id"]),
+        "iss": issuer,
+    }
+
+
+def metadata(issuer: str) -> dict[str, Any]:
+    """RFC 8414 authorization server metadata."""
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/auth/oauth2/authorize",
+        "token_endpoint": f"{issuer}/auth/oauth2/token",
+        "revocation_endpoint": f"{issuer}/auth/oauth2/revoke",
+        "introspection_endpoint": f"{issuer}/auth/oauth2/introspect",
+        "scopes_supported": list(SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": list(GRANTS),
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "service_documentation": f"{issuer}/api/v1/",
+    }
