@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
@@ -69,6 +71,10 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
         client_max_size=settings.max_body_size,
     )
     app[keys.settings] = settings
+    # HTML (the sign-in page, the Swagger UI index) from service/templates, autoescaped; sub-apps find it too.
+    aiohttp_jinja2.setup(
+        app, loader=jinja2.PackageLoader("service", "templates"), autoescape=True, default_helpers=False
+    )
     app[keys.rate_limiter] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
     app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app.cleanup_ctx.append(_mongo_ctx)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp_jinja2
 import orjson
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, docs
@@ -116,23 +117,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[keys.openapi], content_type="application/json", charset="utf-8")
 
 
-_INDEX = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>RESTful API Server - API docs</title>
-<link rel="stylesheet" href="{prefix}/static/swagger-ui.css">
-<link rel="icon" type="image/png" href="{prefix}/static/favicon-32x32.png" sizes="32x32">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="{prefix}/static/swagger-ui-bundle.js"></script>
-<script src="{prefix}/static/swagger-ui-standalone-preset.js"></script>
-<script src="{prefix}/swagger-initializer.js"></script>
-</body>
-</html>
-"""
-
 # A separate script, not inline, so the page's Content-Security-Policy can forbid inline scripts.
 _INITIALIZER = """window.onload = function () {
   var here = window.location.origin;
@@ -155,7 +139,7 @@ _INITIALIZER = """window.onload = function () {
 
 
 async def swagger_ui(request: web.Request) -> web.Response:
-    return web.Response(text=_INDEX.format(prefix=API_PREFIX), content_type="text/html")
+    return aiohttp_jinja2.render_template("swagger.html", request, {"prefix": API_PREFIX})
 
 
 async def swagger_initializer(request: web.Request) -> web.Response:

@@ -20,12 +20,11 @@ def json_response(
     )
 
 
-def etag(document: dict[str, Any]) -> str:
-    return f'"{document["version"]}"'
-
-
 def with_etag(data: Any, document: dict[str, Any], *, status: int = 200, **headers: str) -> web.Response:
-    return json_response(data, status=status, headers={"ETag": etag(document), **headers})
+    """A single object's response; its strong ETag is the stored version (what If-Match names)."""
+    response = json_response(data, status=status, headers=headers)
+    response.etag = str(document["version"])
+    return response
 
 
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import jsonpatch
 import jsonpointer
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from service.errors import Conflict, ValidationFailed
+from service.errors import Conflict, PreconditionFailed, ValidationFailed
+
+T = TypeVar("T")
 
 OPERATIONS = ("test", "add", "replace")
 _DOCUMENTED: dict[str, dict[str, Any]] = {}
@@ -78,6 +80,26 @@ def is_blind(operations: list[dict[str, Any]], expected_version: int | None) -> 
     Such a patch may be written without the version guard (last writer wins, as the caller asked by
     sending no If-Match); one with a `test` or an If-Match must apply to exactly the version it read."""
     return expected_version is None and all(op["op"] in ("add", "replace") for op in operations)
+
+
+# How often a patch without If-Match is re-applied to a document that keeps changing under it.
+ATTEMPTS = 10
+
+
+async def optimistically(attempt: Callable[[], Awaitable[T | None]], expected_version: int | None, what: str) -> T:
+    """Optimistic concurrency, the one way every PATCH does it.
+
+    `attempt()` reads the document, applies the patch and writes it only if the stored version is still
+    the one it read; it returns None when a concurrent write won. With If-Match that is 412 at once
+    (the caller's precondition no longer holds); without, the patch is applied again to the fresh
+    document, up to ATTEMPTS times, then 409: a concurrent change is never overwritten unseen."""
+    for _ in range(ATTEMPTS):
+        result = await attempt()
+        if result is not None:
+            return result
+        if expected_version is not None:
+            raise PreconditionFailed(f"The {what} changed while the patch was applied.")
+    raise Conflict(f"The {what} keeps changing; read it again and retry.")
 
 
 def touched(operations: list[dict[str, Any]]) -> set[str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from html import escape
+from typing import Any
 
+import aiohttp_jinja2
 from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 from authlib.common.urls import add_params_to_uri
@@ -226,33 +227,13 @@ async def delete_client(request: web.Request) -> web.Response:
 # --- /auth/oauth2/authorize: sign-in and consent page ----------------------------------------
 
 CSRF_COOKIE = "oauth_csrf"
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in - RESTful API Server</title>
-<style>
-body {{ font-family: system-ui, sans-serif; background: #f4f5f7; margin: 0; }}
-main {{ max-width: 24rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: .5rem;
-  box-shadow: 0 1px 4px rgba(0,0,0,.15); }}
-h1 {{ font-size: 1.3rem; margin-top: 0; }}
-label {{ display: block; margin: .8rem 0 .2rem; }}
-input[type=text], input[type=password] {{ width: 100%; padding: .5rem; box-sizing: border-box; }}
-ul {{ padding-left: 1.2rem; }}
-.error {{ color: #a00; background: #fdecec; padding: .5rem; border-radius: .3rem; }}
-.buttons {{ display: flex; gap: .5rem; margin-top: 1.2rem; }}
-button {{ flex: 1; padding: .6rem; font-size: 1rem; cursor: pointer; }}
-button[value=approve] {{ background: #2563eb; color: #fff; border: 0; border-radius: .3rem; }}
-</style>
-</head>
-<body><main>{content}</main></body>
-</html>
-"""
 
 
-def _page(content: str, *, status: int = 200, form_target: str | None = None) -> web.Response:
-    response = web.Response(text=_PAGE.format(content=content), status=status, content_type="text/html")
+def _page(
+    request: web.Request, template: str, context: dict[str, Any], *, status: int = 200, form_target: str | None = None
+) -> web.Response:
+    """A page from service/templates (autoescaped), never cached, under a CSP that allows no script."""
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers.update(NO_STORE)
     # Chromium applies form-action to the redirect after the POST, so allow the client's origin too.
     origin = form_target.split("/", 3)[:3] if form_target else []
@@ -263,32 +244,21 @@ def _page(content: str, *, status: int = 200, form_target: str | None = None) ->
     return response
 
 
-def _error_page(message: str, status: int = 400) -> web.Response:
-    return _page(f"<h1>Cannot continue</h1><p class=error>{escape(message)}</p>", status=status)
+def _error_page(request: web.Request, message: str, status: int = 400) -> web.Response:
+    return _page(request, "error.html", {"message": message}, status=status)
 
 
 def _consent_page(
-    auth: authorize.AuthorizationRequest, csrf: str, error: str | None = None, status: int = 200
+    request: web.Request, auth: authorize.AuthorizationRequest, csrf: str, error: str | None = None, status: int = 200
 ) -> web.Response:
-    hidden = "".join(
-        f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">' for name, value in auth.as_form().items()
-    )
-    scopes = "".join(f"<li><code>{escape(s)}</code>: {escape(SCOPES.get(s, s))}</li>" for s in auth.scopes)
-    notice = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
-    content = (
-        f"<h1>Sign in to continue</h1>"
-        f"<p>The application <strong>{escape(auth.client['_id'])}</strong> asks to act for you with:</p>"
-        f"<ul>{scopes}</ul>{notice}"
-        f'<form method="post" action="/auth/oauth2/authorize">{hidden}'
-        f'<input type="hidden" name="csrf_token" value="{escape(csrf)}">'
-        f'<label for="username">Username</label>'
-        f'<input type="text" id="username" name="username" autocomplete="username">'
-        f'<label for="password">Password</label>'
-        f'<input type="password" id="password" name="password" autocomplete="current-password">'
-        f'<div class="buttons"><button type="submit" name="action" value="approve">Approve</button>'
-        f'<button type="submit" name="action" value="deny">Deny</button></div></form>'
-    )
-    response = _page(content, status=status, form_target=auth.redirect_uri)
+    context = {
+        "client_id": auth.client["_id"],
+        "scopes": [(scope, SCOPES.get(scope, scope)) for scope in auth.scopes],
+        "hidden": list(auth.as_form().items()),
+        "csrf": csrf,
+        "error": error,
+    }
+    response = _page(request, "authorize.html", context, status=status, form_target=auth.redirect_uri)
     response.set_cookie(
         CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path="/auth/oauth2/authorize", max_age=1800
     )
@@ -308,7 +278,7 @@ async def _checked_request(
     try:
         return await authorize.check_authorization_request(request.config_dict[keys.mongo].db, params)
     except authorize.AuthorizePageError as exc:
-        return _error_page(str(exc))
+        return _error_page(request, str(exc))
     except OAuth2Error as exc:
         return _redirect(exc.redirect_uri, exc.get_body())
 
@@ -318,17 +288,17 @@ async def authorize_page(request: web.Request) -> web.Response:
     checked = await _checked_request(request, dict(request.query))
     if isinstance(checked, web.Response):
         return checked
-    return _consent_page(checked, secrets.token_urlsafe(32))
+    return _consent_page(request, checked, secrets.token_urlsafe(32))
 
 
 @oauth_routes.post("/auth/oauth2/authorize")
 async def authorize_decision(request: web.Request) -> web.Response:
     if request.content_type != "application/x-www-form-urlencoded":
-        return _error_page("The form must be posted as application/x-www-form-urlencoded.", 415)
+        return _error_page(request, "The form must be posted as application/x-www-form-urlencoded.", 415)
     form = {name: value for name, value in (await request.post()).items() if isinstance(value, str)}
     cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get("csrf_token", "")
     if not cookie or not sent or not secrets.compare_digest(cookie, sent):
-        return _error_page("The form has expired or did not come from this page; start again.", 403)
+        return _error_page(request, "The form has expired or did not come from this page; start again.", 403)
     checked = await _checked_request(request, form)
     if isinstance(checked, web.Response):
         return checked
@@ -340,8 +310,8 @@ async def authorize_decision(request: web.Request) -> web.Response:
             context(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
         )
     except (TooManyRequests, ServiceUnavailable) as exc:
-        return _consent_page(checked, cookie, exc.detail or "Try again later.", exc.status)
+        return _consent_page(request, checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:
-        return _consent_page(checked, cookie, exc.description, 400)
+        return _consent_page(request, checked, cookie, exc.description, 400)
     code = await authorize.issue_code(context(request), checked, user)
     return _redirect(checked.redirect_uri, [("code", code), *state])

@@ -23,7 +23,6 @@ from service.users import repository as users_repository
 
 EDITABLE_TEAM = EditableTeamSchema()
 EDITABLE_MEMBERSHIP = EditableMembershipSchema()
-_ATTEMPTS = 20
 
 
 async def _team(db: Database, caller: Principal, team_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -63,18 +62,16 @@ async def patch_team(
     db: Database, caller: Principal, team_id: str, operations: list[dict[str, Any]], expected_version: int | None
 ) -> dict[str, Any]:
     blind = patch.is_blind(operations, expected_version)
-    for _ in range(_ATTEMPTS):
+
+    async def attempt() -> dict[str, Any] | None:
         team = await _managed_team(db, caller, team_id)
         check_version(expected_version, team)
         result = load(EDITABLE_TEAM, patch.apply({"title": team["title"]}, operations))
         if result["title"] == team["title"] and not blind:
             return team
-        updated = await repository.update_team(db, team["_id"], None if blind else team["version"], result)
-        if updated is not None:
-            return updated
-        if expected_version is not None:
-            raise PreconditionFailed("The team changed while the patch was applied.")
-    raise Conflict("The team keeps changing; read it again and retry.")
+        return await repository.update_team(db, team["_id"], None if blind else team["version"], result)
+
+    return await patch.optimistically(attempt, expected_version, "team")
 
 
 async def delete_team(db: Database, caller: Principal, team_id: str, expected_version: int | None) -> None:

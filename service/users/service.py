@@ -10,7 +10,7 @@ from service.auth import repository as auth_repository
 from service.auth.signin import check_password
 from service.config import Settings
 from service.db import Database, is_unavailable_error
-from service.errors import Forbidden, PreconditionFailed, ValidationFailed, check_version
+from service.errors import Forbidden, ValidationFailed, check_version
 from service.pagination import Cursors, Page, PageRequest
 from service.passwords import PasswordHasher
 from service.principal import Principal, is_admin, visible_or_404
@@ -21,7 +21,6 @@ from service.users.schemas import EditableUserSchema
 
 log = logging.getLogger(__name__)
 EDITABLE = EditableUserSchema()
-_PATCH_ATTEMPTS = 5
 
 
 async def signup(
@@ -121,7 +120,8 @@ async def patch_user(
     await _check_guards(db, hasher, settings, caller, operations)
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
     blind = patch.is_blind(changes_ops, expected_version)
-    for _ in range(_PATCH_ATTEMPTS):
+
+    async def attempt() -> tuple[dict[str, Any], bool] | None:
         target = await get_visible_user(db, caller, user_id)
         check_version(expected_version, target)
         result = load(EDITABLE, patch.apply(_editable(target), changes_ops))
@@ -135,11 +135,11 @@ async def patch_user(
         revoke = "password_hash" in changes or changes.get("is_active") is False
         version = None if blind else target["version"]
         updated = await repository.update_user(db, target["_id"], version, changes, revoke_tokens=revoke)
-        if updated is not None:
-            _audit_changes(caller, target, changes)
-            if revoke:
-                await _mark_tokens_revoked(db, updated["_id"])
-            return updated, revoke
-        if expected_version is not None:
-            raise PreconditionFailed("The user changed while the patch was applied.")
-    raise PreconditionFailed("The user keeps changing; read it again and retry.")
+        if updated is None:
+            return None
+        _audit_changes(caller, target, changes)
+        if revoke:
+            await _mark_tokens_revoked(db, updated["_id"])
+        return updated, revoke
+
+    return await patch.optimistically(attempt, expected_version, "user")

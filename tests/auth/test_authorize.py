@@ -37,6 +37,16 @@ async def test_full_flow_signs_in_and_the_token_works(client: TestClient, seeded
     assert (await me.json())["username"] == "user"
 
 
+async def test_what_the_request_carries_is_escaped_on_the_page(client: TestClient, seeded) -> None:
+    """The page is a template with autoescape: a hostile `state` stays a value, never markup."""
+    _, challenge = pkce()
+    hostile = '"><script>alert(1)</script><input value="'
+    response, html = await open_page(client, query(challenge, state=hostile))
+    assert response.status == 200
+    assert "<script>" not in html
+    assert 'value="&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;input value=&#34;"' in html
+
+
 async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:
     _, challenge = pkce()
     code = await get_code(client, challenge)
