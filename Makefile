@@ -6,12 +6,13 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: run test test-mongomock test-secantus lint e2e compose-e2e bench bench-scale clean
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt
+	$(PIP) install -r requirements.txt -r requirements-embedded.txt
+	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(PIP) install -r requirements-dev.txt
 	touch $@
 
@@ -51,7 +52,7 @@ compose-e2e: $(VENV)/.dev
 bench: $(VENV)/.dev
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(PY) ops/bench/run.py
-	PYTHONPATH=. $(PY) ops/bench/drivers.py
+	$(PY) ops/bench/drivers.py
 
 ## Costs at scale (10k users, 1k teams, a team of 5,000) and database operations per request; prints a table.
 bench-scale: $(VENV)/.dev

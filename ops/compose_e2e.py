@@ -183,7 +183,9 @@ class Engine:
             run("podman", "import", "-", BASE_IMAGE, stdin=tar.stdout, quiet=True, env={**os.environ, **self.env})
             tar.wait()
         secantusdb = next(
-            line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("secantusdb==")
+            line
+            for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
+            if line.startswith("secantusdb==")
         )
         for image, containerfile in LOCAL_IMAGES.items():
             self.cli(

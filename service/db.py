@@ -190,7 +190,9 @@ def _secantusd_executable() -> str:
     beside_python = Path(sys.executable).with_name("secantusd-py")
     found = str(beside_python) if beside_python.exists() else shutil.which("secantusd-py")
     if not found:
-        raise EmbeddedServerError("secantusd-py is not installed; pip install -r requirements.txt or set MONGODB_URL")
+        raise EmbeddedServerError(
+            "secantusd-py is not installed: pip install -r requirements-embedded.txt, or set MONGODB_URL"
+        )
     return found
 
 

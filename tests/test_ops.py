@@ -128,6 +128,6 @@ def test_nginx_template_works_under_docker_and_podman() -> None:
 
 
 def test_podman_instructions_pin_the_same_database_version() -> None:
-    pinned = re.search(r"^secantusdb==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)
+    pinned = re.search(r"^secantusdb==(\S+)", (ROOT / "requirements-embedded.txt").read_text(), re.M)
     assert pinned is not None
     assert f"SECANTUSDB_VERSION={pinned.group(1)} " in (ROOT / "ops" / "README.md").read_text()

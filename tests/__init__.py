@@ -1,0 +1,1 @@
+"""Tests (a package, so `tests.helpers` imports from anywhere pytest runs)."""
