@@ -96,6 +96,14 @@ class EmbeddedServer:
         # a crash (kill -9) loses the last second of acknowledged writes (found by the fault tests).
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&journal=true"
 
+    def argv(self) -> list[str]:
+        """The server's command line (the test suite starts its session server with it too)."""
+        return [
+            _secantusd_executable(),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.data_dir / "data")),
+            *("--log-level", "WARNING", *self.extra_args),
+        ]
+
     async def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
@@ -106,16 +114,7 @@ class EmbeddedServer:
             self._log.close()
         self._log = open(self.data_dir / "secantusd.log", "ab")  # noqa: SIM115, ASYNC230 (start-up only; lives with the child)
         self.process = await asyncio.create_subprocess_exec(
-            _secantusd_executable(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--storage-path",
-            str(self.data_dir / "data"),
-            "--log-level",
-            "WARNING",
-            *self.extra_args,
+            *self.argv(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,

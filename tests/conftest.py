@@ -8,24 +8,21 @@ gives every test its own database on it.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, unused_port
 
 from service import fixtures, keys
 from service.app import create_app
 from service.config import Settings
-from service.db import Client, create_client
+from service.db import Client, EmbeddedServer, create_client
 from service.log import AccessLogger
 
 
@@ -47,28 +44,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.config.getoption("--backend"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def secantusd_command(port: int, storage: Path, *extra: str) -> list[str]:
-    executable = Path(sys.executable).with_name("secantusd-py")
-    return [
-        str(executable if executable.exists() else shutil.which("secantusd-py")),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--storage-path",
-        str(storage),
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
-
-
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,13 +63,13 @@ def secantus_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     if backend != "secantus":
         yield None
         return
-    port = free_port()
+    port = unused_port()
     storage = tmp_path_factory.mktemp("secantus")
+    # The service's own EmbeddedServer command line, run synchronously: it lives for the whole session.
+    server = EmbeddedServer(storage, port, extra_args=("--enable-test-commands",))
     with (
         open(storage / "server.log", "wb") as server_log,
-        subprocess.Popen(
-            secantusd_command(port, storage, "--enable-test-commands"), stdout=server_log, stderr=server_log
-        ) as process,
+        subprocess.Popen(server.argv(), stdout=server_log, stderr=server_log) as process,
     ):
         try:
             wait_for_port(port, process)

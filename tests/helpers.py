@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import os
 import re
 import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, unused_port
+
+from service.config import Settings
+
+# The media type of every error outside the OAuth2 endpoints (RFC 9457).
+PROBLEM = "application/problem+json"
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -22,6 +33,36 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 def with_current_password(op: dict[str, Any], password: str = "w") -> list[dict[str, Any]]:
     """A JSON Patch that proves the caller's password before a guarded change (email, password)."""
     return [{"op": "test", "path": "/current_password", "value": password}, op]
+
+
+@contextlib.contextmanager
+def service_processes(settings: Settings, count: int, log_dir: Path, **env: str) -> Iterator[list[str]]:
+    """`count` real `python -m service serve` processes on the test's database (not mongomock, which
+    lives in this process); yields their base URLs and stops them after. Cheap hashing by default."""
+    ports = [unused_port() for _ in range(count)]
+    environment = {
+        **os.environ,
+        "MONGODB_URL": str(settings.mongodb_url),
+        "MONGODB_DB": settings.mongodb_db,
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_KIB": "64",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for port in ports:
+            log = stack.enter_context((log_dir / f"server{port}.log").open("wb"))
+            command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
+            processes.append(
+                stack.enter_context(subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log))
+            )
+        try:
+            yield [f"http://127.0.0.1:{port}" for port in ports]
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 async def wait_ready(http: Any, base: str, seconds: float = 30) -> None:  # http: an aiohttp ClientSession

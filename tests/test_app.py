@@ -6,7 +6,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
-PROBLEM = "application/problem+json"
+from tests.helpers import PROBLEM
 
 
 async def test_unknown_path_is_problem_json_404(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -41,10 +42,18 @@ def test_values_are_parsed() -> None:
     assert settings.public_url == "https://api.example.com"
 
 
-def test_settings_are_immutable() -> None:
-    settings = Settings()
-    with pytest.raises(AttributeError):
-        settings.port = 1  # type: ignore[misc]
+def test_settings_are_read_once_and_never_change() -> None:
+    """What the process started with is what it runs with: later changes to the environment are not
+    seen, and no code can change a setting in place (every field refuses assignment)."""
+    environ = {"PORT": "9000", "SIGNUP_ENABLED": "false"}
+    settings = Settings.from_env(environ)
+    environ["PORT"] = "1"
+    environ["SIGNUP_ENABLED"] = "true"
+    assert (settings.port, settings.signup_enabled) == (9000, False)
+    for field in dataclasses.fields(Settings):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(settings, field.name, getattr(settings, field.name))
+    assert Settings.from_env(environ).port == 1  # a new read is the only way to new values
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, unused_port
 from pymongo.errors import ServerSelectionTimeoutError
 
 from service import keys
 from service.app import create_app
 from service.config import Settings
-from service.db import EmbeddedServer, EmbeddedServerError, Mongo, _free_port, run_migrations
-
-PROBLEM = "application/problem+json"
+from service.db import EmbeddedServer, EmbeddedServerError, Mongo, run_migrations
+from tests.helpers import PROBLEM
 
 
 async def test_mongomock_mode_connects_in_memory() -> None:
@@ -50,7 +49,7 @@ async def test_url_mode_uses_the_given_server(tmp_path: Path) -> None:
 async def test_start_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> None:
     """Compose under podman starts the API without waiting for the database's health check."""
     late = EmbeddedServer(tmp_path)
-    late.port = _free_port()
+    late.port = unused_port()
     mongo = Mongo(Settings(mongodb_url=late.url, mongodb_db="late", mongodb_timeout_ms=300))
     connecting = asyncio.create_task(mongo.connect(wait=30.0))
     await asyncio.sleep(1.0)
@@ -65,7 +64,7 @@ async def test_start_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> 
 
 
 async def test_start_gives_up_when_the_database_never_answers() -> None:
-    url = f"mongodb://127.0.0.1:{_free_port()}/?directConnection=true"
+    url = f"mongodb://127.0.0.1:{unused_port()}/?directConnection=true"
     mongo = Mongo(Settings(mongodb_url=url, mongodb_db="never", mongodb_timeout_ms=200))
     started = asyncio.get_running_loop().time()
     with pytest.raises(ServerSelectionTimeoutError):

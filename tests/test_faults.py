@@ -8,7 +8,7 @@ retries. Figures are printed at the end. Skipped on mongomock, which cannot fail
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,20 @@ from service.app import create_app
 from service.config import Settings
 from tests.helpers import stored_members
 
-PROBLEM = "application/problem+json"
 FIGURES = {"requests": 0, "faults": 0, "inconsistencies": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the module's tests, whatever their order: how much was injected (each test audits itself)."""
+    yield
+    if FIGURES["faults"]:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"fault injection: {FIGURES['requests']} requests, {FIGURES['faults']} faults injected, "
+                f"{FIGURES['inconsistencies']} inconsistencies found"
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -219,12 +231,3 @@ async def test_killed_and_restarted_database(tmp_path: Path) -> None:
         assert await app[keys.mongo].db.users.count_documents({"username": "survivor"}) == 1
         assert await app[keys.mongo].db.users.count_documents({"username": "lost"}) == 0
         assert await audit(app[keys.mongo].db) == []
-
-
-def test_zz_print_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    with capsys.disabled():
-        print(
-            f"\nfault injection: {FIGURES['requests']} requests, {FIGURES['faults']} faults injected, "
-            f"{FIGURES['inconsistencies']} inconsistencies found"
-        )
-    assert FIGURES["inconsistencies"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from typing import Any
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.crypto import secret_matches
+from service.crypto import hash_secret, secret_matches
 
 PATHS = [
     "/first_name",
@@ -77,15 +78,25 @@ async def test_no_token_secret_or_password_reaches_the_logs(client: TestClient, 
         assert secret not in logged
 
 
-def test_secret_comparison_is_constant_time_by_construction() -> None:
-    # Digest comparison goes through hmac.compare_digest; a wrong secret of the right length and
-    # one of the wrong length are both simply False.
-    from service.crypto import hash_secret
-
+@pytest.mark.parametrize("candidate", ["s3cret", "s3cres", "", "s", "x" * 500, "s3cret" + "x" * 100])
+def test_secret_comparison_takes_the_same_path_whatever_the_candidate(
+    candidate: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client secrets are compared as digests of equal length through hmac.compare_digest, so how long
+    the comparison takes says nothing about how much of the secret, or of its length, was right."""
     digest = hash_secret("s3cret")
-    assert secret_matches("s3cret", digest)
-    assert not secret_matches("s3cres", digest)
-    assert not secret_matches("", digest)
+    compared: list[tuple[str, str]] = []
+    constant_time = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        compared.append((a, b))
+        return constant_time(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the function service.crypto calls
+    assert secret_matches(candidate, digest) is (candidate == "s3cret")
+    ((seen, stored),) = compared
+    assert stored == digest
+    assert len(seen) == len(stored) == len(hash_secret("anything else"))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from aiohttp.test_utils import unused_port
 
 
 def wait_ready(port: int, timeout: float = 60) -> None:
@@ -41,7 +35,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def test_two_workers_serve_and_stop_cleanly(tmp_path: Path, secantus_url: str | None) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = unused_port(), unused_port()
     env = {
         **os.environ,
         "LOG_FORMAT": "json",

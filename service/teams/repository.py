@@ -96,6 +96,12 @@ async def get_membership(db: Database, team_id: ObjectId, user_id: ObjectId) -> 
     return await db.memberships.find_one({"team_id": team_id, "user_id": user_id})
 
 
+async def get_memberships(db: Database, team_id: ObjectId, user_ids: set[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+    """Several users' memberships of one team in one round trip (the caller's and the target's)."""
+    found = await db.memberships.find({"team_id": team_id, "user_id": {"$in": list(user_ids)}}).to_list(None)
+    return {membership["user_id"]: membership for membership in found}
+
+
 async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequest, cursors: Cursors) -> Page:
     """All teams (admins), or a member's, in team order: a page of memberships then their teams."""
     if member_id is None:

@@ -131,17 +131,24 @@ async def add_member(
 
 async def _target(
     db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
-) -> tuple[ObjectId, ObjectId]:
-    """(team id, member id) of a membership the caller may change (a member may always leave)."""
-    team, membership = await _team(db, caller, team_id)
-    target_id = document_id(user_id)
-    target = await repository.get_membership(db, team["_id"], target_id) if target_id is not None else None
+) -> tuple[ObjectId, dict[str, Any]]:
+    """(team id, membership) of a membership the caller may change (a member may always leave). The
+    caller's and the target's memberships come in one query."""
+    oid, target_id = document_id(team_id), document_id(user_id)
+    team = await repository.get_team(db, oid) if oid is not None else None
+    if team is None:
+        raise NotFound("No such team.")
+    found = await repository.get_memberships(db, oid, {caller.user_id, *([target_id] if target_id else [])})
+    membership = found.get(caller.user_id)
+    if not may_see_team(caller.user, membership):
+        raise NotFound("No such team.")
+    target = found.get(target_id) if target_id is not None else None
     if target is None:
         raise NotFound("No such member in this team.")
     leaving_self = allow_self and target_id == caller.user_id
     if not (leaving_self or may_manage_team(caller.user, membership)):
         raise Forbidden("Only the team's leaders or an admin may do this.")
-    return team["_id"], target_id
+    return oid, target
 
 
 async def patch_membership(
@@ -152,13 +159,10 @@ async def patch_membership(
     operations: list[dict[str, Any]],
     expected_version: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    team_oid, target_id = await _target(db, caller, team_id, user_id, allow_self=False)
-    current = await repository.get_membership(db, team_oid, target_id)
-    if current is None:
-        raise NotFound("No such member in this team.")
+    team_oid, current = await _target(db, caller, team_id, user_id, allow_self=False)
     result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current["is_leader"]}, operations))
     try:
-        changed = await repository.set_leader(db, team_oid, target_id, result["is_leader"], expected_version)
+        changed = await repository.set_leader(db, team_oid, current["user_id"], result["is_leader"], expected_version)
     except _REFUSED as exc:
         raise _refusal(exc, "membership") from None
     if changed is None:
@@ -171,9 +175,9 @@ async def remove_member(
     db: Database, caller: Principal, team_id: str, user_id: str, expected_version: int | None
 ) -> None:
     """Leaders and admins remove anyone; a member may leave. The last leader cannot go."""
-    team_oid, target_id = await _target(db, caller, team_id, user_id, allow_self=True)
+    team_oid, target = await _target(db, caller, team_id, user_id, allow_self=True)
     try:
-        removed = await repository.remove_member(db, team_oid, target_id, expected_version)
+        removed = await repository.remove_member(db, team_oid, target["user_id"], expected_version)
     except _REFUSED as exc:
         raise _refusal(exc, "membership") from None
     if not removed:

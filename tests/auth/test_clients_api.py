@@ -7,10 +7,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from service.crypto import hash_secret
-from tests.helpers import basic
+from tests.helpers import PROBLEM, basic
 
 URL = "/api/v1/auth/oauth2_clients/"
-PROBLEM = "application/problem+json"
 
 
 async def create(client: TestClient, headers, **body):

@@ -7,23 +7,19 @@ accounts that confirm a password, and load shedding under a sign-in storm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import TestClient, TestServer
 
 from service import keys
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import REDIRECT, decide, exchange, get_code, open_page, pkce, query, wait_ready
+from tests.helpers import REDIRECT, decide, exchange, get_code, open_page, pkce, query, service_processes, wait_ready
 
 TOKEN = "/auth/oauth2/token"
 GUESS = {"grant_type": "password", "username": "user", "password": "wrong guess", "client_id": "documentation"}
@@ -62,54 +58,25 @@ async def test_guesses_split_over_two_server_processes_share_one_budget(
 ) -> None:
     if backend != "secantus":
         pytest.skip("two processes need a database both can reach (--backend=secantus)")
-    ports = [unused_port(), unused_port()]
-    env = {
-        **os.environ,
-        "MONGODB_URL": str(settings.mongodb_url),
-        "MONGODB_DB": settings.mongodb_db,
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_KIB": "64",
-        "OAUTH_RATE_BURST": "100000",
-        "PRINCIPAL_CACHE": "false",
-        "LOG_LEVEL": "WARNING",
-    }
-    with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context((tmp_path / f"server{port}.log").open("wb")) for port in ports]
-        processes = [
-            stack.enter_context(
-                subprocess.Popen(
-                    [sys.executable, "-m", "service", "serve", "--port", str(port)],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
-            )
-            for port, log in zip(ports, logs, strict=True)
-        ]
-        try:
-            await _guess_on_both(ports)
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(timeout=30)
+    with service_processes(settings, 2, tmp_path, OAUTH_RATE_BURST="100000", PRINCIPAL_CACHE="false") as bases:
+        await _guess_on_both(bases)
 
 
-async def _guess_on_both(ports: list[int]) -> None:
+async def _guess_on_both(bases: list[str]) -> None:
     """Wait for both servers, then 200 concurrent wrong guesses split between them."""
     async with aiohttp.ClientSession() as http:
-        for port in ports:
-            await wait_ready(http, f"http://127.0.0.1:{port}")
+        for base in bases:
+            await wait_ready(http, base)
 
         async def guess(i: int) -> int:
-            async with http.post(f"http://127.0.0.1:{ports[i % 2]}{TOKEN}", data=GUESS) as response:
+            async with http.post(f"{bases[i % 2]}{TOKEN}", data=GUESS) as response:
                 return response.status
 
         statuses = tally(await asyncio.gather(*(guess(i) for i in range(200))))
         assert statuses[400] <= 10, statuses
         assert statuses[400] + statuses[429] == 200, statuses
-        for port in ports:
-            async with http.post(f"http://127.0.0.1:{port}{TOKEN}", data={**GUESS, "password": "w"}) as right:
+        for base in bases:
+            async with http.post(f"{base}{TOKEN}", data={**GUESS, "password": "w"}) as right:
                 assert right.status == 429
 
 

@@ -11,9 +11,7 @@ from bson import ObjectId
 from service.db import utcnow
 from service.teams.repository import memberships_out_of_team_documents
 from service.users.repository import new_user_document
-from tests.helpers import stored_members
-
-PROBLEM = "application/problem+json"
+from tests.helpers import PROBLEM, stored_members
 
 
 async def setup_team(client: TestClient, bearer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
-PROBLEM = "application/problem+json"
+from tests.helpers import PROBLEM
 
 
 async def new_team(client: TestClient, headers, title: str = "Team A"):

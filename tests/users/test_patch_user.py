@@ -7,9 +7,8 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import with_current_password
+from tests.helpers import PROBLEM, with_current_password
 
-PROBLEM = "application/problem+json"
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 
 
