@@ -1,4 +1,4 @@
-"""Schemas shared by every domain: pagination (offset or cursor) and field types."""
+"""Schemas shared by every domain: pagination (offset or cursor), field types, and `load` (422 on a misfit)."""
 
 from __future__ import annotations
 

@@ -252,18 +252,23 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
             audit.record("token.refresh_reuse_detected", subject_id=old["user_id"], client_id=client["_id"])
             raise oauth.InvalidGrantError("The refresh token was already used; its whole family is revoked.")
         raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
-    user = await users_repository.get_user(ctx.db, claimed["user_id"])
-    if user is None or not repository.is_current(claimed, user):
-        raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
     return await issue_token(
         ctx,
         client,
-        user,
+        await _still_current_user(ctx, claimed),
         scopes,
         grant="refresh_token",
         family_id=claimed["family_id"],
         auth_time=claimed.get("auth_time"),
     )
+
+
+async def _still_current_user(ctx: Context, grant: dict[str, Any]) -> dict[str, Any]:
+    """The user a refresh token or code speaks for, if it still may (active, tokens not revoked since)."""
+    user = await users_repository.get_user(ctx.db, grant["user_id"])
+    if user is None or not repository.is_current(grant, user):
+        raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
+    return user
 
 
 async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
@@ -292,13 +297,10 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
         await repository.revoke_tokens(ctx.db, {"code_id": digest})
         audit.record("token.code_reuse_detected", subject_id=stored["user_id"], client_id=client["_id"])
         raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
-    user = await users_repository.get_user(ctx.db, stored["user_id"])
-    if user is None or not repository.is_current(stored, user):
-        raise oauth.InvalidGrantError("The account is deactivated or its tokens were revoked.")
     return await issue_token(
         ctx,
         client,
-        user,
+        await _still_current_user(ctx, stored),
         stored["scopes"],
         grant="authorization_code",
         code_id=digest,
