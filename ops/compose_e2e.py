@@ -211,19 +211,20 @@ class Engine:
 
 
 def install_podman() -> None:
-    """What this needs on a fresh Debian machine without Docker; podman-compose is in requirements-dev."""
-    missing = [
-        tool
-        for tool in ("podman", "debootstrap", "runc", "aardvark-dns")
-        if not shutil.which(tool) and not Path(f"/usr/lib/podman/{tool}").exists()
-    ]
+    """What this needs on a fresh Debian machine without Docker (podman-compose is in requirements-dev)."""
+    missing = [package for package in APT_PACKAGES if not _installed(package)]
     if not missing:
         return
     if os.geteuid() != 0:
-        sys.exit(f"compose-e2e needs {' '.join(APT_PACKAGES)} (apt-get install, as root)")
+        sys.exit(f"compose-e2e needs these Debian packages: {' '.join(missing)} (apt-get install, as root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "update", "-q", quiet=True, env=env)
-    run("apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES, quiet=True, env=env)
+    run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, quiet=True, env=env)
+
+
+def _installed(package: str) -> bool:
+    status = run("dpkg-query", "-W", "-f=${Status}", package, check=False, quiet=True)
+    return status.returncode == 0 and status.stdout.endswith("installed")
 
 
 class Checks:
