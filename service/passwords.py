@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,19 +36,6 @@ class Overloaded(ServiceUnavailable):
         super().__init__("Too many sign-ins at once; try again in a moment.", retry_after=1)
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _return_freed_buffers_to_the_os() -> None:
-    """Each hash allocates its `memory_kib` (19 MiB) and frees it. glibc raises its mmap threshold after
-    the first such free, so later buffers come from per-thread heaps that keep the memory: 76 MB of RSS
-    after a few sign-ins on two threads, measured. A fixed threshold keeps them mmapped, so freed means
-    returned. A no-op where the C library has no mallopt (musl, macOS)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
 def _lower_priority() -> None:
     """Runs in each hashing thread: yield the CPU to the event loop, so a sign-in storm (all cores
     hashing) does not slow every other request; the hashes still get all the CPU left over."""
@@ -68,7 +53,6 @@ class PasswordHasher:
     def __init__(
         self, time_cost: int, memory_kib: int, *, max_wait: float | None = None, threads: int | None = None
     ) -> None:
-        _return_freed_buffers_to_the_os()
         self._argon2 = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
         self.threads = threads or os.cpu_count() or 1
         self.max_wait = max_wait
