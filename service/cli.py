@@ -23,8 +23,9 @@ from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.auth.scopes import SCOPES
 from service.config import Settings, SettingsError
-from service.db import EmbeddedServerError, Mongo
+from service.db import Mongo
 from service.domains import upgrade
+from service.embedded import EmbeddedServerError
 from service.errors import ApiError
 from service.passwords import PasswordHasher
 from service.users import repository as users_repository

@@ -22,7 +22,8 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from service import fixtures, keys
 from service.app import create_app
 from service.config import Settings
-from service.db import Client, EmbeddedServer, create_client
+from service.db import Client, create_client
+from service.embedded import EmbeddedServer
 from service.log import AccessLogger
 
 

@@ -16,7 +16,8 @@ from pymongo.errors import ServerSelectionTimeoutError
 from service import keys
 from service.app import create_app
 from service.config import Settings
-from service.db import EmbeddedServer, EmbeddedServerError, Mongo, run_migrations
+from service.db import Mongo, run_migrations
+from service.embedded import EmbeddedServer, EmbeddedServerError
 from tests.helpers import PROBLEM
 
 

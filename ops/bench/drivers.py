@@ -14,7 +14,7 @@ from pathlib import Path
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient
 
-from service.db import EmbeddedServer
+from service.embedded import EmbeddedServer
 
 PIPELINE = [
     {"$match": {"_id": "d" * 64, "revoked": False}},

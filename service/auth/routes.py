@@ -1,4 +1,5 @@
-"""OAuth2 endpoints (root app) and /api/v1/auth/oauth2_clients (API sub-app): thin handlers."""
+"""OAuth2 endpoints (root app) and /api/v1/auth/oauth2_clients (API sub-app): thin handlers. Together
+(a little over 300 lines) because they share the RFC 6749 error shape and the client resource's rules."""
 
 from __future__ import annotations
 
