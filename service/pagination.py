@@ -132,10 +132,12 @@ async def fetch_page(
     descending: bool = False,
     keys: tuple[str, str] = KEYS,
     hint: list[tuple[str, int]] | None = None,
+    total: int | None = None,
 ) -> Page:
     """One page of `collection` matching `query`, in list order (oldest first, or newest first when
     `descending`): by cursor one query, by offset two. `keys` names the (time, id) fields that order
-    it when they are not `created` and `_id` (a member's teams are ordered by the teams' own)."""
+    it when they are not `created` and `_id` (a member's teams are ordered by the teams' own). `total`:
+    the count, where a counter already knows it (a team's members), so an offset page is one query too."""
     wanted = request.limit + 1  # one more than the page, to know whether more remain
     order = [(name, -1 if descending else 1) for name in keys]
     filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys)
@@ -159,6 +161,9 @@ async def fetch_page(
             items = await db[collection].find(exact, projection).sort(order).limit(wanted).to_list(wanted)
     more = len(items) > request.limit
     items = items[: request.limit]
-    total = None if request.after is not None else await db[collection].count_documents(dict(query))
+    if request.after is not None:
+        total = None
+    elif total is None:
+        total = await db[collection].count_documents(dict(query))
     next_after = cursors.encode(scope, *sort_key(items[-1], keys)) if more and items else None
     return Page(items, next_after, total)

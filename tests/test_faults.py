@@ -81,6 +81,8 @@ async def audit(db) -> list[str]:
             problems.append(f"team {team['title']} has no leader")
         if leaders != team["leaders"]:
             problems.append(f"team {team['title']} counts {team['leaders']} leaders but has {leaders}")
+        if team.get("members") != len(members):
+            problems.append(f"team {team['title']} counts {team.get('members')} members but has {len(members)}")
         problems += [
             f"team {team['title']} has orphan member {m['user_id']}" for m in members if m["user_id"] not in users
         ]

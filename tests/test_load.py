@@ -119,6 +119,8 @@ async def test_concurrent_mixed_load_loses_nothing(client: TestClient, db, beare
             problems.append(f"membership of {user_id}: {answers}")
     if len(stored_memberships) != 1 + sum(answers.count(201) for answers in adds.values()):
         problems.append("member count does not match the 201s")
+    if stored_team["members"] != len(stored_memberships):
+        problems.append("the team's member counter does not match its memberships")
     if stored_team["version"] != len(stored_memberships):
         problems.append("team version does not count its writes")
     problems += [f"{kind}: server error" for kind in statuses if kind.endswith(("500", "503"))]

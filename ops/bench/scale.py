@@ -91,10 +91,17 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
     ]
     db.users.insert_many(docs)
     team_docs = [
-        {"_id": ObjectId(), "title": f"Team {i}", "leaders": 1, "created": stamp(i), "updated": now, "version": 1}
+        {
+            "_id": ObjectId(),
+            "title": f"Team {i}",
+            "leaders": 1,
+            "members": 1,
+            "created": stamp(i),
+            "updated": now,
+            "version": 1,
+        }
         for i in range(teams)
     ]
-    db.teams.insert_many(team_docs)
     memberships = [
         {"team_id": t["_id"], "user_id": owner, "is_leader": True, "created": now, "team_created": t["created"]}
         for t in team_docs
@@ -114,6 +121,8 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
         }
         for u in docs[big_team : big_team + 19]
     ]
+    big["members"], small["members"] = 1 + big_team, 1 + 19
+    db.teams.insert_many(team_docs)
     db.memberships.insert_many(memberships)
     return {"users": docs, "big": big, "small": small}
 

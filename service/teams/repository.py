@@ -3,8 +3,9 @@
 A membership is a document of its own (`team_id`, `user_id`, `is_leader`, `created`, and the team's
 `team_created` so a member's teams list in team order from an index), so adding, promoting or removing
 a member costs the same in a team of 20 or of 50,000, and no document limit caps a team. The team
-document keeps `leaders`, the number of its leaders, and a `version` that every membership change
-bumps (the ETag of memberships is the team's).
+document keeps `leaders` and `members`, the number of its leaders and of its members (so a member
+page needs no count), and a `version` that every membership change bumps (the ETag of memberships is
+the team's).
 
 "At least one leader" spans two documents. The team's leader count decides: losing a leader is a
 conditional decrement (`leaders > 1`) of the team document, so of two concurrent demotions only one
@@ -61,7 +62,7 @@ class VersionMoved(Exception):
 
 def new_team_document(title: str) -> dict[str, Any]:
     now = utcnow()
-    return {"_id": ObjectId(), "title": title, "leaders": 1, "created": now, "updated": now, "version": 1}
+    return {"_id": ObjectId(), "title": title, "leaders": 1, "members": 1, "created": now, "updated": now, "version": 1}
 
 
 def new_membership(team: dict[str, Any], user_id: ObjectId, is_leader: bool) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def new_membership(team: dict[str, Any], user_id: ObjectId, is_leader: bool) -> 
 async def insert_team(db: Database, team: dict[str, Any], leaders: list[dict[str, Any]]) -> dict[str, Any]:
     """The team and its first members. Memberships first: without a transaction, a crash before the
     team exists leaves memberships of nothing, which no query shows."""
+    team["members"] = len(leaders)
     if leaders:
         await db.memberships.insert_many(leaders)
     await db.teams.insert_one(team)
@@ -114,9 +116,17 @@ async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequ
     return Page([teams[i] for i in ids if i in teams], found.next_after, found.total)
 
 
-async def list_members(db: Database, team_id: ObjectId, request: PageRequest, cursors: Cursors) -> Page:
+async def list_members(db: Database, team: dict[str, Any], request: PageRequest, cursors: Cursors) -> Page:
+    """A page of the team's members; the count comes from the team's own `members` counter."""
     return await fetch_page(
-        db, "memberships", {"team_id": team_id}, request, cursors, f"members:{team_id}", hint=MEMBERS_IN_ORDER
+        db,
+        "memberships",
+        {"team_id": team["_id"]},
+        request,
+        cursors,
+        f"members:{team['_id']}",
+        hint=MEMBERS_IN_ORDER,
+        total=team.get("members"),  # absent only before migration 0004
     )
 
 
@@ -133,7 +143,7 @@ async def update_team(
 
 
 async def _touch_team(
-    db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None
+    db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None, members: int = 0
 ) -> dict[str, Any] | None:
     """Bump the team's version and leader count: the write every membership change begins with, so
     concurrent changes of one team conflict. Refuses to drop the last leader."""
@@ -144,7 +154,7 @@ async def _touch_team(
         query["version"] = version
     return await db.teams.find_one_and_update(
         query,
-        {"$inc": {"version": 1, "leaders": leaders}, "$set": {"updated": utcnow()}},
+        {"$inc": {"version": 1, "leaders": leaders, "members": members}, "$set": {"updated": utcnow()}},
         return_document=ReturnDocument.AFTER,
         session=session,
     )
@@ -190,7 +200,7 @@ async def _insert_then_touch(
         await db.memberships.insert_one(membership, session=session)
     except DuplicateKeyError:
         raise AlreadyMember() from None
-    updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version)
+    updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version, members=1)
     if updated is None:
         raise await _why_not(db, team["_id"], version)
     return updated
@@ -230,12 +240,12 @@ async def remove_member(db: Database, team_id: ObjectId, user_id: ObjectId, vers
         current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
         if current is None:
             return False
-        team = await _touch_team(db, session, team_id, -int(current["is_leader"]), version)
+        team = await _touch_team(db, session, team_id, -int(current["is_leader"]), version, members=-1)
         if team is None:
             raise await _why_not(db, team_id, version)
         deleted = await db.memberships.delete_one({"_id": current["_id"]}, session=session)
         if not deleted.deleted_count:
-            await _touch_team(db, session, team_id, int(current["is_leader"]), None)
+            await _touch_team(db, session, team_id, int(current["is_leader"]), None, members=1)
             raise _Raced()
         return True
 
@@ -290,3 +300,11 @@ async def memberships_out_of_team_documents(db: Database) -> None:
             )
         leaders = sum(1 for member in team["members"] if member["is_leader"])
         await db.teams.update_one({"_id": team["_id"]}, {"$set": {"leaders": leaders}, "$unset": {"members": ""}})
+
+
+async def count_members_in_team_documents(db: Database) -> None:
+    """Teams get their `members` counter (member pages read it instead of counting). Idempotent: a team
+    that has one is left alone; membership changes keep it from then on."""
+    async for team in db.teams.find({"members": {"$exists": False}}, {"_id": 1}):
+        count = await db.memberships.count_documents({"team_id": team["_id"]})
+        await db.teams.update_one({"_id": team["_id"], "members": {"$exists": False}}, {"$set": {"members": count}})

@@ -93,7 +93,7 @@ async def _with_users(db: Database, members: list[dict[str, Any]]) -> list[dict[
 
 async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
     team, _ = await _team(db, caller, team_id)
-    found = await repository.list_members(db, team["_id"], request, cursors)
+    found = await repository.list_members(db, team, request, cursors)
     return Page(await _with_users(db, found.items), found.next_after, found.total)
 
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
 from service.db import utcnow
-from service.teams.repository import memberships_out_of_team_documents
+from service.teams.repository import count_members_in_team_documents, memberships_out_of_team_documents
 from service.users.repository import new_user_document
 from tests.helpers import PROBLEM, stored_members
 
@@ -212,6 +212,42 @@ async def test_migration_moves_embedded_members_out_idempotently(db, app) -> Non
     members = sorted(await stored_members(db, team), key=lambda m: m["is_leader"])
     assert [(m["user_id"], m["is_leader"]) for m in members] == [(member, False), (leader, True)]
     assert all(m["team_created"] == legacy["created"] for m in members)
+
+
+async def test_the_member_count_comes_from_the_team_and_follows_adds_and_removals(
+    client: TestClient, bearer, db
+) -> None:
+    leader, url = await setup_team(client, bearer)
+    root_id = await user_id(client, await bearer("root"))
+    assert (await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)).status == 201
+    listed = await client.get(f"{url}/members/", headers=leader)
+    assert listed.headers["X-Total-Count"] == "2"
+    assert (await client.delete(f"{url}/members/{root_id}", headers=leader)).status == 204
+    listed = await client.get(f"{url}/members/", headers=leader)
+    assert listed.headers["X-Total-Count"] == "1"
+    team = await db.teams.find_one({"title": "Crew"})
+    assert team["members"] == len(await stored_members(db, team)) == 1
+    # The header is the counter (no count query): a counter out of step would show.
+    await db.teams.update_one({"_id": team["_id"]}, {"$set": {"members": 7}})
+    assert (await client.get(f"{url}/members/", headers=leader)).headers["X-Total-Count"] == "7"
+
+
+async def test_migration_counts_members_into_team_documents_idempotently(db, app) -> None:
+    now = utcnow()
+    counted, uncounted = ObjectId(), ObjectId()
+    await db.teams.insert_many(
+        [
+            {"_id": counted, "title": "Counted", "leaders": 1, "members": 1, "created": now, "version": 1},
+            {"_id": uncounted, "title": "Uncounted", "leaders": 1, "created": now, "version": 1},
+        ]
+    )
+    await db.memberships.insert_many(
+        [{"team_id": uncounted, "user_id": ObjectId(), "is_leader": i == 0, "created": now} for i in range(3)]
+    )
+    await count_members_in_team_documents(db)
+    await count_members_in_team_documents(db)
+    assert (await db.teams.find_one({"_id": uncounted}))["members"] == 3
+    assert (await db.teams.find_one({"_id": counted}))["members"] == 1  # already counted: left alone
 
 
 async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotions(
