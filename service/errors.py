@@ -160,7 +160,7 @@ _HTTP_DETAILS = {
 }
 
 
-def check_version(expected: int | None, document: dict[str, Any]) -> None:
+def check_version(expected: int | None, document: Mapping[str, Any]) -> None:
     """412 when the caller's If-Match no longer matches the stored document."""
     if expected is not None and expected != document["version"]:
         raise PreconditionFailed("The resource has changed since you read it (If-Match does not match its ETag).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ def json_response(
     )
 
 
-def with_etag(data: Any, document: dict[str, Any], *, status: int = 200, **headers: str) -> web.Response:
+def with_etag(data: Any, document: Mapping[str, Any], *, status: int = 200, **headers: str) -> web.Response:
     """A single object's response; its strong ETag is the stored version (what If-Match names)."""
     response = json_response(data, status=status, headers=headers)
     response.etag = str(document["version"])

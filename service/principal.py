@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from service.db import document_id
 from service.errors import NotFound
 
+D = TypeVar("D", bound=Mapping[str, Any])  # a stored document
 
-def is_admin(user: dict[str, Any]) -> bool:
+
+def is_admin(user: Mapping[str, Any]) -> bool:
     """The one admin predicate: the role, on an active account."""
     return bool(user.get("is_admin")) and bool(user.get("is_active"))
 
@@ -35,12 +37,12 @@ class Principal:
 
 
 async def visible_or_404(
-    fetch: Callable[[Any], Awaitable[dict[str, Any] | None]],
+    fetch: Callable[[Any], Awaitable[D | None]],
     raw_id: str,
     caller: Principal,
-    may_see: Callable[[dict[str, Any], dict[str, Any]], bool],
+    may_see: Callable[[dict[str, Any], D], bool],
     what: str,
-) -> dict[str, Any]:
+) -> D:
     """The object with id `raw_id` if the caller may see it. A malformed id, a missing object and one
     the caller may not see all get the same 404: they may not learn that it exists."""
     oid = document_id(raw_id)

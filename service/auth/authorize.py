@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 
 from service.auth import repository
 from service.auth.grants import Context, parse_scope
+from service.auth.repository import ClientDocument
 from service.auth.schemas import validate_redirect_uri
 from service.crypto import hash_secret, new_token
 from service.db import Database, utcnow
@@ -30,7 +31,7 @@ class AuthorizePageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationRequest:
-    client: dict[str, Any]
+    client: ClientDocument
     redirect_uri: str
     scopes: list[str]
     state: str | None
@@ -99,7 +100,7 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
     return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
 
 
-async def issue_code(ctx: Context, request: AuthorizationRequest, user: dict[str, Any]) -> str:
+async def issue_code(ctx: Context, request: AuthorizationRequest, user: Mapping[str, Any]) -> str:
     """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed."""
     code = new_token()
     await repository.insert_code(

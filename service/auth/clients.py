@@ -9,6 +9,7 @@ from bson import ObjectId
 from service import audit
 from service.auth import repository
 from service.auth.permissions import may_see_client
+from service.auth.repository import ClientDocument
 from service.crypto import hash_secret, new_token
 from service.db import Database, document_id, utcnow
 from service.errors import Forbidden, NotFound, PreconditionFailed, check_version
@@ -18,7 +19,7 @@ from service.principal import Principal, is_admin
 # --- OAuth2 clients (the /api/v1/auth/oauth2_clients resource) --------------------------------
 
 
-def new_client_document(client_id: str, data: dict[str, Any], secret: str | None, owner_id: ObjectId) -> dict[str, Any]:
+def new_client_document(client_id: str, data: dict[str, Any], secret: str | None, owner_id: ObjectId) -> ClientDocument:
     now = utcnow()
     return {
         "_id": client_id,
@@ -35,7 +36,7 @@ def new_client_document(client_id: str, data: dict[str, Any], secret: str | None
     }
 
 
-async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+async def create_client(db: Database, owner_id: ObjectId, data: dict[str, Any]) -> tuple[ClientDocument, str | None]:
     """Register a client; the secret of a confidential client is returned once and stored hashed."""
     secret = new_token(36) if data["client_type"] == "confidential" else None
     document = new_client_document(new_token(24), data, secret, owner_id)
@@ -57,7 +58,7 @@ async def list_clients(
     return await repository.list_clients(db, owner, request, cursors)
 
 
-async def get_visible_client(db: Database, caller: Principal, client_id: str) -> dict[str, Any]:
+async def get_visible_client(db: Database, caller: Principal, client_id: str) -> ClientDocument:
     client = await repository.get_client(db, client_id)
     if client is None or not may_see_client(caller.user, client):
         raise NotFound("No such OAuth2 client.")

@@ -24,6 +24,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import audit
 from service.auth import oidc, repository
+from service.auth.repository import ClientDocument, CodeDocument, TokenDocument
 from service.auth.scopes import SCOPES
 from service.auth.signin import check_password
 from service.auth.signing import KeyRing
@@ -33,6 +34,7 @@ from service.db import Database, utcnow
 from service.errors import TooManyRequests
 from service.passwords import Overloaded, PasswordHasher
 from service.users import repository as users_repository
+from service.users.repository import UserDocument
 
 SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
 QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
@@ -85,7 +87,7 @@ def _invalid_client(description: str) -> oauth.InvalidClientError:
 
 async def authenticate_client(
     db: Database, params: dict[str, str], authorization: str | None, *, confidential_only: bool = False
-) -> dict[str, Any]:
+) -> ClientDocument:
     """The calling client, by Basic, form secret or (public clients) client_id alone."""
     basic = parse_basic(authorization)
     if basic and ("client_secret" in params or params.get("client_id", basic[0]) != basic[0]):
@@ -97,7 +99,8 @@ async def authenticate_client(
     if client is None:
         raise _invalid_client("Unknown client or wrong secret.")
     if client["client_type"] == "confidential":
-        if secret is None or not secret_matches(secret, client["secret_hash"]):
+        stored = client["secret_hash"]
+        if secret is None or stored is None or not secret_matches(secret, stored):
             raise _invalid_client("Unknown client or wrong secret.")
         registered = client.get("token_endpoint_auth_method")
         if registered is not None and registered != ("client_secret_basic" if basic else "client_secret_post"):
@@ -124,8 +127,8 @@ def parse_scope(requested: str | None, allowed: list[str], default: list[str]) -
 
 async def issue_token(
     ctx: Context,
-    client: dict[str, Any],
-    user: dict[str, Any],
+    client: ClientDocument,
+    user: Mapping[str, Any],
     scopes: list[str],
     *,
     grant: str,
@@ -143,7 +146,7 @@ async def issue_token(
     refresh_token = new_token() if refresh else None
     access_expires = now + timedelta(seconds=ctx.settings.access_token_ttl)
     refresh_expires = now + timedelta(seconds=ctx.settings.refresh_token_ttl) if refresh else None
-    document = {
+    document: TokenDocument = {
         "_id": hash_secret(access_token),
         "family_id": family_id or secrets.token_hex(16),
         "code_id": code_id,
@@ -196,10 +199,10 @@ def required(params: dict[str, str], *names: str) -> list[str]:
     return [params[name] for name in names]
 
 
-async def authenticate_user(ctx: Context, username: str, password: str, client_id: str) -> dict[str, Any]:
+async def authenticate_user(ctx: Context, username: str, password: str, client_id: str) -> UserDocument:
     """The active user with this username and password; a deactivated account gets the same answer,
     at the same cost, as a wrong password (it must not confirm the password)."""
-    user: dict[str, Any] | None = None
+    user: UserDocument | None = None
 
     async def active_users_hash() -> str | None:
         nonlocal user
@@ -221,14 +224,14 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
     return user
 
 
-async def password_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+async def password_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     username, password = required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     user = await authenticate_user(ctx, username, password, client["_id"])
     return await issue_token(ctx, client, user, scopes, grant="password")
 
 
-async def client_credentials_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+async def client_credentials_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     if client["client_type"] != "confidential":
         raise oauth.UnauthorizedClientError("Only confidential clients may use client_credentials.")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
@@ -238,7 +241,7 @@ async def client_credentials_grant(ctx: Context, client: dict[str, Any], params:
     return await issue_token(ctx, client, owner, scopes, grant="client_credentials", refresh=False)
 
 
-async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family."""
     (refresh_token,) = required(params, "refresh_token")
     digest = hash_secret(refresh_token)
@@ -264,7 +267,7 @@ async def refresh_token_grant(ctx: Context, client: dict[str, Any], params: dict
     )
 
 
-async def _still_current_user(ctx: Context, grant: dict[str, Any]) -> dict[str, Any]:
+async def _still_current_user(ctx: Context, grant: TokenDocument | CodeDocument) -> UserDocument:
     """The user a refresh token or code speaks for, if it still may (active, tokens not revoked since)."""
     user = await users_repository.get_user(ctx.db, grant["user_id"])
     if user is None or not repository.is_current(grant, user):
@@ -272,7 +275,7 @@ async def _still_current_user(ctx: Context, grant: dict[str, Any]) -> dict[str, 
     return user
 
 
-async def authorization_code_grant(ctx: Context, client: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+async def authorization_code_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued.
 
     Everything is checked before the code is consumed, so another client (or a request with the wrong
@@ -310,7 +313,7 @@ async def authorization_code_grant(ctx: Context, client: dict[str, Any], params:
     )
 
 
-Grant = Callable[[Context, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
+Grant = Callable[[Context, ClientDocument, dict[str, str]], Awaitable[dict[str, Any]]]
 GRANTS: dict[str, Grant] = {
     "password": password_grant,
     "client_credentials": client_credentials_grant,

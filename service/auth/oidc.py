@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from authlib.oidc.core.util import create_half_hash
@@ -20,7 +21,7 @@ PROFILE_CLAIMS = ("name", "given_name", "middle_name", "family_name", "preferred
 CLAIMS_SUPPORTED = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", *PROFILE_CLAIMS, "email")
 
 
-def user_claims(user: dict[str, Any], scopes: list[str] | frozenset[str]) -> dict[str, Any]:
+def user_claims(user: Mapping[str, Any], scopes: list[str] | frozenset[str]) -> dict[str, Any]:
     """The claims about `user` that `scopes` allow; `sub` is the user's stable id."""
     claims: dict[str, Any] = {"sub": str(user["_id"])}
     if "profile" in scopes:
@@ -43,7 +44,7 @@ async def id_token(
     *,
     issuer: str,
     client_id: str,
-    user: dict[str, Any],
+    user: Mapping[str, Any],
     scopes: list[str],
     access_token: str,
     auth_time: int,

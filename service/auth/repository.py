@@ -7,9 +7,11 @@ dead tokens on its own. Liveness is also checked on every read, since the TTL mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
+from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -34,16 +36,32 @@ INDEXES: dict[str, list[IndexModel]] = {
 # --- clients ---------------------------------------------------------------------------------
 
 
-async def insert_client(db: Database, document: dict[str, Any]) -> dict[str, Any]:
+class ClientDocument(TypedDict):
+    """A stored OAuth2 client; its `_id` is the client_id."""
+
+    _id: str
+    client_type: str  # "public" or "confidential"
+    token_endpoint_auth_method: str | None  # None: Basic or form, the client's choice
+    secret_hash: str | None  # None for public clients
+    redirect_uris: list[str]
+    default_scopes: list[str]
+    allowed_scopes: list[str]
+    user_id: ObjectId  # the owner
+    created: datetime
+    updated: datetime
+    version: int
+
+
+async def insert_client(db: Database, document: ClientDocument) -> ClientDocument:
     try:
-        await db.oauth2_clients.insert_one(document)
+        await db.oauth2_clients.insert_one(cast(dict[str, Any], document))
     except DuplicateKeyError:
         raise Conflict("An OAuth2 client with this client_id already exists.") from None
     return document
 
 
-async def get_client(db: Database, client_id: str) -> dict[str, Any] | None:
-    return await db.oauth2_clients.find_one({"_id": client_id})
+async def get_client(db: Database, client_id: str) -> ClientDocument | None:
+    return cast(ClientDocument | None, await db.oauth2_clients.find_one({"_id": client_id}))
 
 
 async def list_clients(db: Database, user_id: Any, request: PageRequest, cursors: Cursors) -> Page:
@@ -65,8 +83,29 @@ async def delete_client(db: Database, client_id: str, version: int | None = None
 # --- tokens ----------------------------------------------------------------------------------
 
 
-async def insert_token(db: Database, document: dict[str, Any]) -> None:
-    await db.oauth2_tokens.insert_one(document)
+class TokenDocument(TypedDict):
+    """A stored token pair: digests only (the access token's is the `_id`), never the tokens."""
+
+    _id: str
+    refresh_hash: NotRequired[str]  # absent when no refresh token was issued (client credentials)
+    family_id: str  # every rotation of one sign-in shares it; a replay revokes the family
+    code_id: str | None  # the authorization code it came from, if any
+    client_id: str
+    user_id: ObjectId
+    generation: int  # the user's token_generation when issued
+    scopes: list[str]
+    access_expires: datetime
+    refresh_expires: datetime | None
+    expires_at: datetime  # the later of the two: the TTL index removes the document then
+    revoked: bool
+    rotated: bool
+    revoked_at: NotRequired[datetime]
+    created: datetime
+    auth_time: int  # when the user last signed in (Unix time), for ID tokens
+
+
+async def insert_token(db: Database, document: TokenDocument) -> None:
+    await db.oauth2_tokens.insert_one(cast(dict[str, Any], document))
 
 
 async def find_live_access_token(db: Database, digest: str) -> dict[str, Any] | None:
@@ -87,7 +126,7 @@ async def find_live_access_token(db: Database, digest: str) -> dict[str, Any] | 
     return token if is_current(token, token["user"]) else None
 
 
-def is_current(token: dict[str, Any], user: dict[str, Any] | None) -> bool:
+def is_current(token: Mapping[str, Any], user: Mapping[str, Any] | None) -> bool:
     """A token (or code) still speaks for its user: the user is active and has not revoked everything
     since it was issued (a password change or deactivation bumps `token_generation` atomically)."""
     if not user or not user.get("is_active"):
@@ -95,18 +134,21 @@ def is_current(token: dict[str, Any], user: dict[str, Any] | None) -> bool:
     return bool(token.get("generation", 0) == user.get("token_generation", 0))
 
 
-async def find_token(db: Database, *, access_digest: str | None = None, refresh_digest: str | None = None) -> Any:
+async def find_token(
+    db: Database, *, access_digest: str | None = None, refresh_digest: str | None = None
+) -> TokenDocument | None:
     query = {"_id": access_digest} if access_digest else {"refresh_hash": refresh_digest}
-    return await db.oauth2_tokens.find_one(query)
+    return cast(TokenDocument | None, await db.oauth2_tokens.find_one(query))
 
 
-async def claim_refresh_token(db: Database, refresh_digest: str) -> dict[str, Any] | None:
+async def claim_refresh_token(db: Database, refresh_digest: str) -> TokenDocument | None:
     """Atomically retire a live refresh token (and its access token); only one caller can win."""
-    return await db.oauth2_tokens.find_one_and_update(
+    claimed = await db.oauth2_tokens.find_one_and_update(
         {"refresh_hash": refresh_digest, "revoked": False, "rotated": False, "refresh_expires": {"$gt": utcnow()}},
         {"$set": {"rotated": True, "revoked": True, "revoked_at": utcnow()}},
         return_document=ReturnDocument.BEFORE,
     )
+    return cast(TokenDocument | None, claimed)
 
 
 async def revoke_tokens(db: Database, query: dict[str, Any]) -> int:
@@ -119,12 +161,28 @@ async def revoke_tokens(db: Database, query: dict[str, Any]) -> int:
 # --- authorization codes ---------------------------------------------------------------------
 
 
-async def insert_code(db: Database, document: dict[str, Any]) -> None:
-    await db.oauth2_codes.insert_one(document)
+class CodeDocument(TypedDict):
+    """A stored authorization code: its digest is the `_id`; single use, short-lived."""
+
+    _id: str
+    client_id: str
+    redirect_uri: str
+    scopes: list[str]
+    user_id: ObjectId
+    generation: int  # the user's token_generation when issued
+    code_challenge: str | None  # PKCE S256
+    nonce: str | None  # OpenID Connect, echoed in the ID token
+    auth_time: int
+    expires_at: datetime
+    used: bool
 
 
-async def find_code(db: Database, digest: str) -> dict[str, Any] | None:
-    return await db.oauth2_codes.find_one({"_id": digest})
+async def insert_code(db: Database, document: CodeDocument) -> None:
+    await db.oauth2_codes.insert_one(cast(dict[str, Any], document))
+
+
+async def find_code(db: Database, digest: str) -> CodeDocument | None:
+    return cast(CodeDocument | None, await db.oauth2_codes.find_one({"_id": digest}))
 
 
 async def claim_code(db: Database, digest: str) -> bool:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from service.principal import is_admin
 
 
-def may_see_team(user: dict[str, Any], membership: dict[str, Any] | None) -> bool:
+def may_see_team(user: Mapping[str, Any], membership: Mapping[str, Any] | None) -> bool:
     """Members and admins; everyone else gets 404."""
     return membership is not None or is_admin(user)
 
 
-def may_manage_team(user: dict[str, Any], membership: dict[str, Any] | None) -> bool:
+def may_manage_team(user: Mapping[str, Any], membership: Mapping[str, Any] | None) -> bool:
     """Leaders and admins."""
     return bool(membership and membership["is_leader"]) or is_admin(user)

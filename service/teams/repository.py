@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, NotRequired, TypedDict, TypeVar, cast
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
@@ -60,12 +61,35 @@ class VersionMoved(Exception):
     """The team changed since the caller read it (If-Match)."""
 
 
-def new_team_document(title: str) -> dict[str, Any]:
+class TeamDocument(TypedDict):
+    """A stored team, as this module writes it."""
+
+    _id: ObjectId
+    title: str
+    leaders: int  # how many of its memberships are leaders' (never below 1)
+    members: NotRequired[int]  # how many memberships it has (absent only before migration 0004)
+    created: datetime
+    updated: datetime
+    version: int
+
+
+class MembershipDocument(TypedDict):
+    """A stored membership: one user in one team."""
+
+    _id: ObjectId
+    team_id: ObjectId
+    user_id: ObjectId
+    is_leader: bool
+    created: datetime
+    team_created: datetime  # the team's, so a member's teams list in team order from an index
+
+
+def new_team_document(title: str) -> TeamDocument:
     now = utcnow()
     return {"_id": ObjectId(), "title": title, "leaders": 1, "members": 1, "created": now, "updated": now, "version": 1}
 
 
-def new_membership(team: dict[str, Any], user_id: ObjectId, is_leader: bool) -> dict[str, Any]:
+def new_membership(team: TeamDocument, user_id: ObjectId, is_leader: bool) -> MembershipDocument:
     return {
         "_id": ObjectId(),
         "team_id": team["_id"],
@@ -76,31 +100,34 @@ def new_membership(team: dict[str, Any], user_id: ObjectId, is_leader: bool) -> 
     }
 
 
-async def insert_team(db: Database, team: dict[str, Any], leaders: list[dict[str, Any]]) -> dict[str, Any]:
+async def insert_team(db: Database, team: TeamDocument, leaders: list[MembershipDocument]) -> TeamDocument:
     """The team and its first members. Memberships first: without a transaction, a crash before the
     team exists leaves memberships of nothing, which no query shows."""
     team["members"] = len(leaders)
     if leaders:
-        await db.memberships.insert_many(leaders)
-    await db.teams.insert_one(team)
+        await db.memberships.insert_many([cast(dict[str, Any], membership) for membership in leaders])
+    await db.teams.insert_one(cast(dict[str, Any], team))
     return team
 
 
-async def get_team(db: Database, team_id: ObjectId) -> dict[str, Any] | None:
-    return await db.teams.find_one({"_id": team_id})
+async def get_team(db: Database, team_id: ObjectId) -> TeamDocument | None:
+    return cast(TeamDocument | None, await db.teams.find_one({"_id": team_id}))
 
 
-async def get_team_by_title(db: Database, title: str) -> dict[str, Any] | None:
-    return await db.teams.find_one({"title": title})
+async def get_team_by_title(db: Database, title: str) -> TeamDocument | None:
+    return cast(TeamDocument | None, await db.teams.find_one({"title": title}))
 
 
-async def get_membership(db: Database, team_id: ObjectId, user_id: ObjectId) -> dict[str, Any] | None:
-    return await db.memberships.find_one({"team_id": team_id, "user_id": user_id})
+async def get_membership(db: Database, team_id: ObjectId, user_id: ObjectId) -> MembershipDocument | None:
+    return cast(MembershipDocument | None, await db.memberships.find_one({"team_id": team_id, "user_id": user_id}))
 
 
-async def get_memberships(db: Database, team_id: ObjectId, user_ids: set[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+async def get_memberships(
+    db: Database, team_id: ObjectId, user_ids: set[ObjectId]
+) -> dict[ObjectId, MembershipDocument]:
     """Several users' memberships of one team in one round trip (the caller's and the target's)."""
-    found = await db.memberships.find({"team_id": team_id, "user_id": {"$in": list(user_ids)}}).to_list(None)
+    query = {"team_id": team_id, "user_id": {"$in": list(user_ids)}}
+    found = cast(list[MembershipDocument], await db.memberships.find(query).to_list(None))
     return {membership["user_id"]: membership for membership in found}
 
 
@@ -116,7 +143,7 @@ async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequ
     return Page([teams[i] for i in ids if i in teams], found.next_after, found.total)
 
 
-async def list_members(db: Database, team: dict[str, Any], request: PageRequest, cursors: Cursors) -> Page:
+async def list_members(db: Database, team: TeamDocument, request: PageRequest, cursors: Cursors) -> Page:
     """A page of the team's members; the count comes from the team's own `members` counter."""
     return await fetch_page(
         db,
@@ -132,19 +159,20 @@ async def list_members(db: Database, team: dict[str, Any], request: PageRequest,
 
 async def update_team(
     db: Database, team_id: ObjectId, version: int | None, changes: dict[str, Any]
-) -> dict[str, Any] | None:
+) -> TeamDocument | None:
     """Set `changes` (the title) only if the team is still at `version` (any version when None)."""
     query: dict[str, Any] = {"_id": team_id} if version is None else {"_id": team_id, "version": version}
-    return await db.teams.find_one_and_update(
+    updated = await db.teams.find_one_and_update(
         query,
         {"$set": {**changes, "updated": utcnow()}, "$inc": {"version": 1}},
         return_document=ReturnDocument.AFTER,
     )
+    return cast(TeamDocument | None, updated)
 
 
 async def _touch_team(
     db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None, members: int = 0
-) -> dict[str, Any] | None:
+) -> TeamDocument | None:
     """Bump the team's version and leader count: the write every membership change begins with, so
     concurrent changes of one team conflict. Refuses to drop the last leader."""
     query: dict[str, Any] = {"_id": team_id}
@@ -152,12 +180,13 @@ async def _touch_team(
         query["leaders"] = {"$gt": -leaders}
     if version is not None:
         query["version"] = version
-    return await db.teams.find_one_and_update(
+    touched = await db.teams.find_one_and_update(
         query,
         {"$inc": {"version": 1, "leaders": leaders, "members": members}, "$set": {"updated": utcnow()}},
         return_document=ReturnDocument.AFTER,
         session=session,
     )
+    return cast(TeamDocument | None, touched)
 
 
 async def _why_not(db: Database, team_id: ObjectId, version: int | None) -> Exception:
@@ -172,19 +201,18 @@ async def _why_not(db: Database, team_id: ObjectId, version: int | None) -> Exce
 
 
 async def add_member(
-    db: Database, team: dict[str, Any], membership: dict[str, Any], version: int | None
-) -> dict[str, Any]:
+    db: Database, team: TeamDocument, membership: MembershipDocument, version: int | None
+) -> TeamDocument:
     """Insert the membership, then bump the team (its version, and its leader count for a leader); the
     team after. A leader is added in a transaction like every leader change. A plain member needs
     none: the leader count does not move, so many concurrent adds to one team never conflict; if the
     team write fails, the membership is taken back, so the caller's error means nothing changed."""
     if membership["is_leader"]:
 
-        async def work(session: Any) -> dict[str, Any]:
+        async def work(session: Any) -> TeamDocument:
             return await _insert_then_touch(db, session, team, membership, version)
 
-        result: dict[str, Any] = await _run(db, work)
-        return result
+        return await _run(db, work)
     try:
         return await _insert_then_touch(db, None, team, membership, version)
     except BaseException:
@@ -194,10 +222,10 @@ async def add_member(
 
 
 async def _insert_then_touch(
-    db: Database, session: Any, team: dict[str, Any], membership: dict[str, Any], version: int | None
-) -> dict[str, Any]:
+    db: Database, session: Any, team: TeamDocument, membership: MembershipDocument, version: int | None
+) -> TeamDocument:
     try:
-        await db.memberships.insert_one(membership, session=session)
+        await db.memberships.insert_one(cast(dict[str, Any], membership), session=session)
     except DuplicateKeyError:
         raise AlreadyMember() from None
     updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version, members=1)
@@ -208,10 +236,10 @@ async def _insert_then_touch(
 
 async def set_leader(
     db: Database, team_id: ObjectId, user_id: ObjectId, is_leader: bool, version: int | None
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
+) -> tuple[TeamDocument, MembershipDocument] | None:
     """Promote or demote; (team, membership) after, None when the membership is gone."""
 
-    async def work(session: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    async def work(session: Any) -> tuple[TeamDocument, MembershipDocument] | None:
         current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
         if current is None:
             return None
@@ -228,7 +256,7 @@ async def set_leader(
         if changed is None:  # changed under us (only possible without a transaction): undo, let it retry
             await _touch_team(db, session, team_id, -delta, None)
             raise _Raced()
-        return team, changed
+        return team, cast(MembershipDocument, changed)
 
     return await _run(db, work)
 

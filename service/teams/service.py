@@ -6,6 +6,7 @@ has them); this module decides who may ask for a change and turns refusals into 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -18,6 +19,7 @@ from service.principal import Principal
 from service.schemas import load
 from service.teams import repository
 from service.teams.permissions import may_manage_team, may_see_team
+from service.teams.repository import MembershipDocument, TeamDocument
 from service.teams.schemas import EditableMembershipSchema, EditableTeamSchema
 from service.users import repository as users_repository
 
@@ -25,7 +27,7 @@ EDITABLE_TEAM = EditableTeamSchema()
 EDITABLE_MEMBERSHIP = EditableMembershipSchema()
 
 
-async def _team(db: Database, caller: Principal, team_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+async def _team(db: Database, caller: Principal, team_id: str) -> tuple[TeamDocument, MembershipDocument | None]:
     """The team and the caller's membership, if the caller may see it; 404 otherwise (non-members may
     not learn that it exists)."""
     oid = document_id(team_id)
@@ -36,14 +38,14 @@ async def _team(db: Database, caller: Principal, team_id: str) -> tuple[dict[str
     return team, membership
 
 
-async def _managed_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
+async def _managed_team(db: Database, caller: Principal, team_id: str) -> TeamDocument:
     team, membership = await _team(db, caller, team_id)
     if not may_manage_team(caller.user, membership):
         raise Forbidden("Only the team's leaders or an admin may do this.")
     return team
 
 
-async def create_team(db: Database, caller: Principal, title: str) -> dict[str, Any]:
+async def create_team(db: Database, caller: Principal, title: str) -> TeamDocument:
     """The creator becomes the team's leader."""
     team = repository.new_team_document(title)
     return await repository.insert_team(db, team, [repository.new_membership(team, caller.user_id, True)])
@@ -54,16 +56,16 @@ async def list_teams(db: Database, caller: Principal, request: PageRequest, curs
     return await repository.list_teams(db, member, request, cursors)
 
 
-async def get_team(db: Database, caller: Principal, team_id: str) -> dict[str, Any]:
+async def get_team(db: Database, caller: Principal, team_id: str) -> TeamDocument:
     return (await _team(db, caller, team_id))[0]
 
 
 async def patch_team(
     db: Database, caller: Principal, team_id: str, operations: list[dict[str, Any]], expected_version: int | None
-) -> dict[str, Any]:
+) -> TeamDocument:
     blind = patch.is_blind(operations, expected_version)
 
-    async def attempt() -> dict[str, Any] | None:
+    async def attempt() -> TeamDocument | None:
         team = await _managed_team(db, caller, team_id)
         check_version(expected_version, team)
         result = load(EDITABLE_TEAM, patch.apply({"title": team["title"]}, operations))
@@ -85,7 +87,7 @@ async def delete_team(db: Database, caller: Principal, team_id: str, expected_ve
 # --- memberships ------------------------------------------------------------------------------
 
 
-async def _with_users(db: Database, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _with_users(db: Database, members: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     users = await users_repository.get_users_by_ids(db, [m["user_id"] for m in members])
     missing = {"_id": None, "username": None, "first_name": "", "middle_name": "", "last_name": ""}
     return [{**m, "user": users.get(m["user_id"], {**missing, "_id": m["user_id"]})} for m in members]
@@ -113,7 +115,7 @@ _REFUSED = (repository.LastLeader, repository.VersionMoved, repository.AlreadyMe
 
 async def add_member(
     db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool, expected_version: int | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[TeamDocument, dict[str, Any]]:
     """Add a member; returns (team, membership). 404 for an unknown user, 409 if already in."""
     team = await _managed_team(db, caller, team_id)
     check_version(expected_version, team)
@@ -131,7 +133,7 @@ async def add_member(
 
 async def _target(
     db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
-) -> tuple[ObjectId, dict[str, Any]]:
+) -> tuple[ObjectId, MembershipDocument]:
     """(team id, membership) of a membership the caller may change (a member may always leave). The
     caller's and the target's memberships come in one query."""
     oid, target_id = document_id(team_id), document_id(user_id)
@@ -158,7 +160,7 @@ async def patch_membership(
     user_id: str,
     operations: list[dict[str, Any]],
     expected_version: int | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[TeamDocument, dict[str, Any]]:
     team_oid, current = await _target(db, caller, team_id, user_id, allow_self=False)
     result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current["is_leader"]}, operations))
     try:

@@ -6,7 +6,8 @@ Usernames and emails are unique case-insensitively through unique indexes on low
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, NotRequired, TypedDict, cast
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
@@ -25,6 +26,27 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+class UserDocument(TypedDict):
+    """A stored user, as this module writes it."""
+
+    _id: ObjectId
+    username: str
+    username_key: str
+    email: str
+    email_key: str
+    password_hash: str
+    first_name: str
+    middle_name: str
+    last_name: str
+    is_active: bool
+    is_regular_user: bool
+    is_admin: bool
+    created: datetime
+    updated: datetime
+    version: int
+    token_generation: NotRequired[int]  # absent until the first revocation
+
+
 def _conflict(exc: DuplicateKeyError) -> Conflict:
     field = "email" if "email_key" in str(exc) else "username"
     return Conflict(f"A user with this {field} already exists.")
@@ -32,7 +54,7 @@ def _conflict(exc: DuplicateKeyError) -> Conflict:
 
 def new_user_document(
     *, username: str, email: str, password_hash: str, names: dict[str, str], roles: dict[str, bool]
-) -> dict[str, Any]:
+) -> UserDocument:
     now = utcnow()
     return {
         "_id": ObjectId(),
@@ -53,24 +75,24 @@ def new_user_document(
     }
 
 
-async def insert_user(db: Database, document: dict[str, Any]) -> dict[str, Any]:
+async def insert_user(db: Database, document: UserDocument) -> UserDocument:
     try:
-        await db.users.insert_one(document)
+        await db.users.insert_one(cast(dict[str, Any], document))
     except DuplicateKeyError as exc:
         raise _conflict(exc) from None
     return document
 
 
-async def get_user(db: Database, user_id: ObjectId) -> dict[str, Any] | None:
-    return await db.users.find_one({"_id": user_id})
+async def get_user(db: Database, user_id: ObjectId) -> UserDocument | None:
+    return cast(UserDocument | None, await db.users.find_one({"_id": user_id}))
 
 
-async def get_user_by_username(db: Database, username: str) -> dict[str, Any] | None:
-    return await db.users.find_one({"username_key": username.lower()})
+async def get_user_by_username(db: Database, username: str) -> UserDocument | None:
+    return cast(UserDocument | None, await db.users.find_one({"username_key": username.lower()}))
 
 
-async def get_users_by_ids(db: Database, user_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
-    found = await db.users.find({"_id": {"$in": user_ids}}).to_list(None)
+async def get_users_by_ids(db: Database, user_ids: list[ObjectId]) -> dict[ObjectId, UserDocument]:
+    found = cast(list[UserDocument], await db.users.find({"_id": {"$in": user_ids}}).to_list(None))
     return {user["_id"]: user for user in found}
 
 
@@ -80,7 +102,7 @@ async def list_users(db: Database, request: PageRequest, cursors: Cursors) -> Pa
 
 async def update_user(
     db: Database, user_id: ObjectId, version: int | None, changes: dict[str, Any], *, revoke_tokens: bool = False
-) -> dict[str, Any] | None:
+) -> UserDocument | None:
     """Apply `changes` only if the stored version is still `version` (any when None: a blind write);
     None when it moved on or vanished.
 
@@ -92,13 +114,14 @@ async def update_user(
         changes["email_key"] = changes["email"].lower()
     changes["updated"] = utcnow()
     try:
-        return await db.users.find_one_and_update(
+        updated = await db.users.find_one_and_update(
             {"_id": user_id} if version is None else {"_id": user_id, "version": version},
             {"$set": changes, "$inc": increments},
             return_document=ReturnDocument.AFTER,
         )
     except DuplicateKeyError as exc:
         raise _conflict(exc) from None
+    return cast(UserDocument | None, updated)
 
 
 async def set_password_hash(db: Database, user_id: ObjectId, password_hash: str) -> None:

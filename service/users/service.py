@@ -17,6 +17,7 @@ from service.principal import Principal, is_admin, visible_or_404
 from service.schemas import load
 from service.users import repository
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, may_see_user
+from service.users.repository import UserDocument
 from service.users.schemas import EditableUserSchema
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ EDITABLE = EditableUserSchema()
 
 async def signup(
     db: Database, hasher: PasswordHasher, settings: Settings, data: dict[str, Any], caller: Principal | None
-) -> dict[str, Any]:
+) -> UserDocument:
     if not settings.signup_enabled and not (caller and is_admin(caller.user)):
         raise Forbidden("Sign-up is disabled; an administrator can create your account.")
     password_hash = await hasher.hash(data.pop("password"))
@@ -35,7 +36,7 @@ async def signup(
     return await repository.insert_user(db, document)
 
 
-async def get_visible_user(db: Database, caller: Principal, user_id: str) -> dict[str, Any]:
+async def get_visible_user(db: Database, caller: Principal, user_id: str) -> UserDocument:
     return await visible_or_404(lambda oid: repository.get_user(db, oid), user_id, caller, may_see_user, "user")
 
 
@@ -43,9 +44,17 @@ async def list_users(db: Database, request: PageRequest, cursors: Cursors) -> Pa
     return await repository.list_users(db, request, cursors)
 
 
-def _editable(user: dict[str, Any]) -> dict[str, Any]:
-    fields = ("first_name", "middle_name", "last_name", "email", "is_active", "is_regular_user", "is_admin")
-    return {**{name: user[name] for name in fields}, "password": None}  # nosec B105
+def _editable(user: UserDocument) -> dict[str, Any]:
+    return {
+        "first_name": user["first_name"],
+        "middle_name": user["middle_name"],
+        "last_name": user["last_name"],
+        "email": user["email"],
+        "is_active": user["is_active"],
+        "is_regular_user": user["is_regular_user"],
+        "is_admin": user["is_admin"],
+        "password": None,
+    }
 
 
 async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
@@ -87,7 +96,7 @@ async def _check_guards(
             raise Forbidden("The current password is wrong.")
 
 
-def _audit_changes(caller: Principal, target: dict[str, Any], changes: dict[str, Any]) -> None:
+def _audit_changes(caller: Principal, target: UserDocument, changes: dict[str, Any]) -> None:
     who = {"actor_id": caller.user_id, "subject_id": target["_id"]}
     if "password_hash" in changes:
         audit.record("user.password_changed", **who)
@@ -110,7 +119,7 @@ async def patch_user(
     user_id: str,
     operations: list[dict[str, Any]],
     expected_version: int | None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[UserDocument, bool]:
     """Apply a JSON Patch atomically; returns the user and whether their tokens were revoked.
 
     The patch is applied to what was read and stored only if the document is still at that version,
@@ -121,7 +130,7 @@ async def patch_user(
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
     blind = patch.is_blind(changes_ops, expected_version)
 
-    async def attempt() -> tuple[dict[str, Any], bool] | None:
+    async def attempt() -> tuple[UserDocument, bool] | None:
         target = await get_visible_user(db, caller, user_id)
         check_version(expected_version, target)
         result = load(EDITABLE, patch.apply(_editable(target), changes_ops))
