@@ -53,7 +53,7 @@ def _editable(user: UserDocument) -> dict[str, Any]:
         "is_active": user["is_active"],
         "is_regular_user": user["is_regular_user"],
         "is_admin": user["is_admin"],
-        "password": None,
+        "password": None,  # nosec B105 - the field is write-only: nothing to show
     }
 
 
