@@ -20,12 +20,17 @@ def routes() -> set[str]:
     return {resource.canonical for resource in app.router.resources()}
 
 
-def test_stack_has_the_expected_services() -> None:
-    assert set(SERVICES) == {"mongo", "mongo-init", "fixtures", "api", "nginx", "prometheus"}
-    assert SERVICES["prometheus"]["profiles"] == ["observability"]  # optional, off by default
-    assert SERVICES["mongo"]["image"].startswith("mongo:8")
-    assert "--replSet" in SERVICES["mongo"]["command"]
-    assert "mongo-data" in COMPOSE["volumes"]
+def test_every_dependency_exists_and_the_database_keeps_its_data_in_a_named_volume() -> None:
+    for name, service in SERVICES.items():
+        unknown = set(service.get("depends_on", {})) - set(SERVICES)
+        assert not unknown, f"{name} waits for services that do not exist: {unknown}"
+    database = SERVICES["api"]["depends_on"].keys() & {name for name, s in SERVICES.items() if "image" in s}
+    for name in database:
+        volumes = [v.split(":")[0] for v in SERVICES[name].get("volumes", [])]
+        assert any(v in COMPOSE["volumes"] for v in volumes), f"{name} would lose its data with its container"
+    # Optional services stay off unless asked for: a plain `up` starts only what the API needs.
+    optional = {name for name, service in SERVICES.items() if service.get("profiles")}
+    assert optional == {"prometheus"}
 
 
 def test_every_variable_the_stack_sets_is_one_the_service_reads() -> None:

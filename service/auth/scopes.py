@@ -1,4 +1,9 @@
-"""Every OAuth2 scope a token can carry, with the sentence the consent page and the docs show for it."""
+"""Every OAuth2 scope a token can carry, with the sentence the consent page and the docs show for it.
+
+One registry, kept by the authorization server, because it is what validates every scope a client
+registers or a token request asks for; each name starts with the domain it guards (`users:`,
+`teams:`, `auth:`), and the OpenID Connect ones are the authorization server's own. A new domain
+adds its two lines here and uses them in its routes' `@requires(...)`."""
 
 from __future__ import annotations
 
