@@ -135,9 +135,10 @@ async def fetch_page(
     total: int | None = None,
 ) -> Page:
     """One page of `collection` matching `query`, in list order (oldest first, or newest first when
-    `descending`): by cursor one query, by offset two. `keys` names the (time, id) fields that order
+    `descending`): by cursor one query, by offset two at most. `keys` names the (time, id) fields that order
     it when they are not `created` and `_id` (a member's teams are ordered by the teams' own). `total`:
-    the count, where a counter already knows it (a team's members), so an offset page is one query too."""
+    the count, where a counter already knows it (a team's members); a page that reaches the end of the
+    list knows it too. Either way such an offset page is one query."""
     wanted = request.limit + 1  # one more than the page, to know whether more remain
     order = [(name, -1 if descending else 1) for name in keys]
     filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys)
@@ -163,6 +164,8 @@ async def fetch_page(
     items = items[: request.limit]
     if request.after is not None:
         total = None
+    elif total is None and not more and (items or not request.offset):
+        total = request.offset + len(items)  # the page reached the end: it is the count
     elif total is None:
         total = await db[collection].count_documents(dict(query))
     next_after = cursors.encode(scope, *sort_key(items[-1], keys)) if more and items else None

@@ -83,6 +83,11 @@ class Auditor:
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
 
+    async def flush(self) -> None:
+        """Wait until every event recorded so far is stored (or counted as dropped)."""
+        while self.pending:
+            await asyncio.gather(*self.pending)
+
     async def _store(self) -> None:
         await asyncio.sleep(0.005)  # let the rest of this request's events (and others') join the batch
         batch, self._batch = self._batch, []
