@@ -17,6 +17,7 @@ from service.audit import routes as audit_routes
 from service.auth import openapi as auth_openapi
 from service.auth import routes as auth_routes
 from service.auth.principals import PrincipalCache, principal_cache_ctx
+from service.auth.signin import HeldAttempts
 from service.auth.signing import KeyRing
 from service.config import Settings
 from service.cors import cors_middleware
@@ -82,6 +83,7 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(hasher_ctx)
     app[keys.principal_cache] = PrincipalCache()
+    app[keys.held_attempts] = HeldAttempts()
     app.cleanup_ctx.append(principal_cache_ctx)
     if settings.mongodb_url is None:
         app.cleanup_ctx.append(_first_run_fixtures_ctx)

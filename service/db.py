@@ -65,6 +65,11 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored time as UTC (some drivers read them back naive)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def create_client(url: str, timeout_ms: int) -> Client:
     """A Motor client for a real server; made inside the running loop."""
     if url.startswith("mongomock://"):

@@ -43,6 +43,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0002_documentation_client_oidc_scopes", auth_repository.documentation_client_may_sign_in),
     ("0003_memberships_out_of_team_documents", teams_repository.memberships_out_of_team_documents),
     ("0004_member_counts_in_team_documents", teams_repository.count_members_in_team_documents),
+    ("0005_membership_keys", teams_repository.key_memberships),
 )
 
 

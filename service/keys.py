@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:  # annotations only: at runtime this module imports nothing of the service
     from service.audit import Auditor
     from service.auth.principals import PrincipalCache
+    from service.auth.signin import HeldAttempts
     from service.auth.signing import KeyRing
     from service.config import Settings
     from service.db import Mongo
@@ -22,6 +23,7 @@ mongo: web.AppKey[Mongo] = web.AppKey("service.mongo")
 openapi: web.AppKey[bytes] = web.AppKey("service.openapi")
 hasher: web.AppKey[PasswordHasher] = web.AppKey("service.hasher")
 principal_cache: web.AppKey[PrincipalCache] = web.AppKey("service.principal_cache")
+held_attempts: web.AppKey[HeldAttempts] = web.AppKey("service.held_attempts")
 rate_limiter: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter")
 cursors: web.AppKey[Cursors] = web.AppKey("service.cursors")
 auditor: web.AppKey[Auditor] = web.AppKey("service.auditor")

@@ -22,7 +22,7 @@ import orjson
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from service.db import Database
+from service.db import Database, aware
 from service.errors import ValidationFailed
 
 KEYS = ("created", "_id")
@@ -82,8 +82,7 @@ class Cursors:
 
 def sort_key(item: Mapping[str, Any], keys: tuple[str, str] = ("created", "_id")) -> tuple[datetime, Any]:
     """An item's place in list order (timestamps read back naive by some drivers count as UTC)."""
-    created: datetime = item[keys[0]]
-    return (created if created.tzinfo else created.replace(tzinfo=UTC), item[keys[1]])
+    return (aware(item[keys[0]]), item[keys[1]])
 
 
 def _b64(raw: bytes) -> str:

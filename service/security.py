@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_apigami import docs
 
-from service import keys, metrics
-from service.auth import repository as tokens
+from service import keys
+from service.auth.principals import live_token
 from service.crypto import hash_secret
 from service.docs import problem
 from service.errors import Forbidden, InsufficientScope, Unauthorized
@@ -77,15 +77,9 @@ async def authenticate(request: web.Request) -> Principal | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     digest = hash_secret(token.strip())
-    cache = request.config_dict[keys.principal_cache]
-    found = cache.get(digest)
-    (metrics.CACHE_HITS if found is not None else metrics.CACHE_MISSES).inc()
+    found = await live_token(request.config_dict[keys.principal_cache], request.config_dict[keys.mongo].db, digest)
     if found is None:
-        epoch = cache.epoch
-        found = await tokens.find_live_access_token(request.config_dict[keys.mongo].db, digest)
-        if found is None:
-            raise Unauthorized("The access token is invalid, expired or revoked.")
-        cache.put(digest, found, epoch)
+        raise Unauthorized("The access token is invalid, expired or revoked.")
     return Principal(
         user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
     )

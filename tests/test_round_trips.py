@@ -4,6 +4,7 @@ not depend on the data, and these are its budgets."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +36,12 @@ def operations(backend: str, app, db) -> Callable[[Callable[[], Awaitable[Any]]]
     return count
 
 
+async def warm(client: TestClient, headers: dict[str, str]) -> None:
+    """Let the change stream deliver earlier writes (they evict), then cache the caller's principal."""
+    await asyncio.sleep(0.1)
+    await ok(client, "GET", "/api/v1/users/me", headers)()
+
+
 def ok(client: TestClient, method: str, url: str, headers: dict[str, str], **kwargs: Any):
     async def call() -> Any:
         response = await client.request(method, url, headers=headers, **kwargs)
@@ -48,7 +55,7 @@ async def test_lists_cost_one_query_a_page(client: TestClient, bearer, signup, o
     admin = await bearer("root")
     for i in range(5):
         await signup(f"paged{i}")
-    await ok(client, "GET", "/api/v1/users/me", admin)()  # the principal is cached from now on
+    await warm(client, admin)
     assert await operations(ok(client, "GET", "/api/v1/users/me", admin)) == 0
     first = await ok(client, "GET", "/api/v1/users/?limit=3", admin)()
     assert await operations(ok(client, "GET", "/api/v1/users/?limit=3", admin)) == 2  # page + count
@@ -57,3 +64,38 @@ async def test_lists_cost_one_query_a_page(client: TestClient, bearer, signup, o
     # A first page that reaches the end of the list is its own count.
     assert await operations(ok(client, "GET", "/api/v1/users/?limit=50", admin)) == 1
     assert await operations(ok(client, "GET", "/api/v1/teams/", admin)) == 1
+
+
+async def test_a_membership_change_costs_one_read_and_its_writes(
+    client: TestClient, bearer, signup, operations
+) -> None:
+    admin = await bearer("root")
+    team = await (await client.post("/api/v1/teams/", json={"title": "Counted"}, headers=admin)).json()
+    newcomer = await signup("counted")
+    await warm(client, admin)
+    members = f"/api/v1/teams/{team['id']}/members/"
+    member = f"{members}{newcomer['id']}"
+    promote = [{"op": "replace", "path": "/is_leader", "value": True}]
+    demote = [{"op": "replace", "path": "/is_leader", "value": False}]
+    costs = {
+        "add": await operations(ok(client, "POST", members, admin, json={"user_id": newcomer["id"]})),
+        "promote": await operations(ok(client, "PATCH", member, admin, json=promote)),
+        "demote": await operations(ok(client, "PATCH", member, admin, json=demote)),
+        "remove": await operations(ok(client, "DELETE", member, admin)),
+    }
+    # One read (the team, the caller's and the member's standing, the member's user), then the writes.
+    # Adding a plain member needs no transaction: the insert and the team's counter, 3. A leader change
+    # or a removal spans the team (its leader count, the rule's arbiter) and the membership, so it is a
+    # transaction of those two writes, and the commit is an operation too: 4.
+    assert costs == {"add": 3, "promote": 4, "demote": 4, "remove": 4}, costs
+
+
+async def test_a_password_grant_costs_three_operations_at_most(client: TestClient, seeded, operations) -> None:
+    form = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
+
+    async def sign_in() -> None:
+        response = await client.post("/auth/oauth2/token", data=form)
+        assert response.status == 200, await response.text()
+
+    await sign_in()  # warm: the client is cached from now on
+    assert await operations(sign_in) <= 3

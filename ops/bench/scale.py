@@ -29,6 +29,7 @@ from pymongo import MongoClient
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
 from run import PYTHON, ROOT, Server, free_port, http  # noqa: E402 - the harness next to this file
 
+from service.teams.repository import membership_key  # noqa: E402
 from service.users.repository import new_user_document  # noqa: E402
 
 COUNTERS = ("insert", "query", "update", "delete", "command")
@@ -122,6 +123,8 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
         for u in docs[big_team : big_team + 19]
     ]
     big["members"], small["members"] = 1 + big_team, 1 + 19
+    for membership in memberships:
+        membership["key"] = membership_key(membership["team_id"], membership["user_id"])
     db.teams.insert_many(team_docs)
     db.memberships.insert_many(memberships)
     return {"users": docs, "big": big, "small": small}

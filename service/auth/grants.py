@@ -23,10 +23,11 @@ from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import audit
-from service.auth import oidc, repository
+from service.auth import oidc, principals, repository
+from service.auth.principals import PrincipalCache
 from service.auth.repository import ClientDocument, CodeDocument, TokenDocument
 from service.auth.scopes import SCOPES
-from service.auth.signin import check_password
+from service.auth.signin import HeldAttempts, check_password
 from service.auth.signing import KeyRing
 from service.config import Settings
 from service.crypto import hash_secret, new_token, secret_matches
@@ -44,6 +45,8 @@ QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
 class Context:
     db: Database
     hasher: PasswordHasher
+    held: HeldAttempts
+    cache: PrincipalCache
     settings: Settings
     keyring: KeyRing
     issuer: str
@@ -86,7 +89,7 @@ def _invalid_client(description: str) -> oauth.InvalidClientError:
 
 
 async def authenticate_client(
-    db: Database, params: dict[str, str], authorization: str | None, *, confidential_only: bool = False
+    ctx: Context, params: dict[str, str], authorization: str | None, *, confidential_only: bool = False
 ) -> ClientDocument:
     """The calling client, by Basic, form secret or (public clients) client_id alone."""
     basic = parse_basic(authorization)
@@ -95,7 +98,7 @@ async def authenticate_client(
     client_id, secret = basic if basic else (params.get("client_id"), params.get("client_secret"))
     if not client_id:
         raise _invalid_client("Client authentication is required.")
-    client = await repository.get_client(db, client_id)
+    client = await principals.client(ctx.cache, ctx.db, client_id)
     if client is None:
         raise _invalid_client("Unknown client or wrong secret.")
     if client["client_type"] == "confidential":
@@ -206,11 +209,13 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
 
     async def active_users_hash() -> str | None:
         nonlocal user
-        user = await users_repository.get_user_by_username(ctx.db, username)
+        user = await principals.user_by_username(ctx.cache, ctx.db, username)
         return user["password_hash"] if user and user.get("is_active") else None
 
     try:
-        verified = await check_password(ctx.db, ctx.hasher, ctx.settings, username, password, active_users_hash)
+        verified = await check_password(
+            ctx.db, ctx.hasher, ctx.held, ctx.settings, username, password, active_users_hash
+        )
     except TooManyRequests:
         audit.record("signin.throttled", client_id=client_id, username=username)
         raise
@@ -329,5 +334,5 @@ async def token(ctx: Context, params: dict[str, str], authorization: str | None)
         raise oauth.UnsupportedGrantTypeError(f"Unsupported grant_type '{grant_type}'.")
     if grant is password_grant and ctx.hasher.overloaded():
         raise Overloaded()  # before any database work: under a storm, a refusal must cost next to nothing
-    client = await authenticate_client(ctx.db, params, authorization)
+    client = await authenticate_client(ctx, params, authorization)
     return await grant(ctx, client, params)

@@ -7,7 +7,7 @@ from typing import Any
 
 from service import audit
 from service.auth import repository
-from service.auth.grants import GRANTS, authenticate_client, required
+from service.auth.grants import GRANTS, Context, authenticate_client, required
 from service.auth.scopes import SCOPES
 from service.crypto import hash_secret
 from service.db import Database, utcnow
@@ -28,9 +28,10 @@ async def _find_any(db: Database, token_value: str, hint: str | None) -> dict[st
     return None
 
 
-async def revoke(db: Database, params: dict[str, str], authorization: str | None) -> None:
+async def revoke(ctx: Context, params: dict[str, str], authorization: str | None) -> None:
     """RFC 7009: revoke the client's own token; a refresh token takes its family with it."""
-    client = await authenticate_client(db, params, authorization)
+    client = await authenticate_client(ctx, params, authorization)
+    db = ctx.db
     (value,) = required(params, "token")
     found = await _find_any(db, value, params.get("token_type_hint"))
     if found is None or found["client_id"] != client["_id"]:
@@ -42,9 +43,10 @@ async def revoke(db: Database, params: dict[str, str], authorization: str | None
     audit.record("token.revoked", subject_id=found["user_id"], client_id=client["_id"], token_kind=found["_kind"])
 
 
-async def introspect(db: Database, params: dict[str, str], authorization: str | None, issuer: str) -> dict[str, Any]:
+async def introspect(ctx: Context, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
     """RFC 7662 for confidential clients, about their own tokens only."""
-    client = await authenticate_client(db, params, authorization, confidential_only=True)
+    client = await authenticate_client(ctx, params, authorization, confidential_only=True)
+    db, issuer = ctx.db, ctx.issuer
     (value,) = required(params, "token")
     found = await _find_any(db, value, params.get("token_type_hint"))
     if found is None or found["client_id"] != client["_id"] or found["revoked"]:

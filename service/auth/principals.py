@@ -7,20 +7,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
 from service import keys, metrics
 from service.auth import repository as tokens
+from service.users import repository as users
+from service.users.repository import UserDocument
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
+# What `PrincipalCache.get` answers when it has nothing usable (None is a value it may hold).
+MISS: Any = object()
+# A dependency on every document of a collection: `("users", ANY)` goes with any change to a user.
+ANY = "*"
+
+Dependency = tuple[str, Any]  # (collection, _id) of a document a cached value was read from
+
+
 class PrincipalCache:
-    """Principals of hot tokens, so a repeated token costs no database round trip.
+    """What identifies a caller, kept in process so a hot request costs no database round trip: the
+    principals of access tokens, OAuth2 clients, and users by username (the password grant's reads).
 
     Safe by construction (each point is tested on the real server with two app instances):
     - it answers only while the change stream is provably current: a `getMore` waits on the server
@@ -28,10 +41,11 @@ class PrincipalCache:
       then has been seen, and the next one is already waiting. The cache trusts that for one wait plus
       GRACE; a stream that stalls or fails (the driver's silent restarts included) is noticed within
       about a second, and every lookup goes to the database until it is back;
-    - every update, replacement or deletion of a user, token or client evicts what it touches;
+    - each value names the documents it was read from, and any change to one evicts it (an unknown
+      username depends on every user: a user created or renamed may take it);
     - a fill whose database read overlapped an eviction is dropped (the epoch moved);
     - the process that makes a change clears the cache itself, at once (`invalidate`);
-    - token expiry is checked on every hit, entries live at most MAX_AGE, and the size is bounded.
+    - expiry (a token's) is checked on every hit, entries live at most MAX_AGE, and the size is bounded.
     """
 
     GRACE = 0.1
@@ -42,29 +56,50 @@ class PrincipalCache:
         self.epoch = 0
         self.hits = 0
         self._valid_until = 0.0
-        self._entries: dict[str, tuple[dict[str, Any], float]] = {}
+        self._entries: dict[str, tuple[Any, float, datetime | None, frozenset[Dependency]]] = {}
 
-    def get(self, digest: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> Any:
         now = time.monotonic()
         if now >= self._valid_until:
-            return None
-        entry = self._entries.get(digest)
+            return MISS
+        entry = self._entries.get(key)
         if entry is None:
-            return None
-        token, stored_at = entry
-        if now - stored_at > self.MAX_AGE or token["access_expires"] <= datetime.now(UTC):
-            self._entries.pop(digest, None)
-            return None
+            return MISS
+        value, stored_at, expires, _ = entry
+        if now - stored_at > self.MAX_AGE or (expires is not None and expires <= datetime.now(UTC)):
+            self._entries.pop(key, None)
+            return MISS
         self.hits += 1
-        return token
+        return value
 
-    def put(self, digest: str, token: dict[str, Any], epoch: int) -> None:
+    def put(
+        self, key: str, value: Any, epoch: int, depends_on: Iterable[Dependency], expires: datetime | None = None
+    ) -> None:
         """Store what was read while the epoch was `epoch`, unless something was evicted since."""
         if epoch != self.epoch or time.monotonic() >= self._valid_until:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.pop(next(iter(self._entries)))
-        self._entries[digest] = (token, time.monotonic())
+        self._entries[key] = (value, time.monotonic(), expires, frozenset(depends_on))
+
+    async def fetch(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        depends_on: Callable[[T], Iterable[Dependency] | None],
+        expires: Callable[[T], datetime | None] = lambda _: None,
+    ) -> T:
+        """The cached value of `key`, else `load()`'s, kept unless `depends_on` says None."""
+        found = self.get(key)
+        (metrics.CACHE_HITS if found is not MISS else metrics.CACHE_MISSES).inc()
+        if found is not MISS:
+            return cast(T, found)
+        epoch = self.epoch
+        value = await load()
+        dependencies = depends_on(value)
+        if dependencies is not None:
+            self.put(key, value, epoch, dependencies, expires(value))
+        return value
 
     def invalidate(self) -> None:
         """Forget everything (a local write, or the stream lost)."""
@@ -73,10 +108,9 @@ class PrincipalCache:
 
     def evict(self, collection: str, key: Any) -> None:
         self.epoch += 1
-        field = {"oauth2_tokens": "_id", "users": "user_id", "oauth2_clients": "client_id"}[collection]
-        for digest, (token, _) in list(self._entries.items()):
-            if (digest if field == "_id" else token.get(field)) == key:
-                del self._entries[digest]
+        for cached, (_, _, _, depends_on) in list(self._entries.items()):
+            if (collection, key) in depends_on or (collection, ANY) in depends_on:
+                del self._entries[cached]
                 metrics.CACHE_EVICTIONS.inc()
 
     def current_until(self, deadline: float) -> None:
@@ -88,6 +122,40 @@ class PrincipalCache:
     def go_dark(self) -> None:
         self._valid_until = 0.0
         self.invalidate()
+
+
+async def live_token(cache: PrincipalCache, db: Any, digest: str) -> dict[str, Any] | None:
+    """The live access token with its user (see `find_live_access_token`); a dead one is not kept."""
+
+    def read_from(token: dict[str, Any] | None) -> list[Dependency] | None:
+        if token is None:
+            return None
+        return [("oauth2_tokens", digest), ("users", token["user_id"]), ("oauth2_clients", token["client_id"])]
+
+    return await cache.fetch(
+        f"token:{digest}",
+        lambda: tokens.find_live_access_token(db, digest),
+        read_from,
+        lambda token: token["access_expires"] if token else None,
+    )
+
+
+async def client(cache: PrincipalCache, db: Any, client_id: str) -> tokens.ClientDocument | None:
+    return await cache.fetch(
+        f"client:{client_id}",
+        lambda: tokens.get_client(db, client_id),
+        lambda found: [("oauth2_clients", client_id)] if found else None,
+    )
+
+
+async def user_by_username(cache: PrincipalCache, db: Any, username: str) -> UserDocument | None:
+    """A user by username; an unknown name is kept too (until any user changes), so a sign-in as an
+    unknown user costs the database what one as a known user does."""
+    return await cache.fetch(
+        f"username:{username.lower()}",
+        lambda: users.get_user_by_username(db, username),
+        lambda found: [("users", found["_id"])] if found else [("users", ANY)],
+    )
 
 
 async def _follow_changes(cache: PrincipalCache, db: Any) -> None:

@@ -15,7 +15,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from service.db import Database, utcnow
+from service.db import Database, aware, utcnow
 from service.errors import Conflict
 from service.pagination import Cursors, Page, PageRequest, fetch_page
 
@@ -194,37 +194,39 @@ async def claim_code(db: Database, digest: str) -> bool:
 # --- login throttling ------------------------------------------------------------------------
 
 
-async def reserve_login_attempt(db: Database, key: str, limit: int, window: int) -> datetime | None:
+async def reserve_login_attempt(db: Database, key: str, limit: int, window: int) -> tuple[bool, datetime]:
     """Take one of the `limit` password checks `key` may fail per `window` seconds, before hashing.
 
-    Returns None when an attempt was reserved, else when the window reopens. Each step is one atomic
-    conditional write, so no number of concurrent requests (in any number of processes sharing the
-    database) gets more than `limit` checks in a window: the count is taken before the check runs,
-    not after it fails."""
+    Returns (True, when the attempt's window ends) when an attempt was reserved, else (False, when the
+    window reopens). Each step is one atomic conditional write, so no number of concurrent requests (in
+    any number of processes sharing the database) gets more than `limit` checks in a window: the count
+    is taken before the check runs, not after it fails."""
     for _ in range(3):
         now = utcnow()
         cutoff = now - timedelta(seconds=window)
         try:  # a live window below the limit counts one more; no document at all starts a window
-            await db.login_attempts.update_one(
+            taken = await db.login_attempts.find_one_and_update(
                 {"_id": key, "window_start": {"$gt": cutoff}, "failures": {"$lt": limit}},
                 {
                     "$inc": {"failures": 1},
                     "$setOnInsert": {"window_start": now, "expires_at": now + timedelta(seconds=window)},
                 },
+                projection={"window_start": 1},
                 upsert=True,
+                return_document=ReturnDocument.AFTER,
             )
-            return None
+            if taken is not None:  # (None only when a concurrent upsert raced this one: look again)
+                return True, aware(taken["window_start"]) + timedelta(seconds=window)
         except DuplicateKeyError:
             pass  # the document exists but did not match: its window has passed, or it is at the limit
         fresh = {"window_start": now, "failures": 1, "expires_at": now + timedelta(seconds=window)}
         renewed = await db.login_attempts.update_one({"_id": key, "window_start": {"$lte": cutoff}}, {"$set": fresh})
         if renewed.matched_count:
-            return None
+            return True, now + timedelta(seconds=window)
         current = await db.login_attempts.find_one({"_id": key})
-        if current is not None and current["failures"] >= limit and current["window_start"] > cutoff:
-            reopens: datetime = current["window_start"] + timedelta(seconds=window)
-            return reopens
-    return utcnow() + timedelta(seconds=window)  # the document keeps changing under us: refuse, safely
+        if current is not None and current["failures"] >= limit and aware(current["window_start"]) > cutoff:
+            return False, aware(current["window_start"]) + timedelta(seconds=window)
+    return False, utcnow() + timedelta(seconds=window)  # the document keeps changing under us: refuse, safely
 
 
 async def release_login_attempt(db: Database, key: str) -> None:
@@ -239,16 +241,19 @@ CHANGE_STREAM_AWAIT_MS = 500
 
 
 def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
-    """A change stream of every update, replacement and deletion that can alter a principal.
-
-    Inserts are left out: a new document cannot make a cached principal stale. Each `getMore` waits on
-    the server (awaitData) until a change arrives or CHANGE_STREAM_AWAIT_MS pass, so an idle
-    instance sends two commands a second, and a change reaches it milliseconds after the write."""
+    """A change stream of every write that can alter a cached principal: updates, replacements and
+    deletions, and a new user (who may take a username cached as unknown). Other inserts (every
+    sign-in's token) are left out. Each `getMore` waits on the server (awaitData) until a change
+    arrives or CHANGE_STREAM_AWAIT_MS pass, so an idle instance sends two commands a second, and a
+    change reaches it milliseconds after the write."""
     pipeline: list[dict[str, Any]] = [
         {
             "$match": {
-                "operationType": {"$in": ["update", "replace", "delete"]},
                 "ns.coll": {"$in": list(PRINCIPAL_COLLECTIONS)},
+                "$or": [
+                    {"operationType": {"$in": ["update", "replace", "delete"]}},
+                    {"operationType": "insert", "ns.coll": "users"},
+                ],
             }
         },
         {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1}},

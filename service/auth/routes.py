@@ -48,7 +48,13 @@ def issuer(request: web.Request) -> str:
 def context(request: web.Request) -> grants.Context:
     config = request.config_dict
     return grants.Context(
-        config[keys.mongo].db, config[keys.hasher], config[keys.settings], config[keys.keyring], issuer(request)
+        config[keys.mongo].db,
+        config[keys.hasher],
+        config[keys.held_attempts],
+        config[keys.principal_cache],
+        config[keys.settings],
+        config[keys.keyring],
+        issuer(request),
     )
 
 
@@ -115,7 +121,7 @@ async def token(request: web.Request) -> web.Response:
 @oauth_endpoint
 async def revoke(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    await introspection.revoke(request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"))
+    await introspection.revoke(context(request), params, request.headers.get("Authorization"))
     invalidate_principals(request)
     return web.Response(status=200)
 
@@ -124,9 +130,7 @@ async def revoke(request: web.Request) -> web.Response:
 @oauth_endpoint
 async def introspect(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    result = await introspection.introspect(
-        request.config_dict[keys.mongo].db, params, request.headers.get("Authorization"), issuer(request)
-    )
+    result = await introspection.introspect(context(request), params, request.headers.get("Authorization"))
     return json_response(result)
 
 

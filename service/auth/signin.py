@@ -8,6 +8,7 @@ per username per LOGIN_WINDOW, whatever the concurrency.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 from service.auth import repository
 from service.config import Settings
@@ -16,9 +17,38 @@ from service.errors import TooManyRequests
 from service.passwords import PasswordHasher
 
 
+class HeldAttempts:
+    """Attempts kept by right passwords, for the same username's next check in this process.
+
+    A right password must not count against the budget, but giving its attempt back is a database
+    write. Instead the process keeps the attempt, and the username's next check here uses it with no
+    write at all (the common case: the same user signing in again). An attempt is kept only while its
+    window lasts, at most one per username, so the budget other processes see can be smaller by the
+    attempts processes keep, never larger; a process that stops just forgets them."""
+
+    MARGIN = timedelta(seconds=30)  # a kept attempt this close to its window's end is not used
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._kept: dict[str, datetime] = {}
+
+    def take(self, key: str) -> datetime | None:
+        """The end of the window of an attempt kept for `key`, now the caller's; None if none is."""
+        window_end = self._kept.pop(key, None)
+        return window_end if window_end is not None and window_end - utcnow() > self.MARGIN else None
+
+    def keep(self, key: str, window_end: datetime) -> bool:
+        """Keep a right password's attempt; False when one is kept already (the caller gives it back)."""
+        if key in self._kept or len(self._kept) >= self.max_entries:
+            return False
+        self._kept[key] = window_end
+        return True
+
+
 async def check_password(
     db: Database,
     hasher: PasswordHasher,
+    held: HeldAttempts,
     settings: Settings,
     username: str,
     password: str,
@@ -28,16 +58,21 @@ async def check_password(
 
     In order: a place in the hashing queue (503 at once when the wait would be too long), then an
     attempt reserved atomically against the username's budget (429 when spent), then the hash. A
-    right password gives its attempt back. `find_hash` returning None (unknown or deactivated user)
-    costs the same hash and fails, so neither the answer nor its timing tells those cases apart.
+    right password gives its attempt back (by keeping it for the next check, see HeldAttempts).
+    `find_hash` returning None (unknown or deactivated user) costs the same hash and fails, so neither
+    the answer nor its timing tells those cases apart.
     """
     key = username.lower()
     with hasher.admit():
-        reopens = await repository.reserve_login_attempt(db, key, settings.login_max_failures, settings.login_window)
-        if reopens is not None:
-            seconds = int((reopens - utcnow()).total_seconds()) + 1
-            raise TooManyRequests("Too many failed sign-in attempts; try again later.", retry_after=seconds)
+        window_end = held.take(key)
+        if window_end is None:
+            reserved, window_end = await repository.reserve_login_attempt(
+                db, key, settings.login_max_failures, settings.login_window
+            )
+            if not reserved:
+                seconds = int((window_end - utcnow()).total_seconds()) + 1
+                raise TooManyRequests("Too many failed sign-in attempts; try again later.", retry_after=seconds)
         verified = await hasher.verify(await find_hash(), password, admitted=True)
-    if verified:
+    if verified and not held.keep(key, window_end):
         await repository.release_login_attempt(db, key)
     return verified

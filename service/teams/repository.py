@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from service.db import Database, in_transaction, utcnow
 from service.pagination import Cursors, Page, PageRequest, fetch_page
+from service.users.repository import UserDocument
 
 T = TypeVar("T")
 
@@ -41,6 +42,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("team_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
         IndexModel(MEMBERS_IN_ORDER),
         IndexModel([("user_id", ASCENDING), ("team_created", ASCENDING), ("team_id", ASCENDING)]),
+        IndexModel([("key", ASCENDING)]),
     ],
 }
 
@@ -82,6 +84,7 @@ class MembershipDocument(TypedDict):
     is_leader: bool
     created: datetime
     team_created: datetime  # the team's, so a member's teams list in team order from an index
+    key: str  # "<team_id>:<user_id>", so one query can join a user to their membership (`members_view`)
 
 
 def new_team_document(title: str) -> TeamDocument:
@@ -97,7 +100,12 @@ def new_membership(team: TeamDocument, user_id: ObjectId, is_leader: bool) -> Me
         "is_leader": is_leader,
         "created": utcnow(),
         "team_created": team["created"],
+        "key": membership_key(team["_id"], user_id),
     }
+
+
+def membership_key(team_id: ObjectId, user_id: ObjectId) -> str:
+    return f"{team_id}:{user_id}"
 
 
 async def insert_team(db: Database, team: TeamDocument, leaders: list[MembershipDocument]) -> TeamDocument:
@@ -118,17 +126,35 @@ async def get_team_by_title(db: Database, title: str) -> TeamDocument | None:
     return cast(TeamDocument | None, await db.teams.find_one({"title": title}))
 
 
-async def get_membership(db: Database, team_id: ObjectId, user_id: ObjectId) -> MembershipDocument | None:
-    return cast(MembershipDocument | None, await db.memberships.find_one({"team_id": team_id, "user_id": user_id}))
+class Member(TypedDict):
+    """A user as `members_view` finds them: the user document and their membership, if any."""
+
+    user: UserDocument
+    membership: MembershipDocument | None
 
 
-async def get_memberships(
-    db: Database, team_id: ObjectId, user_ids: set[ObjectId]
-) -> dict[ObjectId, MembershipDocument]:
-    """Several users' memberships of one team in one round trip (the caller's and the target's)."""
-    query = {"team_id": team_id, "user_id": {"$in": list(user_ids)}}
-    found = cast(list[MembershipDocument], await db.memberships.find(query).to_list(None))
-    return {membership["user_id"]: membership for membership in found}
+async def members_view(
+    db: Database, team_id: ObjectId, user_ids: list[ObjectId]
+) -> tuple[TeamDocument | None, dict[ObjectId, Member]]:
+    """The team, and each of `user_ids` that exists with their membership of it, in one round trip
+    (what any request about a team needs: the caller's standing, and the member it is about). Each
+    join is a point lookup: by `_id`, and by the membership's `key`."""
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"_id": {"$in": user_ids}}},
+        {"$addFields": {"_key": {"$concat": [f"{team_id}:", {"$toString": "$_id"}]}, "_team": {"$literal": team_id}}},
+        {"$lookup": {"from": "memberships", "localField": "_key", "foreignField": "key", "as": "_membership"}},
+        {"$lookup": {"from": "teams", "localField": "_team", "foreignField": "_id", "as": "_team"}},
+    ]
+    found = await db.users.aggregate(pipeline).to_list(None)
+    if not found:  # none of the users exists: the team alone
+        return await get_team(db, team_id), {}
+    team = found[0]["_team"][0] if found[0]["_team"] else None
+    members: dict[ObjectId, Member] = {}
+    for row in found:
+        membership = row.pop("_membership")
+        del row["_key"], row["_team"]
+        members[row["_id"]] = {"user": cast(UserDocument, row), "membership": membership[0] if membership else None}
+    return cast(TeamDocument | None, team), members
 
 
 async def list_teams(db: Database, member_id: ObjectId | None, request: PageRequest, cursors: Cursors) -> Page:
@@ -235,12 +261,17 @@ async def _insert_then_touch(
 
 
 async def set_leader(
-    db: Database, team_id: ObjectId, user_id: ObjectId, is_leader: bool, version: int | None
+    db: Database, membership: MembershipDocument, is_leader: bool, version: int | None
 ) -> tuple[TeamDocument, MembershipDocument] | None:
-    """Promote or demote; (team, membership) after, None when the membership is gone."""
+    """Promote or demote the member whose `membership` the caller read; (team, membership) after, None
+    when it is gone. A retry (a conflict, or a change in between) reads the membership afresh."""
+    known: MembershipDocument | None = membership
+    team_id = membership["team_id"]
 
     async def work(session: Any) -> tuple[TeamDocument, MembershipDocument] | None:
-        current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
+        nonlocal known
+        current = known or await _membership(db, session, membership)
+        known = None
         if current is None:
             return None
         delta = int(is_leader) - int(current["is_leader"])
@@ -253,7 +284,7 @@ async def set_leader(
             return_document=ReturnDocument.AFTER,
             session=session,
         )
-        if changed is None:  # changed under us (only possible without a transaction): undo, let it retry
+        if changed is None:  # changed since it was read: undo, read again
             await _touch_team(db, session, team_id, -delta, None)
             raise _Raced()
         return team, cast(MembershipDocument, changed)
@@ -261,23 +292,36 @@ async def set_leader(
     return await _run(db, work)
 
 
-async def remove_member(db: Database, team_id: ObjectId, user_id: ObjectId, version: int | None) -> bool:
-    """Delete the membership (a leader only while another remains); False when it is gone."""
+async def remove_member(db: Database, membership: MembershipDocument, version: int | None) -> bool:
+    """Delete the membership the caller read (a leader only while another remains); False when it is
+    gone. A retry reads it afresh."""
+    known: MembershipDocument | None = membership
+    team_id = membership["team_id"]
 
     async def work(session: Any) -> bool:
-        current = await db.memberships.find_one({"team_id": team_id, "user_id": user_id}, session=session)
+        nonlocal known
+        current = known or await _membership(db, session, membership)
+        known = None
         if current is None:
             return False
         team = await _touch_team(db, session, team_id, -int(current["is_leader"]), version, members=-1)
         if team is None:
             raise await _why_not(db, team_id, version)
-        deleted = await db.memberships.delete_one({"_id": current["_id"]}, session=session)
-        if not deleted.deleted_count:
+        deleted = await db.memberships.delete_one(
+            {"_id": current["_id"], "is_leader": current["is_leader"]}, session=session
+        )
+        if not deleted.deleted_count:  # changed since it was read: undo, read again
             await _touch_team(db, session, team_id, int(current["is_leader"]), None, members=1)
             raise _Raced()
         return True
 
     return await _run(db, work)
+
+
+async def _membership(db: Database, session: Any, membership: MembershipDocument) -> MembershipDocument | None:
+    """The membership as it is now (a retry's fresh read)."""
+    query = {"team_id": membership["team_id"], "user_id": membership["user_id"]}
+    return cast(MembershipDocument | None, await db.memberships.find_one(query, session=session))
 
 
 async def delete_team(db: Database, team_id: ObjectId, version: int | None) -> bool:
@@ -336,3 +380,11 @@ async def count_members_in_team_documents(db: Database) -> None:
     async for team in db.teams.find({"members": {"$exists": False}}, {"_id": 1}):
         count = await db.memberships.count_documents({"team_id": team["_id"]})
         await db.teams.update_one({"_id": team["_id"], "members": {"$exists": False}}, {"$set": {"members": count}})
+
+
+async def key_memberships(db: Database) -> None:
+    """Memberships get their `key` (`members_view` joins users to memberships by it). Idempotent: only
+    memberships without one are touched."""
+    async for membership in db.memberships.find({"key": {"$exists": False}}, {"team_id": 1, "user_id": 1}):
+        key = membership_key(membership["team_id"], membership["user_id"])
+        await db.memberships.update_one({"_id": membership["_id"]}, {"$set": {"key": key}})

@@ -7,9 +7,7 @@ has them); this module decides who may ask for a change and turns refusals into 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from bson import ObjectId
+from typing import Any, cast
 
 from service import patch
 from service.db import Database, document_id
@@ -27,22 +25,30 @@ EDITABLE_TEAM = EditableTeamSchema()
 EDITABLE_MEMBERSHIP = EditableMembershipSchema()
 
 
-async def _team(db: Database, caller: Principal, team_id: str) -> tuple[TeamDocument, MembershipDocument | None]:
-    """The team and the caller's membership, if the caller may see it; 404 otherwise (non-members may
-    not learn that it exists)."""
-    oid = document_id(team_id)
-    team = await repository.get_team(db, oid) if oid is not None else None
-    membership = await repository.get_membership(db, oid, caller.user_id) if team is not None else None
+async def _team(
+    db: Database, caller: Principal, team_id: str, user_id: str | None = None
+) -> tuple[TeamDocument, MembershipDocument | None, repository.Member | None]:
+    """The team, the caller's membership and (when `user_id` names one who exists) that user with
+    their membership, in one round trip, if the caller may see the team; 404 otherwise (non-members
+    may not learn that it exists)."""
+    oid, other = document_id(team_id), document_id(user_id) if user_id is not None else None
+    team, found = (
+        await repository.members_view(db, oid, [caller.user_id, *([other] if other else [])]) if oid else (None, {})
+    )
+    mine = found.get(caller.user_id)
+    membership = mine["membership"] if mine else None
     if team is None or not may_see_team(caller.user, membership):
         raise NotFound("No such team.")
-    return team, membership
+    return team, membership, found.get(other) if other else None
 
 
-async def _managed_team(db: Database, caller: Principal, team_id: str) -> TeamDocument:
-    team, membership = await _team(db, caller, team_id)
+async def _managed_team(
+    db: Database, caller: Principal, team_id: str, user_id: str | None = None
+) -> tuple[TeamDocument, repository.Member | None]:
+    team, membership, other = await _team(db, caller, team_id, user_id)
     if not may_manage_team(caller.user, membership):
         raise Forbidden("Only the team's leaders or an admin may do this.")
-    return team
+    return team, other
 
 
 async def create_team(db: Database, caller: Principal, title: str) -> TeamDocument:
@@ -66,7 +72,7 @@ async def patch_team(
     blind = patch.is_blind(operations, expected_version)
 
     async def attempt() -> TeamDocument | None:
-        team = await _managed_team(db, caller, team_id)
+        team, _ = await _managed_team(db, caller, team_id)
         check_version(expected_version, team)
         result = load(EDITABLE_TEAM, patch.apply({"title": team["title"]}, operations))
         if result["title"] == team["title"] and not blind:
@@ -77,7 +83,7 @@ async def patch_team(
 
 
 async def delete_team(db: Database, caller: Principal, team_id: str, expected_version: int | None) -> None:
-    team = await _managed_team(db, caller, team_id)
+    team, _ = await _managed_team(db, caller, team_id)
     check_version(expected_version, team)
     deleted = await repository.delete_team(db, team["_id"], expected_version)
     if not deleted and expected_version is not None and await repository.get_team(db, team["_id"]) is not None:
@@ -94,7 +100,7 @@ async def _with_users(db: Database, members: Sequence[Mapping[str, Any]]) -> lis
 
 
 async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
-    team, _ = await _team(db, caller, team_id)
+    team, _, _ = await _team(db, caller, team_id)
     found = await repository.list_members(db, team, request, cursors)
     return Page(await _with_users(db, found.items), found.next_after, found.total)
 
@@ -117,40 +123,31 @@ async def add_member(
     db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool, expected_version: int | None = None
 ) -> tuple[TeamDocument, dict[str, Any]]:
     """Add a member; returns (team, membership). 404 for an unknown user, 409 if already in."""
-    team = await _managed_team(db, caller, team_id)
+    team, newcomer = await _managed_team(db, caller, team_id, user_id)
     check_version(expected_version, team)
-    oid = document_id(user_id)
-    user = await users_repository.get_user(db, oid) if oid is not None else None
-    if user is None:
+    if newcomer is None:
         raise NotFound("No such user.")
-    membership = repository.new_membership(team, user["_id"], is_leader)
+    if newcomer["membership"] is not None:
+        raise Conflict("The user is already a member of this team.")
+    membership = repository.new_membership(team, newcomer["user"]["_id"], is_leader)
     try:
         updated = await repository.add_member(db, team, membership, expected_version)
     except _REFUSED as exc:
         raise _refusal(exc, "membership") from None
-    return updated, {**membership, "user": user}
+    return updated, {**membership, "user": newcomer["user"]}
 
 
 async def _target(
     db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
-) -> tuple[ObjectId, MembershipDocument]:
-    """(team id, membership) of a membership the caller may change (a member may always leave). The
-    caller's and the target's memberships come in one query."""
-    oid, target_id = document_id(team_id), document_id(user_id)
-    team = await repository.get_team(db, oid) if oid is not None else None
-    if team is None:
-        raise NotFound("No such team.")
-    found = await repository.get_memberships(db, oid, {caller.user_id, *([target_id] if target_id else [])})
-    membership = found.get(caller.user_id)
-    if not may_see_team(caller.user, membership):
-        raise NotFound("No such team.")
-    target = found.get(target_id) if target_id is not None else None
-    if target is None:
+) -> repository.Member:
+    """The member (user and membership) the caller may change (a member may always leave)."""
+    _, membership, target = await _team(db, caller, team_id, user_id)
+    if target is None or target["membership"] is None:
         raise NotFound("No such member in this team.")
-    leaving_self = allow_self and target_id == caller.user_id
+    leaving_self = allow_self and target["user"]["_id"] == caller.user_id
     if not (leaving_self or may_manage_team(caller.user, membership)):
         raise Forbidden("Only the team's leaders or an admin may do this.")
-    return oid, target
+    return target
 
 
 async def patch_membership(
@@ -161,25 +158,26 @@ async def patch_membership(
     operations: list[dict[str, Any]],
     expected_version: int | None,
 ) -> tuple[TeamDocument, dict[str, Any]]:
-    team_oid, current = await _target(db, caller, team_id, user_id, allow_self=False)
+    target = await _target(db, caller, team_id, user_id, allow_self=False)
+    current = cast(MembershipDocument, target["membership"])
     result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current["is_leader"]}, operations))
     try:
-        changed = await repository.set_leader(db, team_oid, current["user_id"], result["is_leader"], expected_version)
+        changed = await repository.set_leader(db, current, result["is_leader"], expected_version)
     except _REFUSED as exc:
         raise _refusal(exc, "membership") from None
     if changed is None:
         raise NotFound("No such member in this team.")
     team, membership = changed
-    return team, (await _with_users(db, [membership]))[0]
+    return team, {**membership, "user": target["user"]}
 
 
 async def remove_member(
     db: Database, caller: Principal, team_id: str, user_id: str, expected_version: int | None
 ) -> None:
     """Leaders and admins remove anyone; a member may leave. The last leader cannot go."""
-    team_oid, target = await _target(db, caller, team_id, user_id, allow_self=True)
+    target = await _target(db, caller, team_id, user_id, allow_self=True)
     try:
-        removed = await repository.remove_member(db, team_oid, target["user_id"], expected_version)
+        removed = await repository.remove_member(db, cast(MembershipDocument, target["membership"]), expected_version)
     except _REFUSED as exc:
         raise _refusal(exc, "membership") from None
     if not removed:

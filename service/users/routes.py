@@ -53,6 +53,7 @@ async def create_user(request: web.Request) -> web.Response:
         request[keys.body],
         optional_principal(request),
     )
+    invalidate_principals(request)  # the name was unknown until now, and may be cached as such
     return with_etag(USER.dump(user), user, status=201, Location=f"/api/v1/users/{user['_id']}")
 
 
@@ -97,6 +98,7 @@ async def patch_user(request: web.Request) -> web.Response:
     user, revoked = await service.patch_user(
         request.config_dict[keys.mongo].db,
         request.config_dict[keys.hasher],
+        request.config_dict[keys.held_attempts],
         request.config_dict[keys.settings],
         principal(request),
         request.match_info["user_id"],

@@ -7,7 +7,7 @@ from typing import Any
 
 from service import audit, patch
 from service.auth import repository as auth_repository
-from service.auth.signin import check_password
+from service.auth.signin import HeldAttempts, check_password
 from service.config import Settings
 from service.db import Database, is_unavailable_error
 from service.errors import Forbidden, ValidationFailed, check_version
@@ -69,7 +69,12 @@ async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
 
 
 async def _check_guards(
-    db: Database, hasher: PasswordHasher, settings: Settings, caller: Principal, operations: list[dict[str, Any]]
+    db: Database,
+    hasher: PasswordHasher,
+    held: HeldAttempts,
+    settings: Settings,
+    caller: Principal,
+    operations: list[dict[str, Any]],
 ) -> None:
     """Role paths need an admin; email and password need a preceding `test /current_password`, which is
     checked like a sign-in (same per-username throttle), once per patch at most."""
@@ -91,7 +96,7 @@ async def _check_guards(
             return user.get("password_hash")
 
         if not isinstance(value, str) or not await check_password(
-            db, hasher, settings, user["username"], value, own_hash
+            db, hasher, held, settings, user["username"], value, own_hash
         ):
             raise Forbidden("The current password is wrong.")
 
@@ -114,6 +119,7 @@ def _audit_changes(caller: Principal, target: UserDocument, changes: dict[str, A
 async def patch_user(
     db: Database,
     hasher: PasswordHasher,
+    held: HeldAttempts,
     settings: Settings,
     caller: Principal,
     user_id: str,
@@ -126,7 +132,7 @@ async def patch_user(
     so a concurrent change is never overwritten: with If-Match the caller gets 412, without it the
     patch is re-applied to the fresh document.
     """
-    await _check_guards(db, hasher, settings, caller, operations)
+    await _check_guards(db, hasher, held, settings, caller, operations)
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
     blind = patch.is_blind(changes_ops, expected_version)
 

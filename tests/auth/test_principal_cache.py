@@ -15,39 +15,52 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service import keys
 from service.app import create_app
-from service.auth.principals import PrincipalCache
+from service.auth.principals import ANY, MISS, PrincipalCache
+from service.auth.signin import HeldAttempts
 from service.crypto import hash_secret
+from service.db import utcnow
 
 TOKEN = "/auth/oauth2/token"
 
 
-def entry(expires_in: float = 60) -> dict:
-    return {
-        "_id": "d",
-        "user_id": 1,
-        "client_id": "c",
-        "access_expires": datetime.now(UTC) + timedelta(seconds=expires_in),
-    }
+def entry(expires_in: float = 60) -> tuple[dict, list, datetime]:
+    """A token principal as the cache keeps it: the value, what it was read from, when it expires."""
+    expires = datetime.now(UTC) + timedelta(seconds=expires_in)
+    return {"_id": "d", "user_id": 1}, [("oauth2_tokens", "d"), ("users", 1), ("oauth2_clients", "c")], expires
 
 
 def test_cache_answers_only_while_current_and_refuses_racing_fills() -> None:
     cache = PrincipalCache()
-    cache.put("d", entry(), cache.epoch)
-    assert cache.get("d") is None  # never proven current: nothing stored, nothing served
+    value, depends_on, expires = entry()
+    cache.put("d", value, cache.epoch, depends_on, expires)
+    assert cache.get("d") is MISS  # never proven current: nothing stored, nothing served
     cache.current_until(time.monotonic() + 10)
     epoch = cache.epoch
     cache.evict("users", 99)  # an eviction while a read was in flight ...
-    cache.put("d", entry(), epoch)  # ... so that read's result is dropped
-    assert cache.get("d") is None
-    cache.put("d", entry(), cache.epoch)
-    assert cache.get("d") is not None
+    cache.put("d", value, epoch, depends_on, expires)  # ... so that read's result is dropped
+    assert cache.get("d") is MISS
+    cache.put("d", value, cache.epoch, depends_on, expires)
+    assert cache.get("d") == value
     cache.evict("users", 1)
-    assert cache.get("d") is None
-    cache.put("d", entry(expires_in=-1), cache.epoch)
-    assert cache.get("d") is None  # expired tokens are never served
-    cache.put("d", entry(), cache.epoch)
+    assert cache.get("d") is MISS
+    cache.put("d", *entry(expires_in=-1)[:1], cache.epoch, depends_on, entry(expires_in=-1)[2])
+    assert cache.get("d") is MISS  # expired tokens are never served
+    cache.put("d", value, cache.epoch, depends_on, expires)
     cache.current_until(time.monotonic() - 0.001)  # the stream stopped proving itself current
-    assert cache.get("d") is None
+    assert cache.get("d") is MISS
+
+
+def test_an_unknown_username_is_kept_until_any_user_changes() -> None:
+    cache = PrincipalCache()
+    cache.current_until(time.monotonic() + 10)
+    cache.put("username:ghost", None, cache.epoch, [("users", ANY)])
+    cache.put("username:root", {"_id": 1}, cache.epoch, [("users", 1)])
+    assert cache.get("username:ghost") is None  # a kept answer: no such user
+    cache.evict("oauth2_tokens", "x")
+    assert cache.get("username:ghost") is None
+    cache.evict("users", 2)  # a user created or renamed (any user) may now hold the name
+    assert cache.get("username:ghost") is MISS
+    assert cache.get("username:root") == {"_id": 1}  # a known user goes only with its own changes
 
 
 @pytest.fixture
@@ -124,6 +137,50 @@ async def test_changes_reach_every_instance_within_100_ms(
     assert elapsed <= 100
 
 
+async def test_sign_in_reads_follow_changes_made_by_another_instance(
+    client: TestClient, other: TestClient, seeded, db
+) -> None:
+    """The password grant's cached reads (the client, the user by username, an unknown username) are
+    dropped when another instance changes what they were read from."""
+    form = {"grant_type": "password", "client_id": "documentation"}
+
+    async def status(instance: TestClient, username: str, password: str, **extra: str) -> int:
+        return (await instance.post(TOKEN, data={**form, "username": username, "password": password, **extra})).status
+
+    await warm(client, {"Authorization": (await sign_in(client, "root", "q"))["Authorization"]})
+    assert await status(client, "user", "w") == 200  # the user and the client are cached here now
+    assert await status(client, "latecomer", "long enough pw") == 400  # and the unknown name
+    user = await db.users.find_one({"username": "user"})
+    changed = await other.patch(
+        f"/api/v1/users/{user['_id']}",
+        headers={"Authorization": (await sign_in(other, "user", "w"))["Authorization"]},
+        json=[
+            {"op": "test", "path": "/current_password", "value": "w"},
+            {"op": "replace", "path": "/password", "value": "a fresh password"},
+        ],
+    )
+    assert changed.status == 200
+    newcomer = {"username": "latecomer", "email": "late@example.com", "password": "long enough pw"}
+    assert (await other.post("/api/v1/users/", json=newcomer)).status == 201
+    await db.oauth2_clients.update_one({"_id": "documentation"}, {"$set": {"allowed_scopes": ["users:read"]}})
+    await asyncio.sleep(0.1)  # the change stream delivers within milliseconds
+    assert await status(client, "user", "w") == 400
+    assert await status(client, "user", "a fresh password") == 200
+    assert await status(client, "latecomer", "long enough pw") == 200
+    assert await status(client, "user", "a fresh password", scope="teams:write") == 400  # invalid_scope now
+
+
+def test_a_kept_attempt_is_used_once_and_not_near_its_windows_end() -> None:
+    held = HeldAttempts()
+    later = utcnow() + timedelta(minutes=5)
+    assert held.keep("root", later)
+    assert not held.keep("root", later)  # one per username: the caller gives the second one back
+    assert held.take("root") == later
+    assert held.take("root") is None
+    held.keep("root", utcnow() + timedelta(seconds=1))  # its window ends before a check would finish
+    assert held.take("root") is None
+
+
 async def warm_session_then_fail_get_mores(client: TestClient, mongo_client, how: dict):
     """Sign in, get the token cached, then make the change stream's getMores fail as `how` says."""
     session = await sign_in(client, "user", "w")
@@ -156,7 +213,7 @@ async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
     try:
         started = time.monotonic()
         cache = client.app[keys.principal_cache]
-        while cache.get(hash_secret(session["token"])):
+        while cache.get(f"token:{hash_secret(session['token'])}") is not MISS:
             assert time.monotonic() - started < 2, "a stalled stream was trusted for more than 2 s"
             await asyncio.sleep(0.02)
         noticed = time.monotonic() - started

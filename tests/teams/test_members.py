@@ -9,7 +9,11 @@ from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
 from service.db import utcnow
-from service.teams.repository import count_members_in_team_documents, memberships_out_of_team_documents
+from service.teams.repository import (
+    count_members_in_team_documents,
+    key_memberships,
+    memberships_out_of_team_documents,
+)
 from service.users.repository import new_user_document
 from tests.helpers import PROBLEM, stored_members
 
@@ -248,6 +252,15 @@ async def test_migration_counts_members_into_team_documents_idempotently(db, app
     await count_members_in_team_documents(db)
     assert (await db.teams.find_one({"_id": uncounted}))["members"] == 3
     assert (await db.teams.find_one({"_id": counted}))["members"] == 1  # already counted: left alone
+
+
+async def test_migration_keys_memberships_idempotently(db) -> None:
+    team_id, user_id = ObjectId(), ObjectId()
+    await db.memberships.insert_one({"team_id": team_id, "user_id": user_id, "is_leader": True})
+    await key_memberships(db)
+    await key_memberships(db)  # a second run (or one after a crash) changes nothing
+    stored = await db.memberships.find({"team_id": team_id}).to_list(None)
+    assert [m["key"] for m in stored] == [f"{team_id}:{user_id}"]
 
 
 async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotions(
