@@ -44,6 +44,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0003_memberships_out_of_team_documents", teams_repository.memberships_out_of_team_documents),
     ("0004_member_counts_in_team_documents", teams_repository.count_members_in_team_documents),
     ("0005_membership_keys", teams_repository.key_memberships),
+    ("0006_leaders_in_team_documents", teams_repository.leaders_into_team_documents),
+    ("0007_membership_places", teams_repository.place_memberships),
 )
 
 

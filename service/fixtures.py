@@ -132,14 +132,15 @@ async def load(db: Database, hasher: PasswordHasher, paths: Iterable[Path]) -> d
     for team in data["teams"]:
         if await teams_repository.get_team_by_title(db, team["title"]) is not None:
             continue
-        team_document = teams_repository.new_team_document(team["title"])
+        team_document = teams_repository.new_team_document(team["title"], [])
         members = []
         for member in team["members"]:
             found = await users_repository.get_user_by_username(db, member["username"])
             if found is None:
                 raise FixtureError(f"Team {team['title']!r}: unknown member {member['username']!r}")
-            members.append(teams_repository.new_membership(team_document, found["_id"], member["is_leader"]))
-        team_document["leaders"] = sum(1 for member in members if member["is_leader"])
+            members.append(teams_repository.new_membership(team_document, found["_id"]))
+            if member["is_leader"]:
+                team_document["leader_ids"].append(found["_id"])
         await teams_repository.insert_team(db, team_document, members)
         created["teams"] += 1
     return created

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ from service.errors import ValidationFailed
 KEYS = ("created", "_id")
 ORDER = [(name, 1) for name in KEYS]
 _MAC_BYTES = 16
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class Cursors:
         return hmac.new(self._key, scope.encode() + b"\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def encode(self, scope: str, created: datetime, key: Any) -> str:
-        payload = orjson.dumps([round(created.timestamp() * 1000), str(key), "o" if isinstance(key, ObjectId) else "s"])
+        payload = orjson.dumps([millis(created), str(key), "o" if isinstance(key, ObjectId) else "s"])
         return _b64(payload) + "." + _b64(self._mac(scope, payload))
 
     def decode(self, scope: str, cursor: str) -> tuple[datetime, Any]:
@@ -78,6 +79,29 @@ class Cursors:
         except (ValueError, TypeError, binascii.Error, InvalidId, orjson.JSONDecodeError, OverflowError):
             raise ValidationFailed({"after": ["The cursor is malformed, altered or from another list."]}) from None
         return created, key
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A list kept in order in one indexed string field: `prefix` (which list), then each item's
+    (created, _id), fixed-width, so string order is list order. One field is then both the filter
+    and the order: any planner scans exactly the page from its index, and a cursor is an exact bound
+    (no ties at one instant to step over). A team's members are such a list (`<team id>:`)."""
+
+    field: str
+    prefix: str
+
+    def at(self, created: datetime, key: Any) -> str:
+        return f"{self.prefix}{millis(created):013d}:{key}"
+
+    def bounds(self, after: tuple[datetime, Any] | None) -> dict[str, str]:
+        end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)  # just past every string with the prefix
+        return {"$gt": self.at(*after) if after else self.prefix, "$lt": end}
+
+
+def millis(moment: datetime) -> int:
+    """Milliseconds since the epoch, exactly (BSON's precision; below it truncated, as BSON does)."""
+    return (aware(moment) - EPOCH) // timedelta(milliseconds=1)
 
 
 def sort_key(item: Mapping[str, Any], keys: tuple[str, str] = ("created", "_id")) -> tuple[datetime, Any]:
@@ -105,6 +129,7 @@ def page_filter(
     *,
     descending: bool = False,
     keys: tuple[str, str] = KEYS,
+    line: Line | None = None,
 ) -> dict[str, Any]:
     """The filter a page's query runs with (the tests `explain` it).
 
@@ -113,7 +138,9 @@ def page_filter(
     (An `$or` of "later, or same instant and larger id" is exact but makes some planners scan the
     collection; it serves only as the fallback when more than TIE_SLACK items share that instant.)"""
     filters = dict(query)
-    if request.after is not None:
+    if line is not None:
+        filters[line.field] = line.bounds(cursors.decode(scope, request.after) if request.after else None)
+    elif request.after is not None:
         created, _ = cursors.decode(scope, request.after)
         filters[keys[0]] = {"$lte" if descending else "$gte": created}
     return filters
@@ -130,21 +157,23 @@ async def fetch_page(
     *,
     descending: bool = False,
     keys: tuple[str, str] = KEYS,
-    hint: list[tuple[str, int]] | None = None,
+    line: Line | None = None,
     total: int | None = None,
 ) -> Page:
     """One page of `collection` matching `query`, in list order (oldest first, or newest first when
     `descending`): by cursor one query, by offset two at most. `keys` names the (time, id) fields that order
     it when they are not `created` and `_id` (a member's teams are ordered by the teams' own). `total`:
     the count, where a counter already knows it (a team's members); a page that reaches the end of the
-    list knows it too. Either way such an offset page is one query."""
+    list knows it too. Either way such an offset page is one query. `line`: the list is kept in that
+    one field, and its index is hinted (SecantusDB, which has no limit push-down, then walks that index
+    in order and sorts nothing, so a page's cost does not depend on the list's length)."""
     wanted = request.limit + 1  # one more than the page, to know whether more remain
-    order = [(name, -1 if descending else 1) for name in keys]
-    filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys)
+    order = [(line.field, 1)] if line else [(name, -1 if descending else 1) for name in keys]
+    filters = page_filter(query, request, cursors, scope, descending=descending, keys=keys, line=line)
     found = db[collection].find(filters, projection).sort(order)
-    if hint is not None:
-        found = found.hint(hint)
-    if request.after is None:
+    if line is not None:
+        found = found.hint(order)
+    if request.after is None or line is not None:
         items = await found.skip(request.offset).limit(wanted).to_list(wanted)
     else:
         position = cursors.decode(scope, request.after)

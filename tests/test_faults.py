@@ -76,11 +76,12 @@ async def audit(db) -> list[str]:
     problems += [f"user {u['username']} has no credentials" for u in users.values() if not u.get("password_hash")]
     for team in await db.teams.find({}).to_list(None):
         members = await stored_members(db, team)
-        leaders = sum(1 for m in members if m["is_leader"])
-        if not leaders:
+        if not team["leader_ids"]:
             problems.append(f"team {team['title']} has no leader")
-        if leaders != team["leaders"]:
-            problems.append(f"team {team['title']} counts {team['leaders']} leaders but has {leaders}")
+        member_ids = {m["user_id"] for m in members}
+        problems += [
+            f"team {team['title']} is led by non-member {u}" for u in team["leader_ids"] if u not in member_ids
+        ]
         if team.get("members") != len(members):
             problems.append(f"team {team['title']} counts {team.get('members')} members but has {len(members)}")
         problems += [
@@ -186,8 +187,7 @@ async def test_membership_changes(client: TestClient, fail, db, bearer) -> None:
     async with fail("findAndModify"):
         await expect_503(await call(client, "PATCH", f"{url}{root_id}", json=demote, headers=leader))
         await expect_503(await call(client, "DELETE", f"{url}{root_id}", headers=leader))
-    stored = await db.teams.find_one({"title": "Crew"})
-    assert sum(m["is_leader"] for m in await stored_members(db, stored)) == 2
+    assert len((await db.teams.find_one({"title": "Crew"}))["leader_ids"]) == 2
     assert (await call(client, "DELETE", f"{url}{root_id}", headers=leader)).status == 204
     assert await audit(db) == []
 

@@ -17,7 +17,7 @@ from service.auth.repository import INDEXES as AUTH_INDEXES
 from service.db import utcnow
 from service.pagination import KEYS, PageRequest, page_filter
 from service.teams.repository import INDEXES as TEAM_INDEXES
-from service.teams.repository import MEMBERS_IN_ORDER
+from service.teams.repository import member_line
 from service.users.repository import INDEXES as USER_INDEXES
 
 
@@ -97,6 +97,31 @@ async def test_a_walk_sees_every_lasting_item_once_under_concurrent_inserts_and_
     seen = [team["id"] for team in await walk(client, "/api/v1/teams/?limit=3", headers, between=churn)]
     assert len(seen) == len(set(seen)), "an item appeared twice"
     assert set(lasting) <= set(seen), "an item present for the whole walk was skipped"
+
+
+async def test_a_walk_of_a_teams_members_sees_every_lasting_member_once_under_churn(
+    client: TestClient, bearer, signup
+) -> None:
+    leader = await bearer("user")
+    team = await (await client.post("/api/v1/teams/", json={"title": "Walked"}, headers=leader)).json()
+    members = f"/api/v1/teams/{team['id']}/members/"
+    users = [(await signup(f"walker{i}"))["id"] for i in range(24)]
+    for user in users[:14]:
+        assert (await client.post(members, json={"user_id": user}, headers=leader)).status == 201
+    lasting, doomed, newcomers = users[:8], users[8:14], users[14:]
+
+    async def churn(page: int) -> None:
+        if page > len(doomed):
+            return
+        assert (await client.delete(f"{members}{doomed[page - 1]}", headers=leader)).status == 204
+        for user in newcomers[2 * page - 2 : 2 * page]:
+            assert (await client.post(members, json={"user_id": user}, headers=leader)).status == 201
+
+    seen = [member["user"]["id"] for member in await walk(client, f"{members}?limit=3", leader, between=churn)]
+    assert len(seen) == len(set(seen)), "a member appeared twice"
+    assert set(lasting) <= set(seen), "a member present for the whole walk was skipped"
+    everyone = await (await client.get(f"{members}?limit=100", headers=leader)).json()
+    assert [m["user"]["id"] for m in everyone][: len(lasting) + 1] == seen[: len(lasting) + 1]  # list order
 
 
 async def test_items_sharing_one_instant_are_paged_exactly(client: TestClient, bearer, db) -> None:
@@ -184,7 +209,7 @@ def stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def assert_index_backed(
-    explained: dict[str, Any], collection: str, backend: str, keys: tuple[str, str] = ("created", "_id")
+    explained: dict[str, Any], collection: str, backend: str, keys: tuple[str, ...] = ("created", "_id")
 ) -> None:
     plan = explained["queryPlanner"]["winningPlan"]
     all_stages = stages(plan)
@@ -197,9 +222,9 @@ def assert_index_backed(
         key = dict(scan["keyPattern"])
         assert key in DECLARED[collection], f"{key} is not a declared index of {collection}"
         # The index ends in the list order, so on MongoDB it hands the rows over sorted.
-        (first, d1), (second, d2) = list(key.items())[-2:]
-        assert (first, second) == keys, key
-        assert d1 == d2, key  # scanned one way or the other, the index hands rows over in list order
+        ending = list(key.items())[-len(keys) :]
+        assert tuple(name for name, _ in ending) == keys, key
+        assert len({direction for _, direction in ending}) == 1, key  # scanned either way, rows come in list order
     if "SORT" in names and backend == "secantus":
         # SecantusDB 0.7's planner puts a SORT above any compound-index scan with a filter (its
         # own rule; it scans anyway); the index above already yields the order, as MongoDB uses it.
@@ -215,23 +240,28 @@ async def test_every_list_query_is_index_backed(backend: str, app: web.Applicati
     someone = seeded and (await db.users.find_one({"username": "user"}))["_id"]
     now = utcnow()
     by_team = ("team_created", "team_id")
+    line = member_line(someone)
     lists = [
         ("users", {}, "users", KEYS, None),
         ("teams", {}, "teams", KEYS, None),
         ("memberships", {"user_id": someone}, "teams", by_team, None),  # a member's teams
-        ("memberships", {"team_id": someone}, "members", KEYS, MEMBERS_IN_ORDER),  # a team's members
+        ("memberships", {}, "members", ("place",), line),  # a team's members
         ("oauth2_clients", {"user_id": someone}, "oauth2_clients", KEYS, None),
         ("audit_events", {"user_ids": str(someone)}, "audit", KEYS, None),
     ]
-    for collection, query, scope, sort_keys, hint in lists:
+    for collection, query, scope, sort_keys, in_line in lists:
         after = cursors.encode(scope, now, someone)
         descending = collection == "audit_events"
         order = [(name, -1 if descending else 1) for name in sort_keys]
         for request in (PageRequest(limit=20, after=after), PageRequest(limit=20)):
-            filters = page_filter(query, request, cursors, scope, keys=sort_keys, descending=descending)
+            pair = KEYS if in_line else (sort_keys[0], sort_keys[1])
+            filters = page_filter(query, request, cursors, scope, keys=pair, descending=descending, line=in_line)
             found = db[collection].find(filters).sort(order).limit(21)
-            explained = await (found.hint(hint) if hint else found).explain()
-            if not query and request.after is None:
+            explained = await (found.hint(order) if in_line else found).explain()
+            if in_line:
+                assert filters == {"place": in_line.bounds(cursors.decode(scope, after) if request.after else None)}
+                assert_index_backed(explained, collection, "mongodb", sort_keys)  # a range of one field: no SORT
+            elif not query and request.after is None:
                 assert_index_backed(explained, collection, "mongodb", sort_keys)  # even SecantusDB needs no SORT
             else:
                 assert_index_backed(explained, collection, backend, sort_keys)

@@ -83,11 +83,11 @@ async def test_a_membership_change_costs_one_read_and_its_writes(
         "demote": await operations(ok(client, "PATCH", member, admin, json=demote)),
         "remove": await operations(ok(client, "DELETE", member, admin)),
     }
-    # One read (the team, the caller's and the member's standing, the member's user), then the writes.
-    # Adding a plain member needs no transaction: the insert and the team's counter, 3. A leader change
-    # or a removal spans the team (its leader count, the rule's arbiter) and the membership, so it is a
-    # transaction of those two writes, and the commit is an operation too: 4.
-    assert costs == {"add": 3, "promote": 4, "demote": 4, "remove": 4}, costs
+    # One read (the team with its leaders, the caller's and the member's standing, the member's
+    # user), then the writes: adding is the insert and the team's counter; a leader change is one
+    # write to the team (the one-leader rule lives there). A removal needs no read: its transaction
+    # is the team write, the delete and the commit.
+    assert costs == {"add": 3, "promote": 2, "demote": 2, "remove": 3}, costs
 
 
 async def test_a_password_grant_costs_three_operations_at_most(client: TestClient, seeded, operations) -> None:

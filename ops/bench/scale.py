@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,15 +31,19 @@ from pymongo import MongoClient
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
 from run import PYTHON, ROOT, Server, free_port, http  # noqa: E402 - the harness next to this file
 
-from service.teams.repository import membership_key  # noqa: E402
+from service.teams.repository import member_line, membership_key  # noqa: E402
 from service.users.repository import new_user_document  # noqa: E402
 
 COUNTERS = ("insert", "query", "update", "delete", "command")
 
 
-def request(method: str, url: str, token: str, body: Any = None) -> int:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+def request(method: str, url: str, token: str | None, body: Any = None) -> int:
+    """One call: a JSON body with the bearer token, or (bytes) a form, as the token endpoint takes."""
+    if isinstance(body, bytes):
+        data, headers = body, {"Content-Type": "application/x-www-form-urlencoded"}
+    else:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
@@ -47,30 +53,54 @@ def request(method: str, url: str, token: str, body: Any = None) -> int:
         return error.code
 
 
-def ops(db_client: MongoClient) -> int:
-    counters = db_client.admin.command("serverStatus")["opcounters"]
-    return sum(int(counters[name]) for name in COUNTERS)
+class Meter:
+    """What a scenario costs the database: operations from the server's opcounters (change-stream
+    getMores excluded; the background rate taken out), and bearer-token lookups that missed the
+    principal cache (the service's own /metrics counter), which explain any operation beyond the
+    request's own queries."""
 
+    def __init__(self, db_client: MongoClient, metrics_url: str) -> None:
+        self.db_client, self.metrics_url = db_client, metrics_url
+        self.background = 0.0  # operations per second while no request runs
 
-def timed(label: str, calls: list[tuple[str, str, Any]], token: str, db_client: MongoClient) -> dict[str, Any]:
-    """Run each call once, in order; latency percentiles and operations per request."""
-    samples = []
-    before = ops(db_client)
-    for method, url, body in calls:
-        started = time.perf_counter()
-        status = request(method, url, token, body)
-        samples.append((time.perf_counter() - started) * 1000)
-        if status >= 400:
-            raise RuntimeError(f"{label}: {method} {url} answered {status}")
-    per_request = (ops(db_client) - before - 1) / len(calls)  # minus the first serverStatus itself
-    samples.sort()
-    return {
-        "scenario": label,
-        "requests": len(calls),
-        "p50_ms": round(statistics.median(samples), 2),
-        "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 2),
-        "db_ops_per_request": round(per_request, 2),
-    }
+    def ops(self) -> int:
+        counters = self.db_client.admin.command("serverStatus")["opcounters"]
+        return sum(int(counters[name]) for name in COUNTERS)
+
+    def misses(self) -> float:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        found = re.search(r"^principal_cache_misses_total (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    def calibrate(self, seconds: float = 30.0) -> None:
+        """The drivers' heartbeats (`hello` from each client's monitors, every 10 s: the service's and
+        this script's) are commands in the opcounters; a scenario of slow requests would otherwise be
+        charged for them by the second."""
+        before, started = self.ops(), time.monotonic()
+        time.sleep(seconds)
+        self.background = (self.ops() - before - 1) / (time.monotonic() - started)
+
+    def timed(self, label: str, calls: list[tuple[str, str, Any]], token: str | None) -> dict[str, Any]:
+        """Run each call once, in order: latency percentiles, operations and cache misses per request."""
+        samples = []
+        misses, before, began = self.misses(), self.ops(), time.monotonic()
+        for method, url, body in calls:
+            started = time.perf_counter()
+            status = request(method, url, token, body)
+            samples.append((time.perf_counter() - started) * 1000)
+            if status >= 400:
+                raise RuntimeError(f"{label}: {method} {url} answered {status}")
+        spent = self.ops() - before - 1 - self.background * (time.monotonic() - began)  # -1: serverStatus
+        samples.sort()
+        return {
+            "scenario": label,
+            "requests": len(calls),
+            "p50_ms": round(statistics.median(samples), 2),
+            "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 2),
+            "db_ops_per_request": round(spent / len(calls), 2),
+            "cache_misses_per_request": round((self.misses() - misses) / len(calls), 2),
+        }
 
 
 def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dict[str, Any]:
@@ -95,7 +125,7 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
         {
             "_id": ObjectId(),
             "title": f"Team {i}",
-            "leaders": 1,
+            "leader_ids": [owner],
             "members": 1,
             "created": stamp(i),
             "updated": now,
@@ -104,27 +134,22 @@ def load(db: Any, owner: ObjectId, users: int, teams: int, big_team: int) -> dic
         for i in range(teams)
     ]
     memberships = [
-        {"team_id": t["_id"], "user_id": owner, "is_leader": True, "created": now, "team_created": t["created"]}
-        for t in team_docs
+        {"team_id": t["_id"], "user_id": owner, "created": now, "team_created": t["created"]} for t in team_docs
     ]
     big, small = team_docs[0], team_docs[1]
     memberships += [
-        {"team_id": big["_id"], "user_id": u["_id"], "is_leader": False, "created": now, "team_created": big["created"]}
+        {"team_id": big["_id"], "user_id": u["_id"], "created": now, "team_created": big["created"]}
         for u in docs[:big_team]
     ]
     memberships += [
-        {
-            "team_id": small["_id"],
-            "user_id": u["_id"],
-            "is_leader": False,
-            "created": now,
-            "team_created": small["created"],
-        }
+        {"team_id": small["_id"], "user_id": u["_id"], "created": now, "team_created": small["created"]}
         for u in docs[big_team : big_team + 19]
     ]
     big["members"], small["members"] = 1 + big_team, 1 + 19
     for membership in memberships:
+        membership["_id"] = ObjectId()
         membership["key"] = membership_key(membership["team_id"], membership["user_id"])
+        membership["place"] = member_line(membership["team_id"]).at(membership["created"], membership["_id"])
     db.teams.insert_many(team_docs)
     db.memberships.insert_many(memberships)
     return {"users": docs, "big": big, "small": small}
@@ -148,7 +173,12 @@ def run(samples: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SERVICE_DATA_DIR": str(work / "db"), "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        **{"SERVICE_DATA_DIR": str(work / "db"), "PORT": str(port), "LOG_LEVEL": "WARNING"},
+        "METRICS_PORT": str(metrics_port),
+    }
     env.pop("MONGODB_URL", None)
     service = Server([PYTHON, "-m", "service", "serve"], env, f"{base}/readyz")
     results: list[dict[str, Any]] = []
@@ -156,11 +186,15 @@ def run(samples: int) -> dict[str, Any]:
         family = psutil.Process(service.process.pid).children(recursive=True)
         database = next(p for p in family if "secantus" in " ".join(p.cmdline()))
         db_port = next(c.laddr.port for c in database.net_connections() if c.status == "LISTEN")
-        db_client: MongoClient = MongoClient(f"mongodb://127.0.0.1:{db_port}/?directConnection=true")
+        db_client: MongoClient = MongoClient(
+            f"mongodb://127.0.0.1:{db_port}/?directConnection=true", heartbeatFrequencyMS=3_600_000
+        )  # this script's own heartbeats would count in the opcounters
         db = db_client["service"]
         sign_in = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
         token = http("POST", f"{base}/auth/oauth2/token", data=sign_in)["access_token"]
         owner = db.users.find_one({"username": "root"})["_id"]
+        meter = Meter(db_client, f"http://127.0.0.1:{metrics_port}/metrics")
+        meter.calibrate()
 
         def lists(label: str) -> None:
             first = f"{base}/api/v1/users/?limit=20"
@@ -169,19 +203,16 @@ def run(samples: int) -> dict[str, Any]:
             ) as r:
                 link = r.headers.get("Link", "")
             after = link[1 : link.index(">")] if link else "/api/v1/users/?limit=20"
+            me = [("GET", f"{base}/api/v1/users/me", None)] * samples
+            results.append(meter.timed(f"GET /users/me ({label})", me, token))
             results.append(
-                timed(
-                    f"GET /users/me ({label})", [("GET", f"{base}/api/v1/users/me", None)] * samples, token, db_client
-                )
+                meter.timed(f"GET /users/ first page + count ({label})", [("GET", first, None)] * samples, token)
             )
             results.append(
-                timed(f"GET /users/ first page + count ({label})", [("GET", first, None)] * samples, token, db_client)
-            )
-            results.append(
-                timed(f"GET /users/ by cursor ({label})", [("GET", f"{base}{after}", None)] * samples, token, db_client)
+                meter.timed(f"GET /users/ by cursor ({label})", [("GET", f"{base}{after}", None)] * samples, token)
             )
             teams = [("GET", f"{base}/api/v1/teams/?limit=20", None)] * samples
-            results.append(timed(f"GET /teams/ first page + count ({label})", teams, token, db_client))
+            results.append(meter.timed(f"GET /teams/ first page + count ({label})", teams, token))
 
         lists("small data")
         data = load(db, owner, 10_000, 1_000, 5_000)
@@ -189,19 +220,11 @@ def run(samples: int) -> dict[str, Any]:
         spare = data["users"][5_100 : 5_100 + samples]
         for team, label in ((data["small"], "team of 20"), (data["big"], "team of 5,000")):
             members = f"{base}/api/v1/teams/{team['_id']}/members/?limit=20"
-            results.append(timed(f"GET members page ({label})", [("GET", members, None)] * samples, token, db_client))
+            results.append(meter.timed(f"GET members page ({label})", [("GET", members, None)] * samples, token))
             for name, calls in membership_changes(base, team, spare, label):
-                results.append(timed(name, calls, token, db_client))
-        before = ops(db_client)
-        for _ in range(samples):
-            http("POST", f"{base}/auth/oauth2/token", data=sign_in)
-        results.append(
-            {
-                "scenario": "POST /auth/oauth2/token (password)",
-                "requests": samples,
-                "db_ops_per_request": round((ops(db_client) - before - 1) / samples, 2),
-            }
-        )
+                results.append(meter.timed(name, calls, token))
+        grants = [("POST", f"{base}/auth/oauth2/token", urllib.parse.urlencode(sign_in).encode())] * samples
+        results.append(meter.timed("POST /auth/oauth2/token (password)", grants, None))
         db_client.close()
     finally:
         service.stop()
@@ -213,6 +236,7 @@ def run(samples: int) -> dict[str, Any]:
     return {
         "results": results,
         "ratios": ratios,
+        "background_ops_per_second": round(meter.background, 3),
         "machine": f"{os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -226,12 +250,13 @@ def main() -> int:
     report = run(args.samples)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
-    print(f"{'scenario':48} {'p50 ms':>8} {'p90 ms':>8} {'db ops/req':>10}")
+    print(f"{'scenario':52} {'p50 ms':>8} {'p90 ms':>8} {'db ops/req':>10} {'cache misses/req':>16}")
     for row in report["results"]:
         print(
-            f"{row['scenario']:48} {row.get('p50_ms', float('nan')):>8} {row.get('p90_ms', float('nan')):>8} {row['db_ops_per_request']:>10}"
+            f"{row['scenario']:52} {row['p50_ms']:>8} {row['p90_ms']:>8} {row['db_ops_per_request']:>10} {row['cache_misses_per_request']:>16}"
         )
     print(json.dumps(report["ratios"], indent=2))
+    print(f"background (driver heartbeats), taken out of ops/req: {report['background_ops_per_second']} ops/s")
     print(f"written to {args.output}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Who may do what with teams: pure predicates over the caller and their membership (None: not a member)."""
+"""Who may do what with teams: pure predicates over the caller and their standing in the team."""
 
 from __future__ import annotations
 
@@ -13,6 +13,6 @@ def may_see_team(user: Mapping[str, Any], membership: Mapping[str, Any] | None) 
     return membership is not None or is_admin(user)
 
 
-def may_manage_team(user: Mapping[str, Any], membership: Mapping[str, Any] | None) -> bool:
+def may_manage_team(user: Mapping[str, Any], leads: bool) -> bool:
     """Leaders and admins."""
-    return bool(membership and membership["is_leader"]) or is_admin(user)
+    return leads or is_admin(user)

@@ -1,41 +1,36 @@
 """The `teams` and `memberships` collections: every query and update, and their indexes.
 
-A membership is a document of its own (`team_id`, `user_id`, `is_leader`, `created`, and the team's
-`team_created` so a member's teams list in team order from an index), so adding, promoting or removing
-a member costs the same in a team of 20 or of 50,000, and no document limit caps a team. The team
-document keeps `leaders` and `members`, the number of its leaders and of its members (so a member
-page needs no count), and a `version` that every membership change bumps (the ETag of memberships is
-the team's).
+A membership is a document of its own (`team_id`, `user_id`, `created`, and the team's `team_created`
+so a member's teams list in team order from an index), so adding or removing a member costs the same
+in a team of 20 or of 50,000, and no document limit caps a team's members. The team document keeps
+`leader_ids` (who among its members leads), `members` (how many it has, so a member page needs no
+count) and a `version` that every membership change bumps (the ETag of memberships is the team's).
 
-"At least one leader" spans two documents. The team's leader count decides: losing a leader is a
-conditional decrement (`leaders > 1`) of the team document, so of two concurrent demotions only one
-can pass. On backends with transactions (a MongoDB replica set, the embedded server) a promotion,
-demotion or removal is one transaction beginning with that team write, so concurrent changes of one
-team conflict and retry, and the count and the memberships never disagree. mongomock has no
-transactions: the same writes run in an order whose interruption can only leave the count low, which
-errs on the safe side. Adding a member needs no transaction (see `add_member`).
+"At least one leader" lives in one document, the team's: promoting or demoting is one write to it,
+conditional on the version the caller read, so of two concurrent demotions only one can pass, and a
+leader is never made of someone removed meanwhile. What spans documents is a member's existence and
+their place in `leader_ids`: a removal changes both in one transaction (on a MongoDB replica set and
+the embedded server; the driver retries transient conflicts). mongomock has no transactions: there the
+same writes run in turn and a refused second write takes the first one back. Adding a member needs no
+transaction (see `add_member`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, NotRequired, TypedDict, TypeVar, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from service.db import Database, in_transaction, utcnow
-from service.pagination import Cursors, Page, PageRequest, fetch_page
+from service.pagination import Cursors, Line, Page, PageRequest, fetch_page
 from service.users.repository import UserDocument
 
-T = TypeVar("T")
-
-# A team's members in list order. Named, and hinted, because (team_id, user_id) matches the same
-# filter and a planner that looks at the filter alone (SecantusDB's) would sort after using it.
-MEMBERS_IN_ORDER = [("team_id", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]
+# A team's members in list order: one field, `place` (see `member_line`).
+MEMBERS_IN_ORDER = [("place", ASCENDING)]
 INDEXES: dict[str, list[IndexModel]] = {
     "teams": [IndexModel([("created", ASCENDING), ("_id", ASCENDING)])],
     "memberships": [
@@ -59,16 +54,12 @@ class TeamGone(Exception):
     """The team was deleted meanwhile."""
 
 
-class VersionMoved(Exception):
-    """The team changed since the caller read it (If-Match)."""
-
-
 class TeamDocument(TypedDict):
     """A stored team, as this module writes it."""
 
     _id: ObjectId
     title: str
-    leaders: int  # how many of its memberships are leaders' (never below 1)
+    leader_ids: list[ObjectId]  # the members who lead it (never empty)
     members: NotRequired[int]  # how many memberships it has (absent only before migration 0004)
     created: datetime
     updated: datetime
@@ -81,39 +72,49 @@ class MembershipDocument(TypedDict):
     _id: ObjectId
     team_id: ObjectId
     user_id: ObjectId
-    is_leader: bool
     created: datetime
     team_created: datetime  # the team's, so a member's teams list in team order from an index
     key: str  # "<team_id>:<user_id>", so one query can join a user to their membership (`members_view`)
+    place: str  # "<team_id>:<created>:<_id>": the team's members in order, in one field (`member_line`)
 
 
-def new_team_document(title: str) -> TeamDocument:
+def new_team_document(title: str, leader_ids: list[ObjectId]) -> TeamDocument:
     now = utcnow()
-    return {"_id": ObjectId(), "title": title, "leaders": 1, "members": 1, "created": now, "updated": now, "version": 1}
+    return {"_id": ObjectId(), "title": title, "leader_ids": leader_ids, "created": now, "updated": now, "version": 1}
 
 
-def new_membership(team: TeamDocument, user_id: ObjectId, is_leader: bool) -> MembershipDocument:
+def new_membership(team: TeamDocument, user_id: ObjectId) -> MembershipDocument:
+    oid, created = ObjectId(), utcnow()
     return {
-        "_id": ObjectId(),
+        "_id": oid,
         "team_id": team["_id"],
         "user_id": user_id,
-        "is_leader": is_leader,
-        "created": utcnow(),
+        "created": created,
         "team_created": team["created"],
         "key": membership_key(team["_id"], user_id),
+        "place": member_line(team["_id"]).at(created, oid),
     }
+
+
+def member_line(team_id: ObjectId) -> Line:
+    """A team's members as one ordered field: a page is one index range on any planner."""
+    return Line("place", f"{team_id}:")
 
 
 def membership_key(team_id: ObjectId, user_id: ObjectId) -> str:
     return f"{team_id}:{user_id}"
 
 
-async def insert_team(db: Database, team: TeamDocument, leaders: list[MembershipDocument]) -> TeamDocument:
-    """The team and its first members. Memberships first: without a transaction, a crash before the
-    team exists leaves memberships of nothing, which no query shows."""
-    team["members"] = len(leaders)
-    if leaders:
-        await db.memberships.insert_many([cast(dict[str, Any], membership) for membership in leaders])
+def leads(team: TeamDocument, user_id: ObjectId) -> bool:
+    return user_id in team["leader_ids"]
+
+
+async def insert_team(db: Database, team: TeamDocument, members: list[MembershipDocument]) -> TeamDocument:
+    """The team and its first members (its leaders among them). Memberships first: without a
+    transaction, a crash before the team exists leaves memberships of nothing, which no query shows."""
+    team["members"] = len(members)
+    if members:
+        await db.memberships.insert_many([cast(dict[str, Any], membership) for membership in members])
     await db.teams.insert_one(cast(dict[str, Any], team))
     return team
 
@@ -174,11 +175,11 @@ async def list_members(db: Database, team: TeamDocument, request: PageRequest, c
     return await fetch_page(
         db,
         "memberships",
-        {"team_id": team["_id"]},
+        {},
         request,
         cursors,
         f"members:{team['_id']}",
-        hint=MEMBERS_IN_ORDER,
+        line=member_line(team["_id"]),
         total=team.get("members"),  # absent only before migration 0004
     )
 
@@ -196,132 +197,100 @@ async def update_team(
     return cast(TeamDocument | None, updated)
 
 
-async def _touch_team(
-    db: Database, session: Any, team_id: ObjectId, leaders: int, version: int | None, members: int = 0
-) -> TeamDocument | None:
-    """Bump the team's version and leader count: the write every membership change begins with, so
-    concurrent changes of one team conflict. Refuses to drop the last leader."""
-    query: dict[str, Any] = {"_id": team_id}
-    if leaders < 0:
-        query["leaders"] = {"$gt": -leaders}
-    if version is not None:
-        query["version"] = version
-    touched = await db.teams.find_one_and_update(
-        query,
-        {"$inc": {"version": 1, "leaders": leaders, "members": members}, "$set": {"updated": utcnow()}},
-        return_document=ReturnDocument.AFTER,
-        session=session,
-    )
-    return cast(TeamDocument | None, touched)
+def _change(**fields: Any) -> dict[str, Any]:
+    """A team update that also bumps its version (every change of a team or its members does)."""
+    change: dict[str, Any] = {"$inc": {"version": 1}, "$set": {"updated": utcnow()}}
+    for operator, value in fields.items():
+        change.setdefault(f"${operator}", {}).update(value)
+    return change
 
 
-async def _why_not(db: Database, team_id: ObjectId, version: int | None) -> Exception:
-    """Why a conditional team write matched nothing: the team is gone, its version moved, or the change
-    would have taken its last leader."""
-    team = await db.teams.find_one({"_id": team_id})
-    if team is None:
-        return TeamGone()
-    if version is not None and team["version"] != version:
-        return VersionMoved()
-    return LastLeader()
+async def _write_team(db: Database, query: dict[str, Any], change: dict[str, Any], session: Any = None) -> Any:
+    return await db.teams.find_one_and_update(query, change, return_document=ReturnDocument.AFTER, session=session)
+
+
+async def _moved(db: Database, team_id: ObjectId) -> None:
+    """A conditional team write matched nothing: TeamGone if the team is gone; else it moved (None)."""
+    if await db.teams.find_one({"_id": team_id}, {"_id": 1}) is None:
+        raise TeamGone()
 
 
 async def add_member(
-    db: Database, team: TeamDocument, membership: MembershipDocument, version: int | None
-) -> TeamDocument:
-    """Insert the membership, then bump the team (its version, and its leader count for a leader); the
-    team after. A leader is added in a transaction like every leader change. A plain member needs
-    none: the leader count does not move, so many concurrent adds to one team never conflict; if the
-    team write fails, the membership is taken back, so the caller's error means nothing changed."""
-    if membership["is_leader"]:
-
-        async def work(session: Any) -> TeamDocument:
-            return await _insert_then_touch(db, session, team, membership, version)
-
-        return await _run(db, work)
+    db: Database, team: TeamDocument, membership: MembershipDocument, is_leader: bool, version: int | None
+) -> TeamDocument | None:
+    """Insert the membership, then count it in the team (and make it a leader); the team after, None
+    when the team moved under a condition (nothing changed then). No transaction: if the team write
+    fails, the membership is taken back. A plain member's team write has no condition but If-Match,
+    so many concurrent adds to one team never conflict. A leader's is conditional on the version the
+    caller read: a removal of the same user between the two writes would move it, so a leader is never
+    someone who is not a member."""
     try:
-        return await _insert_then_touch(db, None, team, membership, version)
-    except BaseException:
-        with contextlib.suppress(PyMongoError):
-            await db.memberships.delete_one({"_id": membership["_id"]})
-        raise
-
-
-async def _insert_then_touch(
-    db: Database, session: Any, team: TeamDocument, membership: MembershipDocument, version: int | None
-) -> TeamDocument:
-    try:
-        await db.memberships.insert_one(cast(dict[str, Any], membership), session=session)
+        await db.memberships.insert_one(cast(dict[str, Any], membership))
     except DuplicateKeyError:
         raise AlreadyMember() from None
-    updated = await _touch_team(db, session, team["_id"], int(membership["is_leader"]), version, members=1)
+    condition = team["version"] if is_leader else version
+    query: dict[str, Any] = {"_id": team["_id"]} if condition is None else {"_id": team["_id"], "version": condition}
+    leader = {"addToSet": {"leader_ids": membership["user_id"]}} if is_leader else {}
+    updated = None
+    try:
+        updated = await _write_team(db, query, _change(inc={"members": 1}, **leader))
+        if updated is None:
+            await _moved(db, team["_id"])
+    finally:
+        if updated is None:  # refused or failed: nothing changes
+            with contextlib.suppress(PyMongoError):
+                await db.memberships.delete_one({"_id": membership["_id"]})
+    return cast(TeamDocument | None, updated)
+
+
+async def set_leader(db: Database, team: TeamDocument, user_id: ObjectId, is_leader: bool) -> TeamDocument | None:
+    """Make a member of the `team` the caller read leader or not: one write, conditional on that read's
+    version (so the one-leader rule is checked against what is stored). The team after; None when it
+    moved meanwhile (read again)."""
+    if leads(team, user_id) == is_leader:
+        return team
+    if not is_leader and team["leader_ids"] == [user_id]:
+        raise LastLeader()
+    change = _change(**{"addToSet" if is_leader else "pull": {"leader_ids": user_id}})
+    updated = await _write_team(db, {"_id": team["_id"], "version": team["version"]}, change)
     if updated is None:
-        raise await _why_not(db, team["_id"], version)
-    return updated
+        await _moved(db, team["_id"])
+    return cast(TeamDocument | None, updated)
 
 
-async def set_leader(
-    db: Database, membership: MembershipDocument, is_leader: bool, version: int | None
-) -> tuple[TeamDocument, MembershipDocument] | None:
-    """Promote or demote the member whose `membership` the caller read; (team, membership) after, None
-    when it is gone. A retry (a conflict, or a change in between) reads the membership afresh."""
-    known: MembershipDocument | None = membership
-    team_id = membership["team_id"]
-
-    async def work(session: Any) -> tuple[TeamDocument, MembershipDocument] | None:
-        nonlocal known
-        current = known or await _membership(db, session, membership)
-        known = None
-        if current is None:
-            return None
-        delta = int(is_leader) - int(current["is_leader"])
-        team = await _touch_team(db, session, team_id, delta, version)
-        if team is None:
-            raise await _why_not(db, team_id, version)
-        changed = await db.memberships.find_one_and_update(
-            {"_id": current["_id"], "is_leader": current["is_leader"]},
-            {"$set": {"is_leader": is_leader}},
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        if changed is None:  # changed since it was read: undo, read again
-            await _touch_team(db, session, team_id, -delta, None)
-            raise _Raced()
-        return team, cast(MembershipDocument, changed)
-
-    return await _run(db, work)
-
-
-async def remove_member(db: Database, membership: MembershipDocument, version: int | None) -> bool:
-    """Delete the membership the caller read (a leader only while another remains); False when it is
-    gone. A retry reads it afresh."""
-    known: MembershipDocument | None = membership
-    team_id = membership["team_id"]
+async def remove_member(
+    db: Database, team_id: ObjectId, user_id: ObjectId, version: int | None, leader: ObjectId | None
+) -> bool:
+    """Remove a member without reading first: False when refused (the team is gone, or `leader` is not
+    one of its leaders, or the member is its last leader, or not a member, or If-Match `version` moved:
+    the caller reads which). One transaction: the team write (uncount, un-lead), then the delete."""
+    query: dict[str, Any] = {
+        "_id": team_id,
+        "$or": [{"leader_ids": {"$ne": user_id}}, {"leader_ids.1": {"$exists": True}}],  # not the last leader
+    }
+    if leader is not None:
+        query["leader_ids"] = leader
+    if version is not None:
+        query["version"] = version
 
     async def work(session: Any) -> bool:
-        nonlocal known
-        current = known or await _membership(db, session, membership)
-        known = None
-        if current is None:
+        if await _write_team(db, query, _change(inc={"members": -1}, pull={"leader_ids": user_id}), session) is None:
             return False
-        team = await _touch_team(db, session, team_id, -int(current["is_leader"]), version, members=-1)
-        if team is None:
-            raise await _why_not(db, team_id, version)
-        deleted = await db.memberships.delete_one(
-            {"_id": current["_id"], "is_leader": current["is_leader"]}, session=session
-        )
-        if not deleted.deleted_count:  # changed since it was read: undo, read again
-            await _touch_team(db, session, team_id, int(current["is_leader"]), None, members=1)
-            raise _Raced()
-        return True
+        deleted = await db.memberships.delete_one({"key": membership_key(team_id, user_id)}, session=session)
+        if deleted.deleted_count:
+            return True
+        if session is None:  # no transaction to abort: take the team write back
+            await db.teams.update_one({"_id": team_id}, _change(inc={"members": 1}))
+        raise _NotMember()  # aborts the transaction
 
-    return await _run(db, work)
+    try:
+        return cast(bool, await in_transaction(db, work))
+    except _NotMember:
+        return False
 
 
-async def _membership(db: Database, session: Any, membership: MembershipDocument) -> MembershipDocument | None:
-    """The membership as it is now (a retry's fresh read)."""
-    query = {"team_id": membership["team_id"], "user_id": membership["user_id"]}
-    return cast(MembershipDocument | None, await db.memberships.find_one(query, session=session))
+class _NotMember(Exception):
+    """The user to remove is not a member: the transaction is aborted."""
 
 
 async def delete_team(db: Database, team_id: ObjectId, version: int | None) -> bool:
@@ -333,22 +302,6 @@ async def delete_team(db: Database, team_id: ObjectId, version: int | None) -> b
     if result.deleted_count:
         await db.memberships.delete_many({"team_id": team_id})
     return result.deleted_count == 1
-
-
-class _Raced(Exception):
-    """A concurrent change won (without transactions); the caller retries."""
-
-
-async def _run(db: Database, work: Callable[[Any], Awaitable[T]]) -> T:
-    """`work` in a transaction where the backend has them (the driver retries transient conflicts),
-    else as plain writes retried a few times on a lost race."""
-    for _ in range(20):
-        try:
-            result: T = await in_transaction(db, work)
-            return result
-        except _Raced:
-            continue
-    raise _Raced()
 
 
 # --- migrations (listed, in order, in service/domains.py) ---
@@ -388,3 +341,25 @@ async def key_memberships(db: Database) -> None:
     async for membership in db.memberships.find({"key": {"$exists": False}}, {"team_id": 1, "user_id": 1}):
         key = membership_key(membership["team_id"], membership["user_id"])
         await db.memberships.update_one({"_id": membership["_id"]}, {"$set": {"key": key}})
+
+
+async def leaders_into_team_documents(db: Database) -> None:
+    """Leaders move from a flag on each membership (and a count on the team) to the team's `leader_ids`,
+    so the one-leader rule lives in one document. Idempotent: a team that has `leader_ids` is left
+    alone, and the flags are dropped last."""
+    async for team in db.teams.find({"leader_ids": {"$exists": False}}, {"_id": 1}):
+        leaders = db.memberships.find({"team_id": team["_id"], "is_leader": True}, {"user_id": 1})
+        leader_ids = [membership["user_id"] async for membership in leaders]
+        await db.teams.update_one(
+            {"_id": team["_id"], "leader_ids": {"$exists": False}},
+            {"$set": {"leader_ids": leader_ids}, "$unset": {"leaders": ""}},
+        )
+    await db.memberships.update_many({"is_leader": {"$exists": True}}, {"$unset": {"is_leader": ""}})
+
+
+async def place_memberships(db: Database) -> None:
+    """Memberships get their `place` (member pages are ranges of it). Idempotent: only memberships
+    without one are touched."""
+    async for membership in db.memberships.find({"place": {"$exists": False}}, {"team_id": 1, "created": 1}):
+        place = member_line(membership["team_id"]).at(membership["created"], membership["_id"])
+        await db.memberships.update_one({"_id": membership["_id"]}, {"$set": {"place": place}})

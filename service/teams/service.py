@@ -1,12 +1,13 @@
 """Team rules: who sees and manages a team, and "a team always keeps at least one leader".
 
-The rule is kept by the repository's conditional writes (a transaction per change where the backend
-has them); this module decides who may ask for a change and turns refusals into HTTP errors.
+The rule is kept by the repository's conditional writes; this module decides who may ask for a change
+and turns refusals into HTTP errors. A membership response is the membership, the member's user, and
+whether they lead (kept in the team document).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 from service import patch
@@ -27,10 +28,10 @@ EDITABLE_MEMBERSHIP = EditableMembershipSchema()
 
 async def _team(
     db: Database, caller: Principal, team_id: str, user_id: str | None = None
-) -> tuple[TeamDocument, MembershipDocument | None, repository.Member | None]:
-    """The team, the caller's membership and (when `user_id` names one who exists) that user with
-    their membership, in one round trip, if the caller may see the team; 404 otherwise (non-members
-    may not learn that it exists)."""
+) -> tuple[TeamDocument, bool, repository.Member | None]:
+    """The team, whether the caller may manage it and (when `user_id` names one who exists) that user
+    with their membership, in one round trip, if the caller may see the team; 404 otherwise
+    (non-members may not learn that it exists)."""
     oid, other = document_id(team_id), document_id(user_id) if user_id is not None else None
     team, found = (
         await repository.members_view(db, oid, [caller.user_id, *([other] if other else [])]) if oid else (None, {})
@@ -39,22 +40,23 @@ async def _team(
     membership = mine["membership"] if mine else None
     if team is None or not may_see_team(caller.user, membership):
         raise NotFound("No such team.")
-    return team, membership, found.get(other) if other else None
+    manager = may_manage_team(caller.user, membership is not None and repository.leads(team, caller.user_id))
+    return team, manager, found.get(other) if other else None
 
 
 async def _managed_team(
     db: Database, caller: Principal, team_id: str, user_id: str | None = None
 ) -> tuple[TeamDocument, repository.Member | None]:
-    team, membership, other = await _team(db, caller, team_id, user_id)
-    if not may_manage_team(caller.user, membership):
+    team, manager, other = await _team(db, caller, team_id, user_id)
+    if not manager:
         raise Forbidden("Only the team's leaders or an admin may do this.")
     return team, other
 
 
 async def create_team(db: Database, caller: Principal, title: str) -> TeamDocument:
     """The creator becomes the team's leader."""
-    team = repository.new_team_document(title)
-    return await repository.insert_team(db, team, [repository.new_membership(team, caller.user_id, True)])
+    team = repository.new_team_document(title, [caller.user_id])
+    return await repository.insert_team(db, team, [repository.new_membership(team, caller.user_id)])
 
 
 async def list_teams(db: Database, caller: Principal, request: PageRequest, cursors: Cursors) -> Page:
@@ -93,61 +95,63 @@ async def delete_team(db: Database, caller: Principal, team_id: str, expected_ve
 # --- memberships ------------------------------------------------------------------------------
 
 
-async def _with_users(db: Database, members: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    users = await users_repository.get_users_by_ids(db, [m["user_id"] for m in members])
-    missing = {"_id": None, "username": None, "first_name": "", "middle_name": "", "last_name": ""}
-    return [{**m, "user": users.get(m["user_id"], {**missing, "_id": m["user_id"]})} for m in members]
+def _membership(team: TeamDocument, membership: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
+    return {**membership, "is_leader": repository.leads(team, membership["user_id"]), "user": user}
 
 
 async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
     team, _, _ = await _team(db, caller, team_id)
     found = await repository.list_members(db, team, request, cursors)
-    return Page(await _with_users(db, found.items), found.next_after, found.total)
+    users = await users_repository.get_users_by_ids(db, [m["user_id"] for m in found.items])
+    missing = {"username": None, "first_name": "", "middle_name": "", "last_name": ""}
+    items = [_membership(team, m, users.get(m["user_id"], {**missing, "_id": m["user_id"]})) for m in found.items]
+    return Page(items, found.next_after, found.total)
 
 
-def _refusal(exc: Exception, what: str) -> Exception:
+def _refusal(exc: Exception) -> Exception:
     """The HTTP error for a change the repository refused."""
     if isinstance(exc, repository.LastLeader):
         return Conflict("A team must keep at least one leader.")
-    if isinstance(exc, repository.VersionMoved):
-        return PreconditionFailed(f"The team changed since you read it; the {what} was not changed.")
     if isinstance(exc, repository.AlreadyMember):
         return Conflict("The user is already a member of this team.")
     return NotFound("No such team.")
 
 
-_REFUSED = (repository.LastLeader, repository.VersionMoved, repository.AlreadyMember, repository.TeamGone)
+_REFUSED = (repository.LastLeader, repository.AlreadyMember, repository.TeamGone)
 
 
 async def add_member(
     db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool, expected_version: int | None = None
 ) -> tuple[TeamDocument, dict[str, Any]]:
     """Add a member; returns (team, membership). 404 for an unknown user, 409 if already in."""
-    team, newcomer = await _managed_team(db, caller, team_id, user_id)
-    check_version(expected_version, team)
-    if newcomer is None:
-        raise NotFound("No such user.")
-    if newcomer["membership"] is not None:
-        raise Conflict("The user is already a member of this team.")
-    membership = repository.new_membership(team, newcomer["user"]["_id"], is_leader)
-    try:
-        updated = await repository.add_member(db, team, membership, expected_version)
-    except _REFUSED as exc:
-        raise _refusal(exc, "membership") from None
-    return updated, {**membership, "user": newcomer["user"]}
+
+    async def attempt() -> tuple[TeamDocument, dict[str, Any]] | None:
+        team, newcomer = await _managed_team(db, caller, team_id, user_id)
+        check_version(expected_version, team)
+        if newcomer is None:
+            raise NotFound("No such user.")
+        if newcomer["membership"] is not None:
+            raise Conflict("The user is already a member of this team.")
+        membership = repository.new_membership(team, newcomer["user"]["_id"])
+        try:
+            updated = await repository.add_member(db, team, membership, is_leader, expected_version)
+        except _REFUSED as exc:
+            raise _refusal(exc) from None
+        return None if updated is None else (updated, _membership(updated, membership, newcomer["user"]))
+
+    return await patch.optimistically(attempt, expected_version, "team")
 
 
 async def _target(
     db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
-) -> repository.Member:
-    """The member (user and membership) the caller may change (a member may always leave)."""
-    _, membership, target = await _team(db, caller, team_id, user_id)
+) -> tuple[TeamDocument, repository.Member]:
+    """The team and the member (user and membership) the caller may change (a member may always leave)."""
+    team, manager, target = await _team(db, caller, team_id, user_id)
     if target is None or target["membership"] is None:
         raise NotFound("No such member in this team.")
-    leaving_self = allow_self and target["user"]["_id"] == caller.user_id
-    if not (leaving_self or may_manage_team(caller.user, membership)):
+    if not (manager or (allow_self and target["user"]["_id"] == caller.user_id)):
         raise Forbidden("Only the team's leaders or an admin may do this.")
-    return target
+    return team, target
 
 
 async def patch_membership(
@@ -158,27 +162,36 @@ async def patch_membership(
     operations: list[dict[str, Any]],
     expected_version: int | None,
 ) -> tuple[TeamDocument, dict[str, Any]]:
-    target = await _target(db, caller, team_id, user_id, allow_self=False)
-    current = cast(MembershipDocument, target["membership"])
-    result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current["is_leader"]}, operations))
-    try:
-        changed = await repository.set_leader(db, current, result["is_leader"], expected_version)
-    except _REFUSED as exc:
-        raise _refusal(exc, "membership") from None
-    if changed is None:
-        raise NotFound("No such member in this team.")
-    team, membership = changed
-    return team, {**membership, "user": target["user"]}
+    async def attempt() -> tuple[TeamDocument, dict[str, Any]] | None:
+        team, target = await _target(db, caller, team_id, user_id, allow_self=False)
+        check_version(expected_version, team)
+        membership = cast(MembershipDocument, target["membership"])
+        current = repository.leads(team, membership["user_id"])
+        result = load(EDITABLE_MEMBERSHIP, patch.apply({"is_leader": current}, operations))
+        try:
+            updated = await repository.set_leader(db, team, membership["user_id"], result["is_leader"])
+        except _REFUSED as exc:
+            raise _refusal(exc) from None
+        return None if updated is None else (updated, _membership(updated, membership, target["user"]))
+
+    return await patch.optimistically(attempt, expected_version, "team")
 
 
 async def remove_member(
     db: Database, caller: Principal, team_id: str, user_id: str, expected_version: int | None
 ) -> None:
-    """Leaders and admins remove anyone; a member may leave. The last leader cannot go."""
-    target = await _target(db, caller, team_id, user_id, allow_self=True)
-    try:
-        removed = await repository.remove_member(db, cast(MembershipDocument, target["membership"]), expected_version)
-    except _REFUSED as exc:
-        raise _refusal(exc, "membership") from None
-    if not removed:
-        raise NotFound("No such member in this team.")
+    """Leaders and admins remove anyone; a member may leave. The last leader cannot go.
+
+    The removal is tried first, with the caller's standing as its condition (three operations); only
+    a refusal reads the team to say why, or tries again when nothing explains it (it changed)."""
+    team_oid, user_oid = document_id(team_id), document_id(user_id)
+    for _ in range(patch.ATTEMPTS):
+        if team_oid is not None and user_oid is not None:
+            leader = None if caller.is_admin or user_oid == caller.user_id else caller.user_id
+            if await repository.remove_member(db, team_oid, user_oid, expected_version, leader):
+                return
+        team, target = await _target(db, caller, team_id, user_id, allow_self=True)
+        check_version(expected_version, team)
+        if team["leader_ids"] == [target["user"]["_id"]]:
+            raise Conflict("A team must keep at least one leader.")
+    raise Conflict("The team keeps changing; read it again and retry.")

@@ -9,10 +9,14 @@ from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
 from service.db import utcnow
+from service.teams import repository as teams_repository
 from service.teams.repository import (
     count_members_in_team_documents,
     key_memberships,
+    leaders_into_team_documents,
+    member_line,
     memberships_out_of_team_documents,
+    place_memberships,
 )
 from service.users.repository import new_user_document
 from tests.helpers import PROBLEM, stored_members
@@ -162,8 +166,8 @@ async def test_two_leaders_demoting_each_other_at_once_keep_one_leader(client: T
         assert statuses[0] == 200
         assert statuses[1] in (403, 409)
         team = await db.teams.find_one({"_id": ObjectId(url.rsplit("/", 1)[1])})
-        assert sum(m["is_leader"] for m in await stored_members(db, team)) == 1
-        assert team["leaders"] == 1
+        assert len(team["leader_ids"]) == 1
+        assert team["leader_ids"][0] in {m["user_id"] for m in await stored_members(db, team)}
         await db.teams.delete_one({"_id": team["_id"]})
 
 
@@ -180,8 +184,7 @@ async def test_concurrent_leader_removals_keep_one_leader(client: TestClient, be
     team = await db.teams.find_one({"title": "Crew"})
     members = await stored_members(db, team)
     assert len(members) == 1
-    assert members[0]["is_leader"] is True
-    assert team["leaders"] == 1
+    assert team["leader_ids"] == [members[0]["user_id"]]
 
 
 async def test_numbers_are_not_booleans(client: TestClient, bearer) -> None:
@@ -279,7 +282,6 @@ async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotio
             {
                 "team_id": team["_id"],
                 "user_id": ObjectId(),
-                "is_leader": False,
                 "created": utcnow(),
                 "team_created": team["created"],
             }
@@ -294,5 +296,76 @@ async def test_a_team_of_five_thousand_keeps_one_leader_under_concurrent_demotio
     )
     assert sorted([first.status, second.status])[0] == 200
     assert sorted([first.status, second.status])[1] in (403, 409)
-    assert await db.memberships.count_documents({"team_id": team["_id"], "is_leader": True}) == 1
-    assert (await db.teams.find_one({"_id": team["_id"]}))["leaders"] == 1
+    assert len((await db.teams.find_one({"_id": team["_id"]}))["leader_ids"]) == 1
+
+
+async def test_migration_moves_leaders_into_team_documents_idempotently(db) -> None:
+    now = utcnow()
+    team_id, leader, member = ObjectId(), ObjectId(), ObjectId()
+    await db.teams.insert_one({"_id": team_id, "title": "Flagged", "leaders": 1, "members": 2, "created": now})
+    await db.memberships.insert_many(
+        [{"team_id": team_id, "user_id": user, "is_leader": user == leader} for user in (leader, member)]
+    )
+    await leaders_into_team_documents(db)
+    await db.teams.update_one({"_id": team_id}, {"$push": {"leader_ids": member}})  # a promotion after it
+    await leaders_into_team_documents(db)  # a second run (or one after a crash) changes nothing
+    team = await db.teams.find_one({"_id": team_id})
+    assert team["leader_ids"] == [leader, member]
+    assert "leaders" not in team
+    assert not await db.memberships.count_documents({"is_leader": {"$exists": True}})
+
+
+async def test_refused_removals_change_nothing(client: TestClient, bearer, signup, login, db) -> None:
+    leader, url = await setup_team(client, bearer)
+    root = await bearer("root")  # an admin, not a member
+    olga_id = (await signup("olga"))["id"]
+    olga = {"Authorization": f"Bearer {(await login('olga', 'long enough pw'))['access_token']}"}
+    leader_id = await user_id(client, leader)
+    before = await db.teams.find_one({"title": "Crew"})
+    assert (await client.delete(f"{url}/members/{olga_id}", headers=root)).status == 404  # not a member
+    assert (await client.delete(f"{url}/members/{olga_id}", headers=olga)).status == 404  # leaving a team not hers
+    assert (await client.delete(f"{url}/members/{leader_id}", headers=olga)).status == 404
+    assert (await client.delete(f"{url}/members/{leader_id}", headers=root)).status == 409  # the last leader
+    after = await db.teams.find_one({"title": "Crew"})
+    assert (
+        (after["members"], after["leader_ids"])
+        == (before["members"], before["leader_ids"])
+        == (1, [before["leader_ids"][0]])
+    )
+    assert len(await stored_members(db, after)) == 1
+
+
+async def test_a_leader_is_never_made_of_someone_removed_meanwhile(client: TestClient, bearer, db) -> None:
+    # The window between the read that saw a member and the write that makes them leader: a removal
+    # there moves the team's version, so the write is refused (and the service reads again).
+    leader, url = await setup_team(client, bearer)
+    root_id = await user_id(client, await bearer("root"))
+    assert (await client.post(f"{url}/members/", json={"user_id": root_id}, headers=leader)).status == 201
+    seen = await db.teams.find_one({"title": "Crew"})
+    assert (await client.delete(f"{url}/members/{root_id}", headers=leader)).status == 204
+    assert await teams_repository.set_leader(db, seen, ObjectId(root_id), True) is None
+    # Adding a leader: the membership is inserted first; if the team moved before its write, the
+    # membership is taken back.
+    stale = await db.teams.find_one({"title": "Crew"})
+    assert (
+        await client.patch(url, json=[{"op": "replace", "path": "/title", "value": "Crew 2"}], headers=leader)
+    ).status == 200
+    membership = teams_repository.new_membership(stale, ObjectId(root_id))
+    assert await teams_repository.add_member(db, stale, membership, True, None) is None
+    team = await db.teams.find_one({"_id": stale["_id"]})
+    assert len(await stored_members(db, team)) == 1
+    assert team["leader_ids"] == stale["leader_ids"]
+    assert team["members"] == 1
+
+
+async def test_migration_places_memberships_idempotently(db) -> None:
+    team_id, now = ObjectId(), utcnow()
+    ids = [ObjectId() for _ in range(2)]
+    await db.memberships.insert_many(
+        [{"_id": i, "team_id": team_id, "user_id": ObjectId(), "created": now} for i in ids]
+    )
+    await place_memberships(db)
+    await place_memberships(db)  # a second run (or one after a crash) changes nothing
+    stored = await db.memberships.find({"team_id": team_id}).sort("_id").to_list(None)
+    assert [m["place"] for m in stored] == [member_line(team_id).at(now, i) for i in sorted(ids)]
+    assert stored[0]["place"] < stored[1]["place"]  # same instant: the id orders them
