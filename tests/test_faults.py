@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pymongo.errors import AutoReconnect
 
 from service import keys
 from service.app import create_app
@@ -63,10 +64,21 @@ async def fail(mongo_client) -> AsyncIterator[Any]:
             )
 
         async def __aexit__(self, *exc: object) -> None:
-            await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+            await off()
+
+    async def off() -> None:
+        # A dropped connection (the fault itself, or the service's audit batch hitting it after the
+        # response) pauses the pool it came from until the driver's next check: wait that out.
+        for _ in range(50):
+            try:
+                await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+                return
+            except AutoReconnect:
+                await asyncio.sleep(0.1)
+        await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
     yield Armed
-    await mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    await off()
 
 
 async def audit(db) -> list[str]:
