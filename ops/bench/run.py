@@ -2,7 +2,9 @@
 
 Starts the service on the embedded database (--workers 1, then 2) and a bare aiohttp app, drives each
 scenario with wrk for a fixed time, and measures requests/s, p50/p99, errors, and the service's own
-CPU time per request (from /proc, excluding the database and wrk). Prints a table and writes JSON.
+CPU time per request (from /proc, excluding the database and wrk) and the database operations per
+request (the embedded server's opcounters, change-stream getMores excluded). Prints a table and
+writes JSON.
 Bounded: about six minutes in all.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -43,6 +46,7 @@ class Result:
     errors: int
     service_cpu_us: float
     db_cpu_share: float
+    db_ops_per_request: float  # nan where no embedded database runs under the process
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,6 +100,25 @@ def processes(root_pid: int) -> tuple[list[psutil.Process], list[psutil.Process]
     return [p for p in family if p not in database], database
 
 
+# The operations a request costs, from the server's opcounters: getMores are the change streams' waits.
+COUNTERS = ("insert", "query", "update", "delete", "command")
+
+
+def database_client(root_pid: int) -> MongoClient | None:
+    """A client of the embedded database under root_pid (None when there is none), with its own
+    heartbeats off: they would count in the opcounters."""
+    _, database = processes(root_pid)
+    if not database:
+        return None
+    port = next(c.laddr.port for c in database[0].net_connections() if c.status == "LISTEN")
+    return MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", heartbeatFrequencyMS=3_600_000)
+
+
+def db_operations(client: MongoClient) -> int:
+    counters = client.admin.command("serverStatus")["opcounters"]
+    return sum(int(counters[name]) for name in COUNTERS)
+
+
 def cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for proc in procs:
@@ -141,9 +164,16 @@ def measure(
     name: str, workers: int, root_pid: int, url: str, seconds: int, connections: int, script: str | None = None
 ) -> Result:
     service, database = processes(root_pid)
+    client = database_client(root_pid)
+    operations = db_operations(client) if client else 0
     before, db_before = cpu(service), cpu(database)
     stats = wrk(url, seconds, connections, script)
     used, db_used = cpu(service) - before, cpu(database) - db_before
+    requests = max(stats["requests"], 1)
+    # Over thousands of requests the drivers' heartbeats (a few a minute) are noise; -1: serverStatus.
+    per_request = (db_operations(client) - operations - 1) / requests if client else float("nan")
+    if client:
+        client.close()
     return Result(
         name,
         workers,
@@ -154,6 +184,7 @@ def measure(
         stats["errors"],
         used / max(stats["requests"], 1) * 1e6,
         db_used / max(used + db_used, 1e-9),
+        round(per_request, 2),
     )
 
 
@@ -511,13 +542,14 @@ def table(report: dict[str, Any]) -> str:
     floor = next(r for r in rows if r["scenario"] == "bare aiohttp + find_one")
     lines = [
         f"{'scenario':34} {'w':>2} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'cpu us/req':>10} "
-        f"{'x bare':>7} {'x floor':>7} {'db cpu':>6}"
+        f"{'x bare':>7} {'x floor':>7} {'db cpu':>6} {'db ops/req':>10}"
     ]
     for r in rows:
         lines.append(
             f"{r['scenario']:34} {r['workers']:>2} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['errors']:>5} {r['service_cpu_us']:>10.0f} {r['service_cpu_us'] / bare['service_cpu_us']:>7.2f} "
-            f"{r['service_cpu_us'] / floor['service_cpu_us']:>7.2f} {r['db_cpu_share']:>6.0%}"
+            f"{r['service_cpu_us'] / floor['service_cpu_us']:>7.2f} {r['db_cpu_share']:>6.0%} "
+            f"{r['db_ops_per_request']:>10}"
         )
     return "\n".join(lines)
 

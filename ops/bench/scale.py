@@ -24,17 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 from bson import ObjectId
 from pymongo import MongoClient
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from run import PYTHON, ROOT, Server, free_port, http  # noqa: E402 - the harness next to this file
+from run import PYTHON, ROOT, Server, database_client, db_operations, free_port, http  # noqa: E402 - the harness next to this file
 
 from service.teams.repository import member_line, membership_key  # noqa: E402
 from service.users.repository import new_user_document  # noqa: E402
-
-COUNTERS = ("insert", "query", "update", "delete", "command")
 
 
 def request(method: str, url: str, token: str | None, body: Any = None) -> int:
@@ -64,8 +61,7 @@ class Meter:
         self.background = 0.0  # operations per second while no request runs
 
     def ops(self) -> int:
-        counters = self.db_client.admin.command("serverStatus")["opcounters"]
-        return sum(int(counters[name]) for name in COUNTERS)
+        return db_operations(self.db_client)
 
     def misses(self) -> float:
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
@@ -183,12 +179,8 @@ def run(samples: int) -> dict[str, Any]:
     service = Server([PYTHON, "-m", "service", "serve"], env, f"{base}/readyz")
     results: list[dict[str, Any]] = []
     try:
-        family = psutil.Process(service.process.pid).children(recursive=True)
-        database = next(p for p in family if "secantus" in " ".join(p.cmdline()))
-        db_port = next(c.laddr.port for c in database.net_connections() if c.status == "LISTEN")
-        db_client: MongoClient = MongoClient(
-            f"mongodb://127.0.0.1:{db_port}/?directConnection=true", heartbeatFrequencyMS=3_600_000
-        )  # this script's own heartbeats would count in the opcounters
+        db_client = database_client(service.process.pid)
+        assert db_client is not None, "the service runs on the embedded database"
         db = db_client["service"]
         sign_in = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
         token = http("POST", f"{base}/auth/oauth2/token", data=sign_in)["access_token"]
