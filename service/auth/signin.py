@@ -7,6 +7,7 @@ per username per LOGIN_WINDOW, whatever the concurrency.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -72,7 +73,20 @@ async def check_password(
             if not reserved:
                 seconds = int((window_end - utcnow()).total_seconds()) + 1
                 raise TooManyRequests("Too many failed sign-in attempts; try again later.", retry_after=seconds)
-        verified = await hasher.verify(await find_hash(), password, admitted=True)
-    if verified and not held.keep(key, window_end):
-        await repository.release_login_attempt(db, key)
+        try:
+            verified = await hasher.verify(await find_hash(), password, admitted=True)
+        except BaseException:
+            # No password was checked (the database or the hashing pool failed, or the request was
+            # cancelled), so this is no failure: the attempt goes back, as far as the database lets it.
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                await _give_back(db, held, key, window_end)
+            raise
+    if verified:
+        await _give_back(db, held, key, window_end)
     return verified
+
+
+async def _give_back(db: Database, held: HeldAttempts, key: str, window_end: datetime) -> None:
+    """An attempt that was no failure: kept for the username's next check here, or released."""
+    if not held.keep(key, window_end):
+        await repository.release_login_attempt(db, key)
