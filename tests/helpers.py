@@ -140,7 +140,8 @@ async def get_code(client: TestClient, challenge: str) -> str:
     return params["code"]
 
 
-async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):
+def exchange_form(code: str, verifier: str | None, **extra: str) -> dict[str, str]:
+    """The token request that exchanges `code` for the documentation client."""
     form = {
         "grant_type": "authorization_code",
         "code": code,
@@ -150,4 +151,8 @@ async def exchange(client: TestClient, code: str, verifier: str | None, **extra:
     }
     if verifier:
         form["code_verifier"] = verifier
-    return await client.post("/auth/oauth2/token", data=form)
+    return form
+
+
+async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):
+    return await client.post("/auth/oauth2/token", data=exchange_form(code, verifier, **extra))

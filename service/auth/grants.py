@@ -246,30 +246,47 @@ async def client_credentials_grant(ctx: Context, client: ClientDocument, params:
     return await issue_token(ctx, client, owner, scopes, grant="client_credentials", refresh=False)
 
 
+REFRESH_REPLAYED = "The refresh token was already used; its whole family is revoked."
+CODE_REPLAYED = "The authorization code was already used; tokens issued from it are revoked."
+
+
+async def _revoke_replayed(ctx: Context, issued: dict[str, Any], message: str) -> oauth.InvalidGrantError:
+    """Revoke the tokens a replayed refresh token or code issued (`issued` selects them); the error to raise."""
+    await repository.revoke_tokens(ctx.db, issued)
+    return oauth.InvalidGrantError(message)
+
+
 async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
-    """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family."""
+    """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family.
+
+    Writes decide whether this request won or replays (never an earlier read), and the winner looks
+    again once its new token is stored: a replay racing the rotation leaves nothing working."""
     (refresh_token,) = required(params, "refresh_token")
     digest = hash_secret(refresh_token)
     old = await repository.find_token(ctx.db, refresh_digest=digest)
     if old is None or old["client_id"] != client["_id"]:
         raise oauth.InvalidGrantError("The refresh token is invalid.")
-    scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])
+    scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])  # checked before the claim burns it
+    family = {"family_id": old["family_id"]}
     claimed = await repository.claim_refresh_token(ctx.db, digest)
     if claimed is None:
-        if old.get("rotated"):
-            await repository.revoke_tokens(ctx.db, {"family_id": old["family_id"]})
+        if await repository.note_replay(ctx.db, refresh_digest=digest):
             audit.record("token.refresh_reuse_detected", subject_id=old["user_id"], client_id=client["_id"])
-            raise oauth.InvalidGrantError("The refresh token was already used; its whole family is revoked.")
+            raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
         raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
-    return await issue_token(
+    response = await issue_token(
         ctx,
         client,
         await _still_current_user(ctx, claimed),
         scopes,
         grant="refresh_token",
         family_id=claimed["family_id"],
+        code_id=claimed.get("code_id"),
         auth_time=claimed.get("auth_time"),
     )
+    if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest):
+        raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
+    return response
 
 
 async def _still_current_user(ctx: Context, grant: TokenDocument | CodeDocument) -> UserDocument:
@@ -281,11 +298,13 @@ async def _still_current_user(ctx: Context, grant: TokenDocument | CodeDocument)
 
 
 async def authorization_code_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
-    """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued.
+    """Exchange a single-use code; PKCE S256 checked; a replayed code revokes what it issued (its
+    refreshes too: they carry its code_id).
 
     Everything is checked before the code is consumed, so another client (or a request with the wrong
     redirect URI or verifier) cannot burn the rightful client's code; only an exchange that succeeds,
-    or a replay by the same client, uses it."""
+    or a replay by the same client, uses it. As with refresh tokens, writes decide who won, and the
+    winner looks again once its token is stored."""
     code, redirect_uri = required(params, "code", "redirect_uri")
     digest = hash_secret(code)
     stored = await repository.find_code(ctx.db, digest)
@@ -302,11 +321,13 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
             raise oauth.InvalidGrantError("code_verifier does not match the code challenge.")
     elif verifier:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
-    if stored.get("used") or not await repository.claim_code(ctx.db, digest):
-        await repository.revoke_tokens(ctx.db, {"code_id": digest})
+    issued = {"code_id": digest}
+    if not await repository.claim_code(ctx.db, digest):
+        if not await repository.note_replay(ctx.db, code_digest=digest):
+            raise oauth.InvalidGrantError("The authorization code is invalid.")  # removed since it was read
         audit.record("token.code_reuse_detected", subject_id=stored["user_id"], client_id=client["_id"])
-        raise oauth.InvalidGrantError("The authorization code was already used; tokens issued from it are revoked.")
-    return await issue_token(
+        raise await _revoke_replayed(ctx, issued, CODE_REPLAYED)
+    response = await issue_token(
         ctx,
         client,
         await _still_current_user(ctx, stored),
@@ -316,6 +337,9 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
         auth_time=stored.get("auth_time"),
         nonce=stored.get("nonce"),
     )
+    if await repository.replayed_since_claimed(ctx.db, code_digest=digest):
+        raise await _revoke_replayed(ctx, issued, CODE_REPLAYED)
+    return response
 
 
 Grant = Callable[[Context, ClientDocument, dict[str, str]], Awaitable[dict[str, Any]]]

@@ -99,6 +99,7 @@ class TokenDocument(TypedDict):
     expires_at: datetime  # the later of the two: the TTL index removes the document then
     revoked: bool
     rotated: bool
+    replays: NotRequired[int]  # presentations after rotation retired it (see note_replay)
     revoked_at: NotRequired[datetime]
     created: datetime
     auth_time: int  # when the user last signed in (Unix time), for ID tokens
@@ -151,6 +152,36 @@ async def claim_refresh_token(db: Database, refresh_digest: str) -> TokenDocumen
     return cast(TokenDocument | None, claimed)
 
 
+async def note_replay(db: Database, *, refresh_digest: str | None = None, code_digest: str | None = None) -> bool:
+    """After a failed claim: count a replay of the refresh token (if rotation retired it) or of the code
+    (if it was used); True if it was one. The write itself says so, never an earlier read, so of two
+    presentations at once the one that lost the claim always knows it replays.
+
+    (One conditional write each, not a claim that returns its pre-image: the predicate re-checked at the
+    write is what every server keeps atomic; the test server's findAndModify answers a stale pre-image
+    when a concurrent write left the document still matching.)"""
+    if refresh_digest:
+        result = await db.oauth2_tokens.update_one(
+            {"refresh_hash": refresh_digest, "rotated": True}, {"$inc": {"replays": 1}}
+        )
+    else:
+        result = await db.oauth2_codes.update_one({"_id": code_digest, "used": True}, {"$inc": {"replays": 1}})
+    return result.matched_count == 1
+
+
+async def replayed_since_claimed(
+    db: Database, *, refresh_digest: str | None = None, code_digest: str | None = None
+) -> bool:
+    """Whether the refresh token or code the caller claimed has been replayed since (see `note_replay`).
+
+    The winner asks AFTER storing the token it issues: a replay's revocation either ran after that
+    store, and so took the new token, or its `note_replay` came before this read, which then sees it."""
+    replayed = {"replays": {"$gt": 0}}
+    if refresh_digest:
+        return await db.oauth2_tokens.find_one({"refresh_hash": refresh_digest, **replayed}, {"_id": 1}) is not None
+    return await db.oauth2_codes.find_one({"_id": code_digest, **replayed}, {"_id": 1}) is not None
+
+
 async def revoke_tokens(db: Database, query: dict[str, Any]) -> int:
     result = await db.oauth2_tokens.update_many(
         {**query, "revoked": False}, {"$set": {"revoked": True, "revoked_at": utcnow()}}
@@ -175,6 +206,7 @@ class CodeDocument(TypedDict):
     auth_time: int
     expires_at: datetime
     used: bool
+    replays: NotRequired[int]  # presentations after it was used (see note_replay)
 
 
 async def insert_code(db: Database, document: CodeDocument) -> None:

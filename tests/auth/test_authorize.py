@@ -149,6 +149,18 @@ async def test_reused_code_is_refused_and_revokes_its_tokens(client: TestClient,
     assert me.status == 401
 
 
+async def test_a_reused_code_revokes_the_refreshes_of_its_token_too(client: TestClient, seeded) -> None:
+    """RFC 6749 4.1.2: every token issued on the strength of the code, its refreshed ones included."""
+    verifier, challenge = pkce()
+    code = await get_code(client, challenge)
+    first = await (await exchange(client, code, verifier)).json()
+    form = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": "documentation"}
+    second = await (await client.post("/auth/oauth2/token", data=form)).json()
+    assert (await exchange(client, code, verifier)).status == 400
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {second['access_token']}"})
+    assert me.status == 401
+
+
 async def test_expired_code_is_refused(client: TestClient, seeded, db) -> None:
     verifier, challenge = pkce()
     code = await get_code(client, challenge)

@@ -1,0 +1,108 @@
+"""Replay detection holds when the two presentations race on two real server processes.
+
+A refresh token or code presented twice at the same moment (one request to each process) must be seen
+as a replay every time: the refresh token's family revoked and the event recorded; nothing a replayed
+code issued left working, whichever request's write came first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.config import Settings
+from service.crypto import hash_secret
+from tests.helpers import exchange_form, get_code, pkce, service_processes, wait_ready
+
+TOKEN = "/auth/oauth2/token"
+PAIRS = 40
+
+Servers = tuple[aiohttp.ClientSession, list[str]]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No per-address limit in the way of the sign-ins that set the races up."""
+    return dataclasses.replace(settings, oauth_rate_burst=100_000)
+
+
+@pytest.fixture
+async def servers(backend: str, settings: Settings, seeded: Any, tmp_path: Path) -> AsyncIterator[Servers]:
+    """Two `serve` processes on the test's database, ready, and a session to both."""
+    if backend != "secantus":
+        pytest.skip("two processes need a database both can reach (--backend=secantus)")
+    with service_processes(settings, 2, tmp_path, OAUTH_RATE_BURST="100000") as bases:
+        async with aiohttp.ClientSession() as http:
+            for base in bases:
+                await wait_ready(http, base)
+            yield http, bases
+
+
+async def at_once(servers: Servers, form: dict[str, str]) -> list[tuple[int, dict[str, Any]]]:
+    """The same token request sent to both processes at the same moment: (status, body) of each."""
+    http, bases = servers
+
+    async def post(base: str) -> tuple[int, dict[str, Any]]:
+        async with http.post(f"{base}{TOKEN}", data=form) as response:
+            return response.status, await response.json()
+
+    return list(await asyncio.gather(*(post(base) for base in bases)))
+
+
+async def still_works(servers: Servers, answers: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Whether any token issued in `answers` still opens /users/me on either process."""
+    http, bases = servers
+    for status, body in answers:
+        if status != 200:
+            continue
+        for base in bases:
+            headers = {"Authorization": f"Bearer {body['access_token']}"}
+            async with http.get(f"{base}/api/v1/users/me", headers=headers) as response:
+                if response.status != 401:
+                    return True
+    return False
+
+
+async def recorded(db: Any, event: str, expected: int) -> int:
+    """How many `event`s the processes stored, once `expected` are there or a second has passed
+    (each process writes its events a few milliseconds after the request)."""
+    for _ in range(100):
+        count: int = await db.audit_events.count_documents({"event": event})
+        if count >= expected:
+            break
+        await asyncio.sleep(0.01)
+    return count
+
+
+async def test_a_refresh_token_presented_twice_at_once_revokes_its_family(servers: Servers, login, db) -> None:
+    sessions = [await login("user", "w") for _ in range(PAIRS)]
+    undetected = 0
+    for session in sessions:
+        form = {"grant_type": "refresh_token", "refresh_token": session["refresh_token"], "client_id": "documentation"}
+        answers = await at_once(servers, form)
+        assert [status for status, _ in answers].count(200) <= 1, answers
+        family = (await db.oauth2_tokens.find_one({"refresh_hash": hash_secret(session["refresh_token"])}))["family_id"]
+        live = await db.oauth2_tokens.count_documents({"family_id": family, "revoked": False})
+        undetected += bool(live or await still_works(servers, answers))
+    events = await recorded(db, "token.refresh_reuse_detected", PAIRS)
+    assert (undetected, events) == (0, PAIRS), f"{undetected} of {PAIRS} pairs not seen as reuse, {events} events"
+
+
+async def test_a_code_exchanged_twice_at_once_leaves_no_working_token(servers: Servers, client: TestClient, db) -> None:
+    verifier, challenge = pkce()
+    codes = [await get_code(client, challenge) for _ in range(PAIRS)]
+    survived = 0
+    for code in codes:
+        answers = await at_once(servers, exchange_form(code, verifier))
+        assert [status for status, _ in answers].count(200) <= 1, answers
+        live = await db.oauth2_tokens.count_documents({"code_id": hash_secret(code), "revoked": False})
+        survived += bool(live or await still_works(servers, answers))
+    events = await recorded(db, "token.code_reuse_detected", PAIRS)
+    assert (survived, events) == (0, PAIRS), f"a token survived {survived} of {PAIRS} replays, {events} events"
