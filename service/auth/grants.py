@@ -252,7 +252,7 @@ CODE_REPLAYED = "The authorization code was already used; tokens issued from it 
 
 async def _revoke_replayed(ctx: Context, issued: dict[str, Any], message: str) -> oauth.InvalidGrantError:
     """Revoke the tokens a replayed refresh token or code issued (`issued` selects them); the error to raise."""
-    await repository.revoke_tokens(ctx.db, issued)
+    await principals.revoke_tokens(ctx.cache, ctx.db, issued)
     return oauth.InvalidGrantError(message)
 
 
@@ -274,6 +274,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
             audit.record("token.refresh_reuse_detected", subject_id=old["user_id"], client_id=client["_id"])
             raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
         raise oauth.InvalidGrantError("The refresh token is expired or revoked.")
+    principals.forget_tokens(ctx.cache, {"_id": claimed["_id"]})  # its access token is retired with it
     response = await issue_token(
         ctx,
         client,

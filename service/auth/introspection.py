@@ -6,7 +6,7 @@ from datetime import UTC
 from typing import Any
 
 from service import audit
-from service.auth import repository
+from service.auth import principals, repository
 from service.auth.grants import GRANTS, Context, authenticate_client, required
 from service.auth.scopes import SCOPES
 from service.crypto import hash_secret
@@ -36,10 +36,8 @@ async def revoke(ctx: Context, params: dict[str, str], authorization: str | None
     found = await _find_any(db, value, params.get("token_type_hint"))
     if found is None or found["client_id"] != client["_id"]:
         return  # RFC 7009 2.2: unknown tokens are not an error
-    if found["_kind"] == "refresh":
-        await repository.revoke_tokens(db, {"family_id": found["family_id"]})
-    else:
-        await repository.revoke_tokens(db, {"_id": found["_id"]})
+    query = {"family_id": found["family_id"]} if found["_kind"] == "refresh" else {"_id": found["_id"]}
+    await principals.revoke_tokens(ctx.cache, db, query)
     audit.record("token.revoked", subject_id=found["user_id"], client_id=client["_id"], token_kind=found["_kind"])
 
 

@@ -29,6 +29,9 @@ MISS: Any = object()
 ANY = "*"
 
 Dependency = tuple[str, Any]  # (collection, _id) of a document a cached value was read from
+# What a revocation selects tokens by (see `revoke_tokens`), and the dependency each names: a cached
+# token depends on its own document, and on its family and its code, so a revocation evicts just them.
+TOKEN_GROUPS = {"_id": "oauth2_tokens", "family_id": "oauth2_tokens.family_id", "code_id": "oauth2_tokens.code_id"}
 
 
 class PrincipalCache:
@@ -42,9 +45,10 @@ class PrincipalCache:
       GRACE; a stream that stalls or fails (the driver's silent restarts included) is noticed within
       about a second, and every lookup goes to the database until it is back;
     - each value names the documents it was read from, and any change to one evicts it (an unknown
-      username depends on every user: a user created or renamed may take it);
+      username depends on every user: a user created or renamed may take it; a token also names its
+      family and code, which revocations select by);
     - a fill whose database read overlapped an eviction is dropped (the epoch moved);
-    - the process that makes a change clears the cache itself, at once (`invalidate`);
+    - the process that makes a change evicts what it changed itself, at once (`evict`, `invalidate`);
     - expiry (a token's) is checked on every hit, entries live at most MAX_AGE, and the size is bounded.
     """
 
@@ -130,7 +134,8 @@ async def live_token(cache: PrincipalCache, db: Any, digest: str) -> dict[str, A
     def read_from(token: dict[str, Any] | None) -> list[Dependency] | None:
         if token is None:
             return None
-        return [("oauth2_tokens", digest), ("users", token["user_id"]), ("oauth2_clients", token["client_id"])]
+        groups = [(group, token.get(field)) for field, group in TOKEN_GROUPS.items()]
+        return [*groups, ("users", token["user_id"]), ("oauth2_clients", token["client_id"])]
 
     return await cache.fetch(
         f"token:{digest}",
@@ -209,6 +214,20 @@ async def principal_cache_ctx(app: web.Application) -> AsyncIterator[None]:
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await follower
+
+
+async def revoke_tokens(cache: PrincipalCache, db: Any, query: dict[str, Any]) -> int:
+    """Revoke the tokens matching `query` (by `_id`, `family_id` or `code_id`) and forget just those
+    here at once (other processes hear of it through the change stream)."""
+    revoked = await tokens.revoke_tokens(db, query)
+    forget_tokens(cache, query)
+    return revoked
+
+
+def forget_tokens(cache: PrincipalCache, query: dict[str, Any]) -> None:
+    """Evict the cached tokens a write selected by `query` (see TOKEN_GROUPS) just changed."""
+    for field, value in query.items():
+        cache.evict(TOKEN_GROUPS[field], value)
 
 
 def invalidate_principals(request: web.Request) -> None:

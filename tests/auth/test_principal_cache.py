@@ -20,6 +20,7 @@ from service.auth.signin import HeldAttempts, check_password
 from service.crypto import hash_secret
 from service.db import utcnow
 from service.errors import ServiceUnavailable
+from tests.helpers import REDIRECT
 
 TOKEN = "/auth/oauth2/token"
 
@@ -169,6 +170,40 @@ async def test_sign_in_reads_follow_changes_made_by_another_instance(
     assert await status(client, "user", "a fresh password") == 200
     assert await status(client, "latecomer", "long enough pw") == 200
     assert await status(client, "user", "a fresh password", scope="teams:write") == 400  # invalid_scope now
+
+
+async def test_a_request_evicts_only_the_tokens_it_revoked_or_retired(real_server, client: TestClient, seeded) -> None:
+    """A junk revoke, refresh or code exchange evicts nothing (each used to empty the whole cache: an
+    anonymous way to send every request to the database); a rotation or revocation evicts, at once,
+    just the tokens it changed."""
+    cache = client.app[keys.principal_cache]
+    docs = {"client_id": "documentation"}
+
+    def cached(*tokens: str) -> list[bool]:
+        return [f"token:{hash_secret(token)}" in cache._entries for token in tokens]
+
+    kept = await sign_in(client, "user", "w")
+    await warm(client, {"Authorization": kept["Authorization"]})
+    other = await (
+        await client.post(TOKEN, data={"grant_type": "password", "username": "root", "password": "q", **docs})
+    ).json()
+    await warm(client, {"Authorization": f"Bearer {other['access_token']}"})
+    for path, form in (
+        ("/auth/oauth2/revoke", {"token": "junk"}),
+        (TOKEN, {"grant_type": "refresh_token", "refresh_token": "junk"}),
+        (TOKEN, {"grant_type": "authorization_code", "code": "junk", "redirect_uri": REDIRECT}),
+    ):
+        await client.post(path, data={**form, **docs})
+        assert cached(kept["token"], other["access_token"]) == [True, True], path
+    rotated = await client.post(
+        TOKEN, data={"grant_type": "refresh_token", "refresh_token": other["refresh_token"], **docs}
+    )
+    assert rotated.status == 200
+    assert cached(kept["token"], other["access_token"]) == [True, False]
+    fresh = await rotated.json()
+    await warm(client, {"Authorization": f"Bearer {fresh['access_token']}"})
+    assert (await client.post("/auth/oauth2/revoke", data={"token": fresh["refresh_token"], **docs})).status == 200
+    assert cached(kept["token"], fresh["access_token"]) == [True, False]
 
 
 def test_a_kept_attempt_is_used_once_and_not_near_its_windows_end() -> None:
