@@ -98,10 +98,83 @@ def build_openapi(api: web.Application) -> dict[str, Any]:
                 if "patch" in operations and operation is operations["patch"]:
                     body["content"]["application/json"]["schema"]["minItems"] = 1
                     body["content"]["application/json-patch+json"] = body["content"]["application/json"]
+            _declare_common_refusals(operation, has_body=bool(body))
+            refinement = BODY_RULES.get(operation.get("operationId", ""))
+            if refinement:
+                refinement(operation, document["components"]["schemas"])
             for status, links in LINKS.get(operation.get("operationId", ""), {}).items():
                 operation["responses"][status]["links"] = links
     document["components"]["schemas"].update(patch.documented_operations())
     return document
+
+
+# What every body-reading operation can answer before its handler runs (service/bodies.py), and what
+# any operation answers while the database is away: declared once here instead of at every route.
+_BODY_REFUSALS = {
+    400: "Malformed body (not JSON, not a JSON Patch array, not UTF-8, or not what its Content-Encoding says).",
+    408: "The body arrived too slowly.",
+    413: "Body too large.",
+    415: "Unsupported content type or Content-Encoding.",
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying."}}
+
+
+def _problem_ref(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`problem` for the finished document, where schemas are references (apispec resolved the others)."""
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _declare_common_refusals(operation: dict[str, Any], *, has_body: bool) -> None:
+    responses = operation["responses"]
+    if has_body:
+        for status, description in _BODY_REFUSALS.items():
+            responses.setdefault(str(status), _problem_ref(description))
+    responses.setdefault("503", _problem_ref("The database is unavailable; nothing was changed.", _RETRY_AFTER))
+
+
+def _patch_user_rules(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """A user PATCH checks `current_password` like a sign-in: at most one test of it per document (OpenAPI
+    3.0's JSON Schema cannot count matching items, so it is said in words), throttled like a sign-in."""
+    for content in operation["requestBody"]["content"].values():
+        content["schema"]["description"] = (
+            "At most one operation may test /current_password (a second is 422), and it must come before "
+            "any change of /email or /password (else 403)."
+        )
+    operation["responses"].setdefault(
+        "429",
+        _problem_ref("Too many failed password checks for this user; retry after `Retry-After` seconds.", _RETRY_AFTER),
+    )
+
+
+def _create_client_rules(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """`token_endpoint_auth_method` follows `client_type` (`none` for public clients, a secret otherwise);
+    the scope subset rule relates two lists, which JSON Schema cannot, so it is said in words."""
+    schema = schemas["CreateOAuth2Client"]
+    schema["description"] = "`default_scopes` must be a subset of `allowed_scopes` (else 422)."
+    methods = schema["properties"]["token_endpoint_auth_method"]["enum"]
+    schema["anyOf"] = [
+        {
+            "properties": {
+                "client_type": {"enum": ["public"]},
+                "token_endpoint_auth_method": {"enum": [m for m in methods if m == "none"]},
+            }
+        },
+        {
+            "properties": {
+                "client_type": {"enum": ["confidential"]},
+                "token_endpoint_auth_method": {"enum": [m for m in methods if m != "none"]},
+            }
+        },
+    ]
+
+
+BODY_RULES: dict[str, Any] = {"patchUser": _patch_user_rules, "createOAuth2Client": _create_client_rules}
 
 
 def _copy_structure(value: Any) -> Any:
@@ -254,10 +327,17 @@ LINKS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+_ENTITY_TAG = r'(W/)?"[\x21\x23-\x7e\x80-\xff]*"'
 IF_MATCH = {
     "in": "header",
     "name": "If-Match",
     "required": False,
-    "schema": {"type": "string", "pattern": r'^(\*|"[0-9]+")$', "example": '"1"'},
-    "description": "An ETag from a previous read; the change applies only if the object is unchanged.",
+    # RFC 9110 13.1.1, as service/http.py reads it: `*` or a list of entity tags (weak ones never match).
+    "schema": {
+        "type": "string",
+        "pattern": f"^[ \\t]*(\\*|{_ENTITY_TAG}([ \\t]*,[ \\t]*{_ENTITY_TAG})*)[ \\t]*$",
+        "example": '"1"',
+    },
+    "description": "An ETag from a previous read; the change applies only if the object is unchanged "
+    "(a stale tag is 412, a malformed header 400).",
 }

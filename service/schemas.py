@@ -9,6 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from service.errors import ValidationFailed
 
 MAX_OFFSET = 1_000_000_000
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{2,489}\.[A-Za-z0-9_-]{22}$"
 
 
 class PaginationSchema(Schema):
@@ -22,7 +23,10 @@ class PaginationSchema(Schema):
         validate=validate.Length(min=1, max=512),
         metadata={
             "description": 'Opaque cursor from a previous page\'s `Link: rel="next"`: pages by key, without a '
-            "count (no X-Total-Count). Instead of offset."
+            "count (no X-Total-Count). Instead of offset (with a non-zero offset it is 422). Signed: only a "
+            "cursor this list issued is valid, anything else is 422.",
+            # service/pagination.py: base64url(payload) "." base64url(16-byte MAC), unpadded.
+            "pattern": CURSOR_PATTERN,
         },
     )
     limit = fields.Integer(

@@ -2,7 +2,12 @@
 
 They live on the root app (not under /api/v1) and speak RFC 6749 forms and errors, not JSON bodies and
 problem details, so they are described here by hand; each path item carries its own `servers` entry,
-since the document's default server is /api/v1.
+since the document's default server is /api/v1 (schemathesis and other tools honour it).
+
+What is declared is what the server accepts and answers, status by status: the form bodies in both
+encodings (unknown parameters are ignored, a defined one is a single string), the PKCE and prompt
+grammars, the per-address limit's 429 on every /auth/oauth2/ path, and the JSON 503 when the database
+is away. A schema cannot say which client ids, codes or tokens exist: those are 400 or 401 (RFC 6749).
 """
 
 from __future__ import annotations
@@ -15,7 +20,23 @@ ROOT = [{"url": "/", "description": "OAuth2 and OpenID Connect live at the site 
 _STRING = {"type": "string"}
 _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 _HTML = {"text/html": {"schema": _STRING}}
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _RETRY_AFTER = {"Retry-After": {"schema": _STRING, "description": "Seconds to wait before trying again."}}
+_LOCATION = {"Location": {"schema": _STRING, "description": "The client's redirect URI with the answer."}}
+_CHALLENGE = {"WWW-Authenticate": {"schema": _STRING, "description": "RFC 6750 challenge (Bearer ...)."}}
+# RFC 7636 4.1: code verifiers and challenges alike.
+PKCE_PATTERN = r"^[A-Za-z0-9._~-]{43,128}$"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+_PCHARS = r"([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+# Redirect URIs a client may register (RFC 9700 2.1, RFC 8252 7): https on a DNS name, http on a loopback
+# host, or a private-use scheme with a period; ASCII only, no userinfo, no backslash, no fragment.
+REDIRECT_URI_PATTERN = (
+    rf"^(https://{_LABEL}(\.{_LABEL})*{_PORT}|http://(127\.0\.0\.1|\[::1\]|localhost){_PORT}"
+    rf"(?=[/?]|$)|[A-Za-z][A-Za-z0-9+-]*\.[A-Za-z0-9+.-]*:(?=/(?!/)))"
+    rf"(/{_PCHARS}*)*(\?({_PCHARS}|[/?])*)?$"
+)
+_PROMPT = r"^\s*((none|login|consent|select_account)(\s+|$))*$"
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -29,6 +50,8 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 
 def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A form body, url-encoded or multipart. Unknown parameters are ignored (RFC 6749 3.1), so the schema
+    admits them; a defined parameter is one string (sent twice it is invalid_request)."""
     schema = {"type": "object", "properties": properties, "required": required}
     return {
         "required": True,
@@ -36,14 +59,76 @@ def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     }
 
 
+# Every path under /auth/oauth2/ is under the per-address rate limit (JSON, RFC 6749 shape).
+_ADDRESS_LIMIT = _error("slow_down: too many requests from your address.", _RETRY_AFTER)
+_UNAVAILABLE = {
+    "description": "The database is unavailable (problem details).",
+    "content": _PROBLEM,
+    "headers": _RETRY_AFTER,
+}
+
 # Public clients send client_id only; confidential ones Basic or form.
 _CLIENT_AUTH: list[dict[str, list[str]]] = [{}, {"clientBasic": []}]
-_CLIENT = {"client_id": _STRING, "client_secret": {"type": "string", "description": "client_secret_post only"}}
+_CLIENT = {
+    "client_id": _STRING,
+    "client_secret": {"type": "string", "description": "client_secret_post only"},
+}
+_TOKEN_HINT = {
+    "type": "string",
+    "description": "access_token or refresh_token; a hint only (an unknown value is ignored, RFC 7009 2.1).",
+}
 _REFUSALS = {
-    "400": _error("RFC 6749 error: invalid_request, invalid_grant, invalid_scope, unsupported_grant_type, ..."),
-    "401": _error("invalid_client (with WWW-Authenticate when the client tried to authenticate)."),
+    "400": _error(
+        "RFC 6749 error: invalid_request (also a body that cannot be read), invalid_grant, invalid_scope, "
+        "unsupported_grant_type, ..."
+    ),
+    "401": _error(
+        "invalid_client (with WWW-Authenticate when the client tried to authenticate).",
+        {"WWW-Authenticate": {"schema": _STRING, "description": "Basic realm=... after HTTP Basic."}},
+    ),
+    "413": _error("invalid_request: the body is too large."),
     "429": _error("slow_down: too many failed sign-ins for the username, or requests from the address.", _RETRY_AFTER),
     "503": _error("temporarily_unavailable: password hashing saturated, or the database unavailable.", _RETRY_AFTER),
+}
+
+_AUTHORIZATION_REQUEST = {
+    "response_type": {"type": "string", "enum": ["code"]},
+    "client_id": {"type": "string", "minLength": 1},
+    "redirect_uri": {"type": "string", "description": "Required when the client registered several."},
+    "scope": {"type": "string", "description": "Space-separated; default: the client's default."},
+    "state": _STRING,
+    "code_challenge": {"type": "string", "pattern": PKCE_PATTERN, "description": "Required for public clients."},
+    "code_challenge_method": {"type": "string", "enum": ["S256"]},
+    "nonce": {"type": "string", "maxLength": 512},
+    "prompt": {
+        "type": "string",
+        "pattern": _PROMPT,
+        "description": "Space-separated; `none` always answers login_required (there is no silent sign-in).",
+    },
+    "response_mode": {"type": "string", "enum": ["query"]},
+}
+_PAGE_ERRORS = {
+    "400": {
+        "description": "Unknown client or redirect URI, or a form that cannot be read: an error page, never a "
+        "redirect.",
+        "content": _HTML,
+    },
+    "429": {
+        "description": "Too many requests from your address (JSON, slow_down); after a POST also too many "
+        "failed sign-ins (the page again).",
+        "content": {**_HTML, "application/json": {"schema": {"$ref": "#/components/schemas/OAuth2Error"}}},
+        "headers": _RETRY_AFTER,
+    },
+    "503": {
+        "description": "The database is unavailable (problem details), or password hashing saturated after a "
+        "POST (the page again).",
+        "content": {**_HTML, **_PROBLEM},
+        "headers": _RETRY_AFTER,
+    },
+}
+_REDIRECT = {
+    "description": "Back to the client's redirect URI with `code` and `state`, or with `error` (and `state`, `iss`).",
+    "headers": _LOCATION,
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -72,6 +157,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "tags": ["oauth2"],
             "summary": "Get tokens (password, client_credentials, refresh_token, authorization_code + PKCE)",
+            "description": "`grant_type`, `client_id` and `scope` may also come in the query string; a secret "
+            "there is invalid_request.",
             "operationId": "token",
             "security": _CLIENT_AUTH,
             "requestBody": _form(
@@ -86,7 +173,7 @@ PATHS: dict[str, Any] = {
                     "refresh_token": _STRING,
                     "code": _STRING,
                     "redirect_uri": _STRING,
-                    "code_verifier": _STRING,
+                    "code_verifier": {"type": "string", "pattern": PKCE_PATTERN},
                     **_CLIENT,
                 },
                 ["grant_type"],
@@ -107,7 +194,7 @@ PATHS: dict[str, Any] = {
             "summary": "Revoke an access or refresh token of your client (RFC 7009)",
             "operationId": "revokeToken",
             "security": _CLIENT_AUTH,
-            "requestBody": _form({"token": _STRING, "token_type_hint": _STRING, **_CLIENT}, ["token"]),
+            "requestBody": _form({"token": _STRING, "token_type_hint": _TOKEN_HINT, **_CLIENT}, ["token"]),
             "responses": {"200": {"description": "Revoked, or never a live token of yours."}, **_REFUSALS},
         },
     },
@@ -118,7 +205,7 @@ PATHS: dict[str, Any] = {
             "summary": "Is this token of your client live? (RFC 7662, confidential clients)",
             "operationId": "introspectToken",
             "security": [{"clientBasic": []}, {}],
-            "requestBody": _form({"token": _STRING, "token_type_hint": _STRING, **_CLIENT}, ["token"]),
+            "requestBody": _form({"token": _STRING, "token_type_hint": _TOKEN_HINT, **_CLIENT}, ["token"]),
             "responses": {
                 "200": {"description": "`{active: false}` or the token's details.", "content": _JSON_OBJECT},
                 **_REFUSALS,
@@ -130,29 +217,18 @@ PATHS: dict[str, Any] = {
         "get": {
             "tags": ["oauth2"],
             "summary": "Sign-in and consent page of the authorization-code flow (PKCE S256 for public clients)",
+            "description": "Each parameter once: a repeated client_id or redirect_uri is the error page, any "
+            "other repeated parameter an invalid_request redirect.",
             "operationId": "authorize",
             "security": [],
             "parameters": [
-                {"in": "query", "name": name, "required": name in ("response_type", "client_id"), "schema": _STRING}
-                for name in (
-                    "response_type",
-                    "client_id",
-                    "redirect_uri",
-                    "scope",
-                    "state",
-                    "code_challenge",
-                    "code_challenge_method",
-                    "nonce",
-                    "prompt",
-                )
+                {"in": "query", "name": name, "required": name in ("response_type", "client_id"), "schema": schema}
+                for name, schema in _AUTHORIZATION_REQUEST.items()
             ],
             "responses": {
                 "200": {"description": "The sign-in page.", "content": _HTML},
-                "302": {"description": "Back to the client with `error` (and `state`)."},
-                "400": {
-                    "description": "Unknown client or redirect URI: an error page, never a redirect.",
-                    "content": _HTML,
-                },
+                "302": _REDIRECT,
+                **_PAGE_ERRORS,
             },
         },
         "post": {
@@ -160,15 +236,40 @@ PATHS: dict[str, Any] = {
             "summary": "The sign-in page's form (CSRF-protected): redirects with `code` and `state`",
             "operationId": "authorizeDecision",
             "security": [],
-            "requestBody": {
-                "required": True,
-                "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
-            },
+            "parameters": [
+                {
+                    "in": "cookie",
+                    "name": "oauth_csrf",
+                    "required": False,
+                    "schema": _STRING,
+                    "description": "Set by the sign-in page; must equal the form's csrf_token (else 403).",
+                }
+            ],
+            "requestBody": _form(
+                {
+                    **_AUTHORIZATION_REQUEST,
+                    "csrf_token": _STRING,
+                    "username": _STRING,
+                    "password": {"type": "string", "format": "password"},
+                    "action": {"type": "string", "enum": ["approve", "deny"]},
+                },
+                ["csrf_token"],
+            ),
             "responses": {
-                "302": {"description": "Back to the client with `code` and `state`, or `error=access_denied`."},
-                "400": {"description": "Wrong username or password: the page again.", "content": _HTML},
-                "403": {"description": "Missing or wrong CSRF token.", "content": _HTML},
-                "429": {"description": "Too many failed sign-ins: the page again.", "content": _HTML},
+                "302": _REDIRECT,
+                **_PAGE_ERRORS,
+                "400": {
+                    "description": "Wrong username or password (the page again); unknown client or redirect URI, "
+                    "or a form that cannot be read (an error page).",
+                    "content": _HTML,
+                },
+                "403": {"description": "Missing or wrong CSRF token (cookie and field).", "content": _HTML},
+                "408": {"description": "The form arrived too slowly.", "content": _HTML},
+                "413": {"description": "The form is too large.", "content": _HTML},
+                "415": {
+                    "description": "Not a form (url-encoded or multipart), or an unknown Content-Encoding.",
+                    "content": _HTML,
+                },
             },
         },
     },
@@ -185,8 +286,18 @@ PATHS: dict[str, Any] = {
                         "description": f"Claims: {', '.join(CLAIMS_SUPPORTED[:1] + CLAIMS_SUPPORTED[8:])}.",
                         "content": _JSON_OBJECT,
                     },
-                    "401": {"description": "No, invalid or expired bearer token (WWW-Authenticate: Bearer)."},
-                    "403": {"description": 'The token lacks openid (error="insufficient_scope").'},
+                    "401": {
+                        "description": "No, invalid or expired bearer token.",
+                        "content": _PROBLEM,
+                        "headers": _CHALLENGE,
+                    },
+                    "403": {
+                        "description": 'The token lacks openid (error="insufficient_scope").',
+                        "content": _PROBLEM,
+                        "headers": _CHALLENGE,
+                    },
+                    "429": _ADDRESS_LIMIT,
+                    "503": _UNAVAILABLE,
                 },
             }
             for method in ("get", "post")
@@ -199,7 +310,11 @@ PATHS: dict[str, Any] = {
             "summary": "Public keys that sign ID tokens (JWK Set)",
             "operationId": "jwks",
             "security": [],
-            "responses": {"200": {"description": "JWK Set.", "content": _JSON_OBJECT}},
+            "responses": {
+                "200": {"description": "JWK Set.", "content": _JSON_OBJECT},
+                "429": _ADDRESS_LIMIT,
+                "503": _UNAVAILABLE,
+            },
         },
     },
     "/.well-known/oauth-authorization-server": {

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from service.auth.openapi import REDIRECT_URI_PATTERN
 from service.auth.scopes import SCOPES
 from service.schemas import IdField, PaginationSchema
 
@@ -77,7 +78,7 @@ class CreateOAuth2ClientSchema(Schema):
     redirect_uris = fields.List(
         fields.String(
             validate=[validate.Length(min=1, max=2000), validate_redirect_uri],
-            metadata={"example": "https://app.example.com/callback"},
+            metadata={"example": "https://app.example.com/callback", "pattern": REDIRECT_URI_PATTERN},
         ),
         load_default=list,
         validate=validate.Length(max=20),

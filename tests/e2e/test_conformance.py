@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import sys
@@ -12,11 +13,17 @@ import httpx
 import orjson
 import pytest
 
+from service.config import Settings
+
 HERE = Path(__file__).resolve().parent
-CHECKS = (
-    "not_a_server_error,status_code_conformance,content_type_conformance,"
-    "response_schema_conformance,response_headers_conformance"
-)
+FIXTURE_PASSWORDS = {"root": "q", "user": "w"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The per-address limit on /auth/oauth2/ would answer most of the fuzzer's requests with 429 (documented,
+    and tested elsewhere); lifted here so that the OAuth2 operations are fuzzed, not rate limited."""
+    return dataclasses.replace(settings, oauth_rate_limit=1_000_000.0, oauth_rate_burst=1_000_000)
 
 
 async def run(*command: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str]:
@@ -28,33 +35,46 @@ async def run(*command: str, env: dict[str, str] | None = None, cwd: Path | None
     return process.returncode or 0, output.decode(errors="replace")
 
 
-@pytest.mark.parametrize(("username", "password"), [("root", "q"), ("user", "w")])
-async def test_schemathesis_finds_nothing(live_server: str, username: str, password: str, tmp_path: Path) -> None:
+async def _user_ids(base: str) -> dict[str, str]:
+    ids = {}
+    async with httpx.AsyncClient(base_url=base) as http:
+        for username, password in FIXTURE_PASSWORDS.items():
+            form = {"grant_type": "password", "client_id": "documentation", "username": username, "password": password}
+            token = (await http.post("/auth/oauth2/token", data=form)).json()["access_token"]
+            me = await http.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+            ids[username] = me.json()["id"]
+    return ids
+
+
+@pytest.mark.parametrize("username", ["root", "user"])
+async def test_schemathesis_finds_nothing(live_server: str, username: str, tmp_path: Path) -> None:
+    """Every operation of the served document, the OAuth2/OIDC ones at the site root included (each path
+    item's `servers` entry sends them there), all checks, all phases; any finding fails the test."""
+    ids = await _user_ids(live_server)
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "E2E_BASE_URL": live_server,
         "E2E_USERNAME": username,
-        "E2E_PASSWORD": password,
+        "E2E_PASSWORD": FIXTURE_PASSWORDS[username],
+        "E2E_MEMBER_ID": next(user_id for name, user_id in ids.items() if name != username),
     }
     code, output = await run(
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
         "run",
+        # No --url: the document's own servers give /api/v1 for the API and / for OAuth2 and discovery.
         f"{live_server}/api/v1/openapi.json",
-        "--url",
-        f"{live_server}/api/v1",
         "--checks",
-        CHECKS,
-        # The OAuth2/OIDC endpoints live at the site root, not under --url; their own tests cover them.
-        "--exclude-tag",
-        "oauth2",
+        "all",
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--max-examples",
-        os.environ.get("E2E_MAX_EXAMPLES", "40"),
+        os.environ.get("E2E_MAX_EXAMPLES", "100"),
         "--seed",
         "20261124",
         "--no-color",
@@ -62,18 +82,17 @@ async def test_schemathesis_finds_nothing(live_server: str, username: str, passw
         cwd=tmp_path,
     )
     print(output[-3000:])
-    assert code == 0, output[-6000:]
+    assert code == 0, output[-12000:]
     async with httpx.AsyncClient() as http:
         document = orjson.loads((await http.get(f"{live_server}/api/v1/openapi.json")).content)
-    api_operations = sum(
+    operations = sum(
         1
         for item in document["paths"].values()
-        if "servers" not in item
         for method in item
-        if method in ("get", "post", "patch", "delete")
+        if method in ("get", "post", "put", "patch", "delete")
     )
-    assert f"Operations:       {api_operations} selected" in output  # every /api/v1 operation
-    assert f"Tested: {api_operations}" in output
+    assert f"Operations:       {operations} selected / {operations} total" in output  # every operation
+    assert f"Tested: {operations}" in output
     assert " passed" in output
 
 
