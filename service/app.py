@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -24,9 +25,9 @@ from service.cors import cors_middleware
 from service.db import Client, Mongo, shared_secret
 from service.domains import upgrade
 from service.errors import problem_middleware, problem_response
-from service.log import harden_aiohttp_logging
+from service.log import AccessLogger, harden_aiohttp_logging
 from service.metrics import metrics_middleware
-from service.middlewares import edge_middleware, validation_middleware
+from service.middlewares import edge_middleware, harden_error_pages, validation_middleware
 from service.pagination import Cursors
 from service.passwords import hasher_ctx
 from service.ratelimit import TokenBuckets, oauth_rate_limit_middleware
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 
 SERVER_HEADER = "service"
+# How the app is served, by `serve` and by the tests alike. Request bodies are decoded from their
+# Content-Encoding by service.bodies, where a body that is not what it claims is a clean 400; aiohttp's
+# own decoding fails inside its parser, outside every middleware.
+SERVE_OPTIONS: dict[str, Any] = {"access_log_class": AccessLogger, "auto_decompress": False}
 
 
 def _prepare_process() -> None:
@@ -49,6 +54,7 @@ def _prepare_process() -> None:
     place that covers every response."""
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # a module default aiohttp does not export
     harden_aiohttp_logging()
+    harden_error_pages()
 
 
 def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web.Application:
@@ -130,7 +136,7 @@ def _undocumented(handler: Handler) -> Handler:
     async def alias(request: web.Request) -> web.StreamResponse:
         return await handler(request)
 
-    for attribute in ("__schemas__", "__requirement__"):  # not __apispec__: one documented route
+    for attribute in ("__schemas__", "__requirement__", "__rate_limited__"):  # not __apispec__: one documented route
         if hasattr(handler, attribute):
             setattr(alias, attribute, getattr(handler, attribute))
     return alias

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -17,7 +16,7 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from service import fixtures, keys, log
-from service.app import create_app
+from service.app import SERVE_OPTIONS, create_app
 from service.auth import clients as auth_clients
 from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
@@ -25,7 +24,7 @@ from service.auth.scopes import SCOPES
 from service.config import Settings, SettingsError
 from service.db import Mongo
 from service.domains import upgrade
-from service.embedded import EmbeddedServerError
+from service.embedded import EmbeddedServerError, free_port
 from service.errors import ApiError
 from service.passwords import PasswordHasher
 from service.users import repository as users_repository
@@ -102,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(settings.log_level, settings.log_format)
     try:
         return int(args.handler(args, settings))
-    except EmbeddedServerError as exc:
+    except (EmbeddedServerError, SettingsError) as exc:  # a start-up that cannot work: say why, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -115,7 +114,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     if workers > 1:
-        return Master(settings, host, port or _free_port(host), workers).run()
+        return Master(settings, host, port or free_port(host), workers).run()
     _use_uvloop()
     app = create_app(settings)
 
@@ -127,7 +126,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         app,
         host=host,
         port=port,
-        access_log_class=log.AccessLogger,
+        **SERVE_OPTIONS,
         shutdown_timeout=30.0,  # in-flight requests get this long to finish on SIGTERM/Ctrl-C
         print=None if args.reuse_port else announce,
         reuse_port=args.reuse_port or None,
@@ -142,12 +141,6 @@ def _use_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def with_database(work: Callable[[Mongo], Awaitable[int]]) -> Callable[[argparse.Namespace, Settings], int]:

@@ -36,6 +36,7 @@ class Settings:
     signup_enabled: bool = True
     max_body_size: int = 64 * 1024
     max_json_depth: int = 32
+    body_read_timeout: float = 10.0  # a body fed a byte at a time must not hold a connection for minutes
     public_url: str | None = None
     login_max_failures: int = 10
     login_window: int = 15 * 60
@@ -162,6 +163,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
     "SIGNUP_ENABLED": ("signup_enabled", _bool),
     "MAX_BODY_SIZE": ("max_body_size", _int(1024)),
+    "BODY_READ_TIMEOUT": ("body_read_timeout", _float(0.1, 3600)),
     "PUBLIC_URL": ("public_url", _public_url),
     "LOGIN_MAX_FAILURES": ("login_max_failures", _int(1)),
     "LOGIN_WINDOW": ("login_window", _int(1)),

@@ -23,7 +23,7 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
-from service.config import Settings
+from service.config import Settings, SettingsError
 from service.embedded import EmbeddedServer
 from service.metrics import COMMAND_TIMER
 
@@ -55,10 +55,6 @@ def is_unavailable_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in _UNAVAILABLE_CODES
 
 
-def is_duplicate_key(exc: BaseException) -> bool:
-    return isinstance(exc, DuplicateKeyError)
-
-
 def utcnow() -> datetime:
     """Now, in UTC, at the millisecond precision MongoDB stores."""
     now = datetime.now(UTC)
@@ -73,7 +69,12 @@ def aware(moment: datetime) -> datetime:
 def create_client(url: str, timeout_ms: int) -> Client:
     """A Motor client for a real server; made inside the running loop."""
     if url.startswith("mongomock://"):
-        from mongomock_motor import AsyncMongoMockClient
+        try:
+            from mongomock_motor import AsyncMongoMockClient
+        except ImportError:
+            raise SettingsError(
+                "MONGODB_URL=mongomock:// needs the in-memory test double: pip install -r requirements-mock.txt"
+            ) from None
 
         return AsyncMongoMockClient(tz_aware=True)
     return AsyncIOMotorClient(

@@ -60,7 +60,7 @@ class EmbeddedServer:
         if self._lock is None:
             self._lock = _acquire_lock(self.data_dir / "service.lock")
         if not self.port:
-            self.port = _free_port()
+            self.port = free_port()
         if self._log is not None:  # restarting after the child died on its own
             self._log.close()
         self._log = open(self.data_dir / "secantusd.log", "ab")  # noqa: SIM115, ASYNC230 (start-up only; lives with the child)
@@ -130,9 +130,10 @@ def _acquire_lock(path: Path) -> IO[str]:
     return handle
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free on `host` now (for the embedded server, and `serve --workers` on port 0)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

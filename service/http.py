@@ -29,7 +29,8 @@ def with_etag(data: Any, document: Mapping[str, Any], *, status: int = 200, **he
 
 
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
-_IF_MATCH = re.compile(rf"^\s*(?:\*|{_ENTITY_TAG}(?:\s*,\s*{_ENTITY_TAG})*)\s*$")
+_IF_MATCH = re.compile(rf"\s*(?:\*|{_ENTITY_TAG}(?:\s*,\s*{_ENTITY_TAG})*)\s*")
+_VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is true), and no 4,300-digit ints
 
 
 def if_match_version(request: web.Request) -> int | None:
@@ -38,12 +39,12 @@ def if_match_version(request: web.Request) -> int | None:
     cannot read must never turn into an unconditional write."""
     if hdrs.IF_MATCH not in request.headers:
         return None
-    if not _IF_MATCH.match(request.headers[hdrs.IF_MATCH]):
+    if not _IF_MATCH.fullmatch(request.headers[hdrs.IF_MATCH]):
         raise BadRequest('If-Match must be * or a list of entity tags such as "3".')
     tags = request.if_match or ()
     if any(tag.value == "*" for tag in tags):
         return None
-    return next((int(tag.value) for tag in tags if not tag.is_weak and tag.value.isdigit()), -1)
+    return next((int(tag.value) for tag in tags if not tag.is_weak and _VERSION.fullmatch(tag.value)), -1)
 
 
 def page(request: web.Request, data: list[Any], result: Page) -> web.Response:

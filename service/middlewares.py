@@ -5,16 +5,17 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from typing import Any
+from collections.abc import MutableMapping
 
-import orjson
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_protocol
 from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
 from aiohttp_apigami.validation import ValidationSchema
 from opentelemetry import trace
 
 from service import audit, keys
-from service.errors import BadRequest, UnsupportedMediaType, problem_response
+from service.bodies import read_json
+from service.errors import BadRequest, problem_response
 from service.log import request_id_var
 from service.ratelimit import client_address
 from service.schemas import load
@@ -22,8 +23,7 @@ from service.schemas import load
 # Unique without a syscall per request: a random per-process prefix and a counter.
 _PROCESS_PREFIX = uuid.uuid4().hex[:16]
 _request_ids = (f"{_PROCESS_PREFIX}{n:016x}" for n in itertools.count(1))
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-_JSON_TYPES = frozenset({"application/json", "application/json-patch+json"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _HTML_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -36,7 +36,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Outermost: give the request an id (the caller's X-Request-ID when sane) for every log line, and put
     it and the security headers on every response, errors included. One layer, since it runs per request."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else next(_request_ids)
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else next(_request_ids)
     request[keys.request_id] = request_id
     trace.get_current_span().set_attribute("http.request.id", request_id)
     token = request_id_var.set(request_id)
@@ -65,40 +65,41 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     headers["X-Request-ID"] = request_id
     if hdrs.AUTHORIZATION in request.headers:  # personal data: no shared or private cache may keep it
         headers["Cache-Control"] = "no-store"
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("X-Frame-Options", "DENY")
     # A FileResponse learns its content type only when sent, so static files get the page policy.
     is_html = isinstance(response, web.FileResponse) or (response.content_type or "").startswith("text/html")
-    headers.setdefault("Content-Security-Policy", _HTML_CSP if is_html else _API_CSP)
+    _security_headers(headers, is_html)
     return response
 
 
-def _json_depth(value: Any, limit: int) -> bool:
-    """True when `value` nests deeper than `limit` (iterative, so hostile input cannot blow the stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
+def _security_headers(headers: MutableMapping[str, str], is_html: bool) -> None:
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", _HTML_CSP if is_html else _API_CSP)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The body as JSON: 415 for another media type, 400 for malformed or too deeply nested JSON."""
-    if request.content_type not in _JSON_TYPES:
-        raise UnsupportedMediaType("Send the body as application/json (or application/json-patch+json for PATCH).")
-    raw = await request.read()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("The body is not valid JSON.") from None
-    if _json_depth(data, request.config_dict[keys.settings].max_json_depth):
-        raise BadRequest("The JSON body is nested too deeply.")
-    return data
+_aiohttp_error_page = web_protocol.RequestHandler.handle_error
+
+
+def _problem_error_page(
+    self: web_protocol.RequestHandler,
+    request: BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """aiohttp's own answer to a request it cannot parse (a bad header, a broken request line), which no
+    middleware sees: problem+json with the security headers, echoing nothing the client sent."""
+    _aiohttp_error_page(self, request, status, exc, message)  # it logs, and refuses once a response went out
+    response = problem_response(status, "The request is malformed." if status < 500 else None)
+    _security_headers(response.headers, is_html=False)
+    response.force_close()
+    return response
+
+
+def harden_error_pages() -> None:
+    """Process-wide, like the Server header: aiohttp has no setting for its low-level error pages."""
+    web_protocol.RequestHandler.handle_error = _problem_error_page  # type: ignore[method-assign]
 
 
 @web.middleware

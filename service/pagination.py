@@ -26,7 +26,6 @@ from service.db import Database, aware
 from service.errors import ValidationFailed
 
 KEYS = ("created", "_id")
-ORDER = [(name, 1) for name in KEYS]
 _MAC_BYTES = 16
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

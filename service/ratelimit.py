@@ -1,4 +1,5 @@
-"""A per-client-address rate limit on the OAuth2 endpoints (token buckets, in process).
+"""A per-client-address rate limit on the OAuth2 endpoints and the routes declared `per_address_limit`
+(sign-up), token buckets in process.
 
 The per-username sign-in throttle (in MongoDB, shared by every process) stops password guessing; this
 limit stops one address from flooding the sign-in endpoints with cheap requests at all. It lives in
@@ -13,13 +14,18 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service import keys
+from service.errors import problem_response
 from service.http import json_response
+
+H = TypeVar("H", bound=Callable[..., Any])
 
 OAUTH_PREFIX = "/auth/oauth2/"
 # An address over its budget waits this long for its 429. A client that retries at once (a flood of
@@ -76,16 +82,27 @@ def client_address(request: web.BaseRequest, proxies: tuple[IPv4Network | IPv6Ne
     return forwarded[0] if forwarded else peer
 
 
+def per_address_limit(handler: H) -> H:
+    """Put an anonymous route that does costly work (sign-up hashes a password) under the per-address
+    budget of the OAuth2 endpoints; its refusals are problem details."""
+    handler.__rate_limited__ = True  # type: ignore[attr-defined]
+    return handler
+
+
 @web.middleware
 async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """429 `slow_down` (RFC 6749 shape) with Retry-After once an address exceeds its budget (after the tarpit)."""
-    if not request.path.startswith(OAUTH_PREFIX):
+    """429 with Retry-After once an address exceeds its budget (after the tarpit): `slow_down` in RFC 6749
+    shape on the OAuth2 endpoints, problem details on the API routes declared `per_address_limit`."""
+    oauth = request.path.startswith(OAUTH_PREFIX)
+    if not oauth and not getattr(request.match_info.handler, "__rate_limited__", False):
         return await handler(request)
     settings = request.config_dict[keys.settings]
     wait = request.config_dict[keys.rate_limiter].take(client_address(request, settings.trusted_proxies))
     if wait:
         await asyncio.sleep(TARPIT_SECONDS)
-        body = {"error": "slow_down", "error_description": "Too many requests from your address; slow down."}
+        detail = "Too many requests from your address; slow down."
         headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
-        return json_response(body, status=429, headers=headers)
+        if not oauth:
+            return problem_response(429, detail, headers=headers)
+        return json_response({"error": "slow_down", "error_description": detail}, status=429, headers=headers)
     return await handler(request)

@@ -66,3 +66,13 @@ def _stringify_keys(messages: Any) -> Any:
     if isinstance(messages, dict):
         return {str(key): _stringify_keys(value) for key, value in messages.items()}
     return messages
+
+
+class FullMatch(validate.Regexp):
+    """`validate.Regexp` that must match the whole value: `re.match` with `$` lets a final newline through
+    (`root\n` beside `root`). The pattern itself is what the OpenAPI document shows."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value

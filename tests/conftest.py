@@ -20,11 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
 from service import fixtures, keys
-from service.app import create_app
+from service.app import SERVE_OPTIONS, create_app
 from service.config import Settings
 from service.db import Client, create_client
 from service.embedded import EmbeddedServer
-from service.log import AccessLogger
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,7 +110,7 @@ def app(settings: Settings, mongo_client: Client) -> web.Application:
 async def client(aiohttp_client, app: web.Application) -> TestClient:
     """A client of the app served the way `serve` serves it (the production access logger included)."""
     server = TestServer(app)
-    await server.start_server(access_log_class=AccessLogger)
+    await server.start_server(**SERVE_OPTIONS)
     return await aiohttp_client(server)
 
 
@@ -186,7 +185,7 @@ async def live_server(settings, mongo_client) -> AsyncIterator[str]:
     loaded; the docs client may redirect to its Swagger UI and to `<base>/cb` (a test relying party)."""
     app = create_app(settings, mongo_client=mongo_client)
     server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(**SERVE_OPTIONS)
     base = f"http://127.0.0.1:{server.port}"
     db = app[keys.mongo].db
     await fixtures.load(db, app[keys.hasher], fixtures.default_files())

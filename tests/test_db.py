@@ -15,7 +15,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 from service import keys
 from service.app import create_app
-from service.config import Settings
+from service.config import Settings, SettingsError
 from service.db import Mongo, run_migrations
 from service.embedded import EmbeddedServer, EmbeddedServerError
 from tests.helpers import PROBLEM
@@ -30,6 +30,13 @@ async def test_mongomock_mode_connects_in_memory() -> None:
         assert mongo.embedded is None
     finally:
         await mongo.close()
+
+
+async def test_mongomock_mode_without_the_mock_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mongomock_motor", None)  # as where requirements-mock.txt is not installed
+    mongo = Mongo(Settings(mongodb_url="mongomock://", mongodb_db="m"))
+    with pytest.raises(SettingsError, match=r"requirements-mock\.txt"):
+        await mongo.connect()
 
 
 async def test_url_mode_uses_the_given_server(tmp_path: Path) -> None:

@@ -39,3 +39,12 @@ def test_the_embedded_database_is_an_extra_and_not_in_the_production_lock() -> N
     dockerfile = (ROOT / "ops" / "Dockerfile").read_text()
     assert "-r requirements.txt" in dockerfile
     assert "requirements-embedded" not in dockerfile
+
+
+def test_the_in_memory_test_double_is_an_extra_and_not_in_the_production_lock() -> None:
+    mock = declared(PROJECT["optional-dependencies"]["mock"])
+    assert set(mock) == set(pins("requirements-mock.txt")) == {"mongomock", "mongomock-motor"}
+    for name, pin in pins("requirements-mock.txt").items():
+        (exact,) = pin.specifier
+        assert mock[name].specifier.contains(exact.version, prereleases=True), f"{name}=={exact.version}"
+    assert not {"mongomock", "mongomock-motor"} & set(pins("requirements.txt"))

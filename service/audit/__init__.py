@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -27,6 +29,7 @@ from service.pagination import Cursors, Page, PageRequest, fetch_page
 
 log = logging.getLogger("service.audit")
 
+_BARE = re.compile(r'[^\s="]+')
 EVENTS = (
     "signin.success",
     "signin.failure",
@@ -145,8 +148,15 @@ def _log(event: str, document: dict[str, Any]) -> None:
         for key, value in document.items()
         if key not in ("expires_at", "user_ids", "event") and value is not None
     }
-    summary = " ".join(f"{key}={value}" for key, value in fields.items() if key not in ("_id", "created"))
+    summary = " ".join(f"{key}={_quoted(value)}" for key, value in fields.items() if key not in ("_id", "created"))
     log.info("audit %s %s", event, summary, extra={"fields": {"audit": {"event": event, **fields}}})
+
+
+def _quoted(value: Any) -> str:
+    """A value of a text `key=value` line: JSON-quoted when it has a space, `=` or a quote, so a username
+    like `x client_id=evil` cannot forge a field."""
+    text = str(value)
+    return text if _BARE.fullmatch(text) else orjson.dumps(text).decode()
 
 
 async def auditor_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,15 +13,13 @@ from authlib.oidc.core import errors as oidc_errors
 from marshmallow import ValidationError
 
 from service.auth import repository
-from service.auth.grants import Context, parse_scope
+from service.auth.grants import PKCE_VALUE, Context, parse_scope
 from service.auth.repository import ClientDocument
 from service.auth.schemas import validate_redirect_uri
 from service.crypto import hash_secret, new_token
 from service.db import Database, utcnow
 
 # --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------
-
-_CHALLENGE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 
 
 class AuthorizePageError(Exception):
@@ -55,8 +52,13 @@ class AuthorizationRequest:
         return fields
 
 
-async def check_authorization_request(db: Database, params: Mapping[str, str]) -> AuthorizationRequest:
-    """Validate an authorization request; errors after the redirect URI is trusted carry it (and state)."""
+async def check_authorization_request(
+    db: Database, params: Mapping[str, str], repeated: frozenset[str] = frozenset()
+) -> AuthorizationRequest:
+    """Validate an authorization request; errors after the redirect URI is trusted carry it (and state).
+    `repeated` names the defined parameters sent more than once (RFC 6749 3.1: invalid_request)."""
+    if repeated & {"client_id", "redirect_uri"}:
+        raise AuthorizePageError("client_id and redirect_uri must each be sent once.")
     client = await repository.get_client(db, params.get("client_id", "")) if params.get("client_id") else None
     if client is None:
         raise AuthorizePageError("Unknown client.")
@@ -71,6 +73,10 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
         raise AuthorizePageError("The registered redirect URI is not allowed; register an https one.") from None
     state = params.get("state")
     where = {"redirect_uri": redirect_uri, "state": state}
+    if repeated:
+        raise oauth.InvalidRequestError(f"'{sorted(repeated)[0]}' is repeated.", **where)
+    if params.get("response_mode", "query") != "query":
+        raise oauth.InvalidRequestError("Only response_mode=query is supported.", **where)
     if params.get("response_type") != "code":
         raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
     if "request" in params:
@@ -93,7 +99,7 @@ async def check_authorization_request(db: Database, params: Mapping[str, str]) -
     if challenge:
         if params.get("code_challenge_method") != "S256":
             raise oauth.InvalidRequestError("code_challenge_method must be S256.", **where)
-        if not _CHALLENGE.match(challenge):
+        if not PKCE_VALUE.fullmatch(challenge):
             raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
     elif client["client_type"] == "public":
         raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,9 +37,22 @@ from service.errors import TooManyRequests
 from service.passwords import Overloaded, PasswordHasher
 from service.users import repository as users_repository
 from service.users.repository import UserDocument
+from service.users.schemas import USERNAME_MAX
 
+PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1 and 4.2: verifiers and challenges; fullmatch
 SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
 QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
+# What RFC 6749, 7009, 7636, 7662 and OpenID Connect define at the token, revocation, introspection and
+# authorization endpoints, plus the sign-in form's own fields: the only parameters read anywhere.
+DEFINED_PARAMETERS = frozenset(
+    {
+        *SECRET_PARAMETERS,
+        *QUERY_PARAMETERS,
+        *("username", "redirect_uri", "token", "token_type_hint", "response_type", "response_mode", "state"),
+        *("code_challenge", "code_challenge_method", "nonce", "prompt", "max_age", "id_token_hint", "login_hint"),
+        *("display", "ui_locales", "acr_values", "claims", "request", "request_uri", "csrf_token", "action"),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +69,34 @@ class Context:
 # --- request parsing and client authentication -----------------------------------------------
 
 
-def merge_parameters(form: Mapping[str, list[str]], query: Mapping[str, list[str]]) -> dict[str, str]:
-    """One value per parameter; secrets only from the body; repeats are invalid_request (RFC 6749 3.2)."""
+def single_values(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], frozenset[str]]:
+    """The defined parameters among `pairs` (first value of each) and the names sent more than once.
+    Unknown parameters are ignored, also when repeated (RFC 6749 3.1)."""
     params: dict[str, str] = {}
-    for source, allowed in ((query, QUERY_PARAMETERS), (form, None)):
-        for name, values in source.items():
-            if allowed is not None and name in SECRET_PARAMETERS:
-                raise oauth.InvalidRequestError(f"'{name}' must not be sent in the query string.")
-            if allowed is not None and name not in allowed:
-                continue
-            if len(values) != 1 or name in params:
-                raise oauth.InvalidRequestError(f"'{name}' is repeated.")
-            params[name] = values[0]
-    return params
+    repeated: set[str] = set()
+    for name, value in pairs:
+        if name not in DEFINED_PARAMETERS:
+            continue
+        if name in params:
+            repeated.add(name)
+        else:
+            params[name] = value
+    return params, frozenset(repeated)
+
+
+def merge_parameters(form: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One value per defined parameter; secrets only from the body; a defined parameter sent twice (or in
+    both places) is invalid_request (RFC 6749 3.1, 3.2)."""
+    query_params, repeated = single_values(query)
+    body_params, body_repeated = single_values(form)
+    for name in query_params:
+        if name in SECRET_PARAMETERS:
+            raise oauth.InvalidRequestError(f"'{name}' must not be sent in the query string.")
+    query_params = {name: value for name, value in query_params.items() if name in QUERY_PARAMETERS}
+    repeated = (repeated & QUERY_PARAMETERS) | body_repeated | (query_params.keys() & body_params.keys())
+    if repeated:
+        raise oauth.InvalidRequestError(f"'{sorted(repeated)[0]}' is repeated.")
+    return {**query_params, **body_params}
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -205,6 +234,9 @@ def required(params: dict[str, str], *names: str) -> list[str]:
 async def authenticate_user(ctx: Context, username: str, password: str, client_id: str) -> UserDocument:
     """The active user with this username and password; a deactivated account gets the same answer,
     at the same cost, as a wrong password (it must not confirm the password)."""
+    if len(username) > USERNAME_MAX:  # no account has such a name: no lookup, no throttle write, no hash
+        audit.record("signin.failure", client_id=client_id, username=f"{username[:USERNAME_MAX]}...")
+        raise oauth.InvalidGrantError("Invalid username or password.")
     user: UserDocument | None = None
 
     async def active_users_hash() -> str | None:
@@ -318,6 +350,8 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
     challenge = stored.get("code_challenge")
     verifier = params.get("code_verifier")
     if challenge:
+        if verifier is not None and not PKCE_VALUE.fullmatch(verifier):
+            raise oauth.InvalidRequestError("code_verifier must be 43 to 128 of A-Z a-z 0-9 . _ ~ - (RFC 7636).")
         if not verifier or not secrets.compare_digest(create_s256_code_challenge(verifier), challenge):
             raise oauth.InvalidGrantError("code_verifier does not match the code challenge.")
     elif verifier:

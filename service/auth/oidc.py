@@ -16,7 +16,6 @@ from authlib.oidc.core.util import create_half_hash
 from service.auth.jose import jwt
 from service.auth.signing import ALGORITHM, KeyRing
 
-OIDC_SCOPES = ("openid", "profile", "email")
 PROFILE_CLAIMS = ("name", "given_name", "middle_name", "family_name", "preferred_username", "updated_at")
 CLAIMS_SUPPORTED = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", *PROFILE_CLAIMS, "email")
 
@@ -79,7 +78,7 @@ def discovery(oauth_metadata: dict[str, Any], issuer: str) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "claims_supported": list(CLAIMS_SUPPORTED),
-        "prompt_values_supported": ["none", "login", "consent"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "claims_parameter_supported": False,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
+import orjson
 from aiohttp import web
 
 from service import keys, metrics
@@ -55,12 +56,14 @@ class PrincipalCache:
     GRACE = 0.1
     MAX_AGE = 30.0
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.epoch = 0
         self.hits = 0
+        self.size = 0  # bytes of what is kept, as _size estimates them
         self._valid_until = 0.0
-        self._entries: dict[str, tuple[Any, float, datetime | None, frozenset[Dependency]]] = {}
+        self._entries: dict[str, tuple[Any, float, datetime | None, frozenset[Dependency], int]] = {}
 
     def get(self, key: str) -> Any:
         now = time.monotonic()
@@ -69,9 +72,9 @@ class PrincipalCache:
         entry = self._entries.get(key)
         if entry is None:
             return MISS
-        value, stored_at, expires, _ = entry
+        value, stored_at, expires, _, _ = entry
         if now - stored_at > self.MAX_AGE or (expires is not None and expires <= datetime.now(UTC)):
-            self._entries.pop(key, None)
+            self._drop(key)
             return MISS
         self.hits += 1
         return value
@@ -82,9 +85,19 @@ class PrincipalCache:
         """Store what was read while the epoch was `epoch`, unless something was evicted since."""
         if epoch != self.epoch or time.monotonic() >= self._valid_until:
             return
-        if len(self._entries) >= self.max_entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (value, time.monotonic(), expires, frozenset(depends_on))
+        size = _size(key, value)
+        if size > self.max_bytes:
+            return
+        self._drop(key)
+        while self._entries and (len(self._entries) >= self.max_entries or self.size + size > self.max_bytes):
+            self._drop(next(iter(self._entries)))  # the oldest first
+        self._entries[key] = (value, time.monotonic(), expires, frozenset(depends_on), size)
+        self.size += size
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= entry[4]
 
     async def fetch(
         self,
@@ -109,12 +122,13 @@ class PrincipalCache:
         """Forget everything (a local write, or the stream lost)."""
         self.epoch += 1
         self._entries.clear()
+        self.size = 0
 
     def evict(self, collection: str, key: Any) -> None:
         self.epoch += 1
-        for cached, (_, _, _, depends_on) in list(self._entries.items()):
+        for cached, (_, _, _, depends_on, _) in list(self._entries.items()):
             if (collection, key) in depends_on or (collection, ANY) in depends_on:
-                del self._entries[cached]
+                self._drop(cached)
                 metrics.CACHE_EVICTIONS.inc()
 
     def current_until(self, deadline: float) -> None:
@@ -126,6 +140,12 @@ class PrincipalCache:
     def go_dark(self) -> None:
         self._valid_until = 0.0
         self.invalidate()
+
+
+def _size(key: str, value: Any) -> int:
+    """About what an entry holds, in bytes: its key and its value as JSON. Measured once per fill (a
+    miss, which costs a database round trip anyway), so the cache is bounded by bytes, not only by count."""
+    return len(key) + len(orjson.dumps(value, default=str)) + 200  # + the tuple, dict slot and dependencies
 
 
 async def live_token(cache: PrincipalCache, db: Any, digest: str) -> dict[str, Any] | None:

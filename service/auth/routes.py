@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp_jinja2
@@ -12,7 +12,6 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.base import OAuth2Error
-from authlib.oauth2.rfc6749 import errors as oauth
 
 from service import keys, metrics
 from service.auth import authorize, clients, grants, introspection, oidc
@@ -22,8 +21,10 @@ from service.auth.schemas import (
     CreateOAuth2ClientSchema,
     ListOAuth2ClientsSchema,
     OAuth2ClientSchema,
+    web_origin,
 )
 from service.auth.scopes import SCOPES
+from service.bodies import BodyError, read_form
 from service.db import is_unavailable_error
 from service.docs import IF_MATCH, responds
 from service.errors import InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
@@ -35,7 +36,6 @@ oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 CLIENT = OAuth2ClientSchema()
 CLIENTS = OAuth2ClientSchema(many=True)
 CREATED_CLIENT = CreatedOAuth2ClientSchema()
@@ -59,19 +59,8 @@ def context(request: web.Request) -> grants.Context:
 
 
 async def form_parameters(request: web.Request) -> dict[str, str]:
-    """The OAuth2 parameters of a form request (RFC 6749 needs form encoding)."""
-    if request.content_type not in FORM_TYPES:
-        raise oauth.InvalidRequestError("Send parameters as application/x-www-form-urlencoded.")
-    form = await request.post()
-    body: dict[str, list[str]] = {}
-    for name, value in form.items():
-        if not isinstance(value, str):
-            raise oauth.InvalidRequestError("File uploads are not accepted here.")
-        body.setdefault(name, []).append(value)
-    query: dict[str, list[str]] = {}
-    for name, value in request.query.items():
-        query.setdefault(name, []).append(value)
-    return grants.merge_parameters(body, query)
+    """The OAuth2 parameters of a form request (RFC 6749 needs form encoding), read by the guarded reader."""
+    return grants.merge_parameters(await read_form(request), request.query.items())
 
 
 def _refusal(exc: TooManyRequests | ServiceUnavailable) -> web.Response:
@@ -95,6 +84,9 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
             response = json_response(body, status=status, headers=extra)
         except (TooManyRequests, ServiceUnavailable) as exc:  # throttled, or shed under load
             response = _refusal(exc)
+        except BodyError as exc:  # a body that cannot be read: invalid_request, 400 (413 when too large)
+            body = {"error": "invalid_request", "error_description": exc.detail}
+            response = json_response(body, status=413 if exc.status == 413 else 400)
         except Exception as exc:
             if not is_unavailable_error(exc):
                 raise
@@ -236,8 +228,8 @@ def _page(
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers.update(NO_STORE)
     # Chromium applies form-action to the redirect after the POST, so allow the client's origin too.
-    origin = form_target.split("/", 3)[:3] if form_target else []
-    target = " " + "/".join(origin) if len(origin) == 3 else ""
+    origin = web_origin(form_target) if form_target else None
+    target = f" {origin}" if origin else ""
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{target}; frame-ancestors 'none'"
     )
@@ -272,11 +264,12 @@ def _redirect(uri: str, params: list[tuple[str, str]]) -> web.Response:
 
 
 async def _checked_request(
-    request: web.Request, params: dict[str, str]
+    request: web.Request, pairs: Iterable[tuple[str, str]]
 ) -> authorize.AuthorizationRequest | web.Response:
     """The validated authorization request, or the response that refuses it (page or redirect)."""
+    params, repeated = grants.single_values(pairs)
     try:
-        return await authorize.check_authorization_request(request.config_dict[keys.mongo].db, params)
+        return await authorize.check_authorization_request(request.config_dict[keys.mongo].db, params, repeated)
     except authorize.AuthorizePageError as exc:
         return _error_page(request, str(exc))
     except OAuth2Error as exc:
@@ -285,7 +278,7 @@ async def _checked_request(
 
 @oauth_routes.get("/auth/oauth2/authorize")
 async def authorize_page(request: web.Request) -> web.Response:
-    checked = await _checked_request(request, dict(request.query))
+    checked = await _checked_request(request, request.query.items())
     if isinstance(checked, web.Response):
         return checked
     return _consent_page(request, checked, secrets.token_urlsafe(32))
@@ -293,13 +286,15 @@ async def authorize_page(request: web.Request) -> web.Response:
 
 @oauth_routes.post("/auth/oauth2/authorize")
 async def authorize_decision(request: web.Request) -> web.Response:
-    if request.content_type != "application/x-www-form-urlencoded":
-        return _error_page(request, "The form must be posted as application/x-www-form-urlencoded.", 415)
-    form = {name: value for name, value in (await request.post()).items() if isinstance(value, str)}
+    try:
+        pairs = await read_form(request)
+    except BodyError as exc:
+        return _error_page(request, exc.detail or "The form could not be read.", exc.status)
+    form, _ = grants.single_values(pairs)
     cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get("csrf_token", "")
-    if not cookie or not sent or not secrets.compare_digest(cookie, sent):
+    if not cookie or not sent or not secrets.compare_digest(cookie.encode(), sent.encode()):
         return _error_page(request, "The form has expired or did not come from this page; start again.", 403)
-    checked = await _checked_request(request, form)
+    checked = await _checked_request(request, pairs)
     if isinstance(checked, web.Response):
         return checked
     state = [("state", checked.state)] if checked.state is not None else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,26 +18,43 @@ AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# A DNS name (RFC 1123 labels) or an IPv4 address; IPv6 literals are checked by ipaddress.
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return _DNS_NAME.fullmatch(host) is not None
+    return True
 
 
 def validate_redirect_uri(uri: str) -> None:
     """RFC 9700 4.1 and RFC 8252 7: `https`, `http` on a loopback host, or a native app's private-use
-    scheme with a period in it (`com.example.app:/cb`); never a fragment. Matching is exact later on,
-    so nothing is normalised here."""
+    scheme with a period in it (`com.example.app:/cb`); never a fragment, a backslash or user info
+    (browsers parse `http://evil.example\\@localhost/` as a request to evil.example). Matching is exact
+    later on, so nothing is normalised here."""
     if "#" in uri:
         raise ValidationError("A redirect URI must not contain a fragment.")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
-        raise ValidationError("A redirect URI must not contain spaces or control characters.")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in uri):
+        raise ValidationError("A redirect URI must not contain spaces, backslashes or control characters.")
     try:
         parts = urlsplit(uri)
-        host = parts.hostname
+        host, _ = parts.hostname, parts.port  # port: a malformed one raises
     except ValueError:
         raise ValidationError("Not a valid URI.") from None
-    if not _SCHEME.match(parts.scheme):
+    if not _SCHEME.fullmatch(parts.scheme):
         raise ValidationError("A redirect URI needs a scheme (https://, or com.example.app:/ for native apps).")
+    if "@" in parts.netloc:
+        raise ValidationError("A redirect URI must not contain user information (user@host).")
     scheme = parts.scheme.lower()
-    if scheme == "https" and host:
+    if scheme in ("https", "http") and (not host or not _valid_host(host)):
+        raise ValidationError("A redirect URI needs a valid host name or IP address.")
+    if scheme == "https":
         return
     if scheme == "http" and host in LOOPBACK_HOSTS:
         return
@@ -45,6 +63,20 @@ def validate_redirect_uri(uri: str) -> None:
     if "." in scheme and parts.path:
         return
     raise ValidationError("Use https, http on a loopback host, or a private-use scheme like com.example.app:/cb.")
+
+
+def web_origin(uri: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URI, rebuilt from its parsed parts (never copied from the
+    string), for a CSP source; None for other schemes or anything that does not parse."""
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host or not _valid_host(host):
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{shown}" + (f":{port}" if port is not None else "")
 
 
 class OAuth2ClientSchema(Schema):

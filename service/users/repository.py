@@ -75,6 +75,19 @@ def new_user_document(
     }
 
 
+async def existing_conflict(db: Database, username: str, email: str) -> Conflict | None:
+    """The 409 a new user with this username or email would get, read before any work is spent on it
+    (a password hash); the unique indexes still decide when two sign-ups race."""
+    found = await db.users.find_one(
+        {"$or": [{"username_key": username.lower()}, {"email_key": email.lower()}]}, projection={"username_key": 1}
+    )
+    if found is None:
+        return None
+    return Conflict(
+        f"A user with this {'username' if found['username_key'] == username.lower() else 'email'} already exists."
+    )
+
+
 async def insert_user(db: Database, document: UserDocument) -> UserDocument:
     try:
         await db.users.insert_one(cast(dict[str, Any], document))

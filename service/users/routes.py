@@ -10,6 +10,7 @@ from service.auth.principals import invalidate_principals
 from service.docs import IF_MATCH, responds
 from service.http import if_match_version, page, with_etag
 from service.pagination import PageRequest
+from service.ratelimit import per_address_limit
 from service.schemas import PaginationSchema
 from service.security import optional_principal, principal, requires
 from service.users import service
@@ -36,6 +37,7 @@ async def list_users(request: web.Request) -> web.Response:
 
 
 @routes.post("/users/")
+@per_address_limit
 @docs(
     tags=["users"],
     summary="Sign up (or, as an admin, create a user)",
@@ -44,7 +46,7 @@ async def list_users(request: web.Request) -> web.Response:
 )
 @requires(optional=True, who="anyone")
 @json_schema(SignupSchema)
-@responds(USER, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422))
+@responds(USER, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422, 429))
 async def create_user(request: web.Request) -> web.Response:
     user = await service.signup(
         request.config_dict[keys.mongo].db,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.patch import patch_schema
-from service.schemas import IdField, StrictBoolean
+from service.schemas import FullMatch, IdField, StrictBoolean
 
+USERNAME_MAX = 80  # no account has a longer name, so sign-in refuses longer ones unread
 USERNAME = [
-    validate.Length(min=3, max=80),
-    validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' and '-' only."),
+    validate.Length(min=3, max=USERNAME_MAX),
+    FullMatch(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' and '-' only."),
 ]
 NAME = validate.Length(max=50)
 

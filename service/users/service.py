@@ -29,6 +29,9 @@ async def signup(
 ) -> UserDocument:
     if not settings.signup_enabled and not (caller and is_admin(caller.user)):
         raise Forbidden("Sign-up is disabled; an administrator can create your account.")
+    conflict = await repository.existing_conflict(db, data["username"], data["email"])
+    if conflict is not None:  # a duplicate must not cost a password hash
+        raise conflict
     password_hash = await hasher.hash(data.pop("password"))
     document = repository.new_user_document(
         username=data["username"], email=data["email"], password_hash=password_hash, names=data, roles={}

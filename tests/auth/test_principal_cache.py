@@ -65,6 +65,21 @@ def test_an_unknown_username_is_kept_until_any_user_changes() -> None:
     assert cache.get("username:root") == {"_id": 1}  # a known user goes only with its own changes
 
 
+def test_the_cache_is_bounded_by_bytes_not_only_by_count() -> None:
+    cache = PrincipalCache(max_entries=10_000, max_bytes=50_000)
+    cache.current_until(time.monotonic() + 10)
+    for n in range(1_000):  # unknown names of 80 characters: about 300 bytes each as kept
+        cache.put(f"username:{n:080d}", None, cache.epoch, [("users", ANY)])
+    assert cache.size <= 50_000
+    assert 100 < len(cache._entries) < 1_000
+    assert cache.get(f"username:{999:080d}") is None  # the newest stay, the oldest went first
+    assert cache.get(f"username:{0:080d}") is MISS
+    cache.put("client:huge", {"redirect_uris": ["x" * 60_000]}, cache.epoch, [("oauth2_clients", "huge")])
+    assert cache.get("client:huge") is MISS  # larger than the whole budget: not kept
+    cache.evict("users", 1)
+    assert cache.size == 0
+
+
 @pytest.fixture
 def real_server(backend: str) -> None:
     if backend != "secantus":
