@@ -161,3 +161,17 @@ def _default_scopes_allowed(case: Any) -> None:
     defaults = case.body.get("default_scopes")
     if isinstance(allowed, list) and isinstance(defaults, list):
         case.body = {**case.body, "default_scopes": [scope for scope in defaults if scope in allowed]}
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response):
+    """One check narrowed, for one reason: after a sign-up (POST /users/), a regular user who reads the new
+    account gets 404 by design (users see only themselves; a 404, not a 403, so ids do not leak). The
+    createUser link to getUser holds for admins; `ensure_resource_availability` cannot know the difference."""
+    me = _state.get("me") or {}
+    return not (
+        getattr(failure, "code", None) == "ST302"
+        and getattr(failure, "created_with", None) == "POST /users/"
+        and me.get("is_admin") is False
+        and response.status_code == 404
+    )
