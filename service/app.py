@@ -1,4 +1,5 @@
-"""The application factory: the root app (OAuth2 endpoints, health) and the /api/v1 sub-app."""
+"""The composition root: the root app (OAuth2 endpoints, health) and the /api/v1 sub-app, the platform's
+state, and each domain's one `setup(root, api)`. The only module that knows every domain."""
 
 from __future__ import annotations
 
@@ -12,28 +13,19 @@ import jinja2
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from service import docs, fixtures, keys, metrics, tracing
-from service.audit import auditor_ctx
-from service.audit import routes as audit_routes
-from service.auth import openapi as auth_openapi
-from service.auth import routes as auth_routes
-from service.auth.principals import PrincipalCache, principal_cache_ctx
-from service.auth.signin import HeldAttempts
-from service.auth.signing import KeyRing
-from service.config import Settings
+from service import audit, auth, fixtures, keys, metrics, openapi, teams, tracing, users
+from service.auth.bearer import bearer_middleware
+from service.cache import PRINCIPAL_CACHE, PrincipalCache
+from service.config import SETTINGS, Settings
 from service.cors import cors_middleware
-from service.db import Client, Mongo, shared_secret
-from service.domains import upgrade
+from service.db import MONGO, STORAGE, Client, Database, Mongo, Storage, shared_secret
 from service.errors import problem_middleware, problem_response
 from service.log import AccessLogger, harden_aiohttp_logging
 from service.metrics import metrics_middleware
 from service.middlewares import edge_middleware, harden_error_pages, validation_middleware
-from service.pagination import Cursors
-from service.passwords import hasher_ctx
-from service.ratelimit import TokenBuckets, oauth_rate_limit_middleware
-from service.security import auth_middleware
-from service.teams import routes as teams_routes
-from service.users import routes as users_routes
+from service.pagination import CURSORS, Cursors
+from service.passwords import HASHER, hasher_ctx
+from service.ratelimit import RATE_LIMITER, TokenBuckets, oauth_rate_limit_middleware
 
 log = logging.getLogger(__name__)
 
@@ -77,48 +69,47 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
         ],
         client_max_size=settings.max_body_size,
     )
-    app[keys.settings] = settings
+    app[SETTINGS] = settings
     # HTML (the sign-in page, the Swagger UI index) from service/templates, autoescaped; sub-apps find it too.
     aiohttp_jinja2.setup(
         app, loader=jinja2.PackageLoader("service", "templates"), autoescape=True, default_helpers=False
     )
-    app[keys.rate_limiter] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
-    app[keys.mongo] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
+    app[RATE_LIMITER] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
+    app[MONGO] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
+    app[STORAGE] = Storage()
+    app[STORAGE].declare(migrations=[("0001_backfill_versions", _backfill_versions)])
+    app[PRINCIPAL_CACHE] = PrincipalCache()
     app.cleanup_ctx.append(_mongo_ctx)
-    app.cleanup_ctx.append(auditor_ctx)
     app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(hasher_ctx)
-    app[keys.principal_cache] = PrincipalCache()
-    app[keys.held_attempts] = HeldAttempts()
-    app.cleanup_ctx.append(principal_cache_ctx)
-    if settings.mongodb_url is None:
-        app.cleanup_ctx.append(_first_run_fixtures_ctx)
-    app.add_routes(auth_routes.oauth_routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get(docs.API_PREFIX, docs.swagger_ui)
-    api = _create_api()
+    app.router.add_get(openapi.API_PREFIX, openapi.swagger_ui)
+    # The API: authentication runs before validation, so an anonymous caller never gets a body parsed.
+    api = web.Application(middlewares=[bearer_middleware, validation_middleware])
+    # Each domain adds its state, cleanup contexts, routes, indexes, migrations and scopes. Order: a
+    # domain after those it builds on (auth lists every domain's scopes in its OAuth2 scheme).
+    for domain in (audit, users, teams, auth):
+        domain.setup(app, api)
+    if settings.mongodb_url is None:
+        app.cleanup_ctx.append(_first_run_fixtures_ctx)
+    openapi.add_docs_routes(api)
+    _add_slashless_aliases(api)
+    openapi.finish_docs(api)
     app[keys.openapi] = api[keys.openapi]
-    app.add_subapp(docs.API_PREFIX, api)
+    app.add_subapp(openapi.API_PREFIX, api)
     return app
 
 
-def _create_api() -> web.Application:
-    # Authentication runs before validation, so an anonymous caller never gets a body parsed.
-    api = web.Application(middlewares=[auth_middleware, validation_middleware])
-    for routes in (auth_routes.routes, users_routes.routes, teams_routes.routes, audit_routes.routes):
-        api.router.add_routes(routes)
-    docs.add_docs_routes(api)
-    _add_slashless_aliases(api)
-    docs.finish_docs(
-        api,
-        {
-            "paths": auth_openapi.PATHS,
-            "schemas": auth_openapi.SCHEMAS,
-            "securitySchemes": auth_openapi.SECURITY_SCHEMES,
-        },
-    )
-    return api
+async def upgrade(settings: Settings, db: Database) -> list[str]:
+    """Indexes and pending migrations of every domain, for `db upgrade` and `serve --workers`' master."""
+    return await create_app(settings)[STORAGE].upgrade(db)
+
+
+async def _backfill_versions(db: Database) -> None:
+    """Documents written before versioning get version 1, so If-Match works on them."""
+    for collection in ("users", "teams", "oauth2_clients"):
+        await db[collection].update_many({"version": {"$exists": False}}, {"$set": {"version": 1}})
 
 
 def _add_slashless_aliases(api: web.Application) -> None:
@@ -143,12 +134,11 @@ def _undocumented(handler: Handler) -> Handler:
 
 
 async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
-    mongo = app[keys.mongo]
+    mongo = app[MONGO]
     await mongo.connect()
     try:
-        await upgrade(mongo.db)
-        app[keys.cursors] = Cursors(await shared_secret(mongo.db, "list-cursors"))
-        app[keys.keyring] = KeyRing(mongo.db)
+        await app[STORAGE].upgrade(mongo.db)
+        app[CURSORS] = Cursors(await shared_secret(mongo.db, "list-cursors"))
         yield
     finally:
         await mongo.close()
@@ -156,7 +146,7 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
     """On the embedded database's first run, load the development data so `make run` can sign in at once."""
-    created = await fixtures.load_on_first_run(app[keys.mongo].db, app[keys.hasher])
+    created = await fixtures.load_on_first_run(app[MONGO].db, app[HASHER])
     if created:
         log.info("first run: loaded fixtures %s", created)
     yield
@@ -165,7 +155,7 @@ async def _first_run_fixtures_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve `/metrics` on METRICS_PORT (unset: no listener) for this process; a worker under
     `serve --workers` only records, and its master serves the sum of all workers there."""
-    settings = app[keys.settings]
+    settings = app[SETTINGS]
     if settings.metrics_port is None or metrics.MULTIPROCESS:
         yield
         return
@@ -184,7 +174,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers a ping within a second."""
-    mongo = request.app[keys.mongo]
+    mongo = request.app[MONGO]
     try:
         await asyncio.wait_for(mongo.ping(), timeout=1.0)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason goes to the log

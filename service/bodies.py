@@ -21,7 +21,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from service import keys
+from service.config import SETTINGS
 from service.errors import ApiError
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
@@ -80,7 +80,7 @@ def _check_charset(request: web.Request) -> None:
 async def read_bytes(request: web.Request) -> bytes:
     """The body, decoded from its Content-Encoding: at most MAX_BODY_SIZE, read within BODY_READ_TIMEOUT."""
     coding = _coding(request)
-    settings = request.config_dict[keys.settings]
+    settings = request.config_dict[SETTINGS]
     try:
         async with asyncio.timeout(settings.body_read_timeout):
             data = await request.read()
@@ -103,7 +103,7 @@ async def read_json(request: web.Request) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise malformed("The body is not valid JSON.") from None
-    if _json_depth(data, request.config_dict[keys.settings].max_json_depth):
+    if _json_depth(data, request.config_dict[SETTINGS].max_json_depth):
         raise malformed("The JSON body is nested too deeply.")
     return data
 
@@ -161,7 +161,7 @@ def _parse_multipart(content_type: str, raw: bytes) -> list[tuple[str, str]]:
             raise malformed("Nested multipart bodies are not accepted.")
         disposition = part.get("Content-Disposition")
         params = getattr(disposition, "params", {})
-        if part.get_content_disposition() != "form-data" or not params.get("name"):
+        if part.get_content_disposition() != "form-data" or params.get("name") is None:
             raise malformed("Every part of the form needs Content-Disposition: form-data with a name.")
         if "filename" in params:
             raise malformed("File uploads are not accepted here.")

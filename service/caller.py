@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 from service.db import document_id
 from service.errors import NotFound
 
@@ -50,3 +52,6 @@ async def visible_or_404(
     if found is None or not may_see(caller.user, found):
         raise NotFound(f"No such {what}.")
     return found
+
+
+CALLER: web.RequestKey[Principal] = web.RequestKey("service.caller", Principal)

@@ -16,17 +16,19 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from service import fixtures, keys, log
-from service.app import SERVE_OPTIONS, create_app
+from service.app import SERVE_OPTIONS, create_app, upgrade
 from service.auth import clients as auth_clients
 from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
-from service.auth.scopes import SCOPES
-from service.config import Settings, SettingsError
-from service.db import Mongo
-from service.domains import upgrade
+from service.cache import PRINCIPAL_CACHE, PrincipalCache
+from service.config import SETTINGS, Settings, SettingsError
+from service.context import Context
+from service.db import MONGO, Mongo, shared_secret
 from service.embedded import EmbeddedServerError, free_port
 from service.errors import ApiError
-from service.passwords import PasswordHasher
+from service.pagination import CURSORS, Cursors
+from service.passwords import HASHER, PasswordHasher
+from service.scopes import SCOPES
 from service.users import repository as users_repository
 from service.users.schemas import SignupSchema
 from service.workers import Master
@@ -161,7 +163,7 @@ def with_database(work: Callable[[Mongo], Awaitable[int]]) -> Callable[[argparse
 
 
 async def _db_upgrade(mongo: Mongo) -> int:
-    applied = await upgrade(mongo.db)
+    applied = await upgrade(mongo.settings, mongo.db)
     print(f"indexes ensured; migrations applied: {', '.join(applied) or 'none pending'}")
     return 0
 
@@ -171,7 +173,7 @@ cmd_db_upgrade = with_database(_db_upgrade)
 
 def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     async def work(mongo: Mongo) -> int:
-        await upgrade(mongo.db)
+        await upgrade(mongo.settings, mongo.db)
         kid = await signing.add_key(mongo.db)
         keep_for = timedelta(seconds=settings.access_token_ttl) + signing.PUBLISH_BEFORE_USE
         dropped = await signing.drop_expired_keys(mongo.db, keep_for)
@@ -187,12 +189,26 @@ def _with_hasher(work: Callable[[Mongo, PasswordHasher], Awaitable[int]]) -> Cal
         settings = mongo.settings
         hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
         try:
-            await upgrade(mongo.db)
+            await upgrade(mongo.settings, mongo.db)
             return await work(mongo, hasher)
         finally:
             hasher.close()
 
     return run
+
+
+async def _context(mongo: Mongo, hasher: PasswordHasher) -> Context:
+    """What domain functions take, outside a request (a principal cache that is never current answers
+    nothing, so every read goes to the database)."""
+    cursors = Cursors(await shared_secret(mongo.db, "list-cursors"))
+    state = {
+        SETTINGS: mongo.settings,
+        MONGO: mongo,
+        HASHER: hasher,
+        PRINCIPAL_CACHE: PrincipalCache(),
+        CURSORS: cursors,
+    }
+    return Context.of_app(state, mongo.settings.public_url or "")
 
 
 def cmd_fixtures_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -238,6 +254,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> int:
+    create_app(settings)  # the domains register their scopes as the app is built
     scopes = args.scopes or list(SCOPES)
     try:
         data = CreateOAuth2ClientSchema().load(
@@ -252,18 +269,18 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc.messages}", file=sys.stderr)
         return 1
 
-    async def work(mongo: Mongo) -> int:
+    async def work(mongo: Mongo, hasher: PasswordHasher) -> int:
         owner = await users_repository.get_user_by_username(mongo.db, args.owner)
         if owner is None:
             print(f"error: no user {args.owner!r}", file=sys.stderr)
             return 1
-        client, secret = await auth_clients.create_client(mongo.db, owner["_id"], data)
+        client, secret = await auth_clients.create_client(await _context(mongo, hasher), owner["_id"], data)
         print(f"client_id: {client['_id']}")
         if secret:
             print(f"client_secret: {secret}  (shown once; it is stored hashed)")
         return 0
 
-    return with_database(work)(args, settings)
+    return with_database(_with_hasher(work))(args, settings)
 
 
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,6 +10,8 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -180,3 +182,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("service.settings", Settings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from aiohttp import web
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
@@ -157,6 +158,27 @@ async def ensure_indexes(db: Database, indexes: Mapping[str, Sequence[IndexModel
             await db[collection].create_indexes(list(models))
 
 
+@dataclass
+class Storage:
+    """What the domains keep in the database: the indexes and migrations each domain's setup() declares,
+    applied by `upgrade` at every start-up and by `db upgrade`."""
+
+    indexes: dict[str, list[IndexModel]] = field(default_factory=dict)
+    migrations: list[Migration] = field(default_factory=list)
+
+    def declare(
+        self, indexes: Mapping[str, Sequence[IndexModel]] | None = None, migrations: Sequence[Migration] = ()
+    ) -> None:
+        for collection, models in (indexes or {}).items():
+            self.indexes.setdefault(collection, []).extend(models)
+        self.migrations.extend(migrations)
+
+    async def upgrade(self, db: Database) -> list[str]:
+        """Indexes, then the migrations in the order of their names (`0001_...`): never rename one."""
+        await ensure_indexes(db, self.indexes)
+        return await run_migrations(db, sorted(self.migrations, key=lambda migration: migration[0]))
+
+
 async def run_migrations(db: Database, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded; return the names applied now.
 
@@ -260,3 +282,7 @@ def document_id(value: Any) -> Any:
         return ObjectId(value)
     except (InvalidId, TypeError):
         return None
+
+
+MONGO: web.AppKey[Mongo] = web.AppKey("service.mongo", Mongo)
+STORAGE: web.AppKey[Storage] = web.AppKey("service.storage", Storage)

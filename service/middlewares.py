@@ -13,11 +13,11 @@ from aiohttp.web_request import BaseRequest
 from aiohttp_apigami.validation import ValidationSchema
 from opentelemetry import trace
 
-from service import audit, keys
+from service import keys
 from service.bodies import read_json
+from service.config import SETTINGS
 from service.errors import BadRequest, problem_response
 from service.log import request_id_var
-from service.ratelimit import client_address
 from service.schemas import load
 
 # Unique without a syscall per request: a random per-process prefix and a counter.
@@ -40,15 +40,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[keys.request_id] = request_id
     trace.get_current_span().set_attribute("http.request.id", request_id)
     token = request_id_var.set(request_id)
-    auditor = request.config_dict.get(keys.auditor)
-    scope = (
-        audit.bind(auditor, client_address(request, request.config_dict[keys.settings].trusted_proxies))
-        if auditor
-        else None
-    )
     try:
         try:
-            limit = request.config_dict[keys.settings].max_body_size
+            limit = request.config_dict[SETTINGS].max_body_size
             if request.content_length is not None and request.content_length > limit:
                 # Refused before anything reads it; chunked bodies hit aiohttp's own client_max_size.
                 response: web.StreamResponse = problem_response(413, "The request body is too large.")
@@ -59,8 +53,6 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise
     finally:
         request_id_var.reset(token)
-        if scope is not None:
-            audit.unbind(scope)
     headers = response.headers
     headers["X-Request-ID"] = request_id
     if hdrs.AUTHORIZATION in request.headers:  # personal data: no shared or private cache may keep it

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from aiohttp import web
 from bson import ObjectId
 from bson.errors import InvalidId
 
@@ -197,3 +198,6 @@ async def fetch_page(
         total = await db[collection].count_documents(dict(query))
     next_after = cursors.encode(scope, *sort_key(items[-1], keys)) if more and items else None
     return Page(items, next_after, total)
+
+
+CURSORS: web.AppKey[Cursors] = web.AppKey("service.cursors", Cursors)

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import argon2
 from aiohttp import web
 
-from service import keys, metrics, tracing
+from service import metrics, tracing
+from service.config import SETTINGS
 from service.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -131,10 +132,13 @@ class PasswordHasher:
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.settings]
+    settings = app[SETTINGS]
     hasher = PasswordHasher(
         settings.argon2_time_cost, settings.argon2_memory_kib, max_wait=settings.hash_queue_wait_ms / 1000
     )
-    app[keys.hasher] = hasher
+    app[HASHER] = hasher
     yield
     hasher.close()
+
+
+HASHER: web.AppKey[PasswordHasher] = web.AppKey("service.hasher", PasswordHasher)

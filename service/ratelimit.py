@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service import keys
+from service.config import SETTINGS
 from service.errors import problem_response
-from service.http import json_response
+from service.responses import json_response
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -96,8 +96,8 @@ async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) ->
     oauth = request.path.startswith(OAUTH_PREFIX)
     if not oauth and not getattr(request.match_info.handler, "__rate_limited__", False):
         return await handler(request)
-    settings = request.config_dict[keys.settings]
-    wait = request.config_dict[keys.rate_limiter].take(client_address(request, settings.trusted_proxies))
+    settings = request.config_dict[SETTINGS]
+    wait = request.config_dict[RATE_LIMITER].take(client_address(request, settings.trusted_proxies))
     if wait:
         await asyncio.sleep(TARPIT_SECONDS)
         detail = "Too many requests from your address; slow down."
@@ -106,3 +106,6 @@ async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) ->
             return problem_response(429, detail, headers=headers)
         return json_response({"error": "slow_down", "error_description": detail}, status=429, headers=headers)
     return await handler(request)
+
+
+RATE_LIMITER: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter", TokenBuckets)

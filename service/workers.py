@@ -23,9 +23,9 @@ import time
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from service import fixtures
+from service.app import upgrade
 from service.config import Settings
 from service.db import Mongo
-from service.domains import upgrade
 from service.passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ async def _prepare_embedded(settings: Settings) -> Mongo:
     """Start the embedded database once for all workers; upgrade it and load first-run fixtures."""
     mongo = Mongo(settings)
     await mongo.connect()
-    await upgrade(mongo.db)
+    await upgrade(mongo.settings, mongo.db)
     hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
     try:
         await fixtures.load_on_first_run(mongo.db, hasher)

@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from service import fixtures, keys
+from service import fixtures
 from service.app import SERVE_OPTIONS, create_app
 from service.config import Settings
-from service.db import Client, create_client
+from service.db import MONGO, Client, create_client
 from service.embedded import EmbeddedServer
+from service.passwords import HASHER
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -123,7 +124,7 @@ def db(client: TestClient, settings: Settings, mongo_client: Client):
 @pytest.fixture
 async def seeded(client: TestClient, app: web.Application, db):
     """The development fixtures (root/q admin, user/w regular, public `documentation` client)."""
-    return await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    return await fixtures.load(db, app[HASHER], fixtures.default_files())
 
 
 @pytest.fixture
@@ -187,8 +188,8 @@ async def live_server(settings, mongo_client) -> AsyncIterator[str]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(**SERVE_OPTIONS)
     base = f"http://127.0.0.1:{server.port}"
-    db = app[keys.mongo].db
-    await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    db = app[MONGO].db
+    await fixtures.load(db, app[HASHER], fixtures.default_files())
     await db.oauth2_clients.update_one(
         {"_id": "documentation"},
         {"$push": {"redirect_uris": {"$each": [f"{base}/api/v1/static/oauth2-redirect.html", f"{base}/cb"]}}},

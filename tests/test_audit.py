@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service import keys
+from service.audit import AUDITOR
 from tests.helpers import basic, with_current_password
 
 TOKEN = "/auth/oauth2/token"
@@ -16,7 +16,7 @@ TOKEN = "/auth/oauth2/token"
 
 async def settle(app: web.Application) -> None:
     """Audit writes run in the background: wait for them before reading the collection."""
-    await asyncio.gather(*app[keys.auditor].pending)
+    await asyncio.gather(*app[AUDITOR].pending)
 
 
 async def events(client: TestClient, headers: dict[str, str], query: str = "") -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ async def test_a_lost_audit_write_never_fails_the_request(client: TestClient, ap
         async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
             raise ConnectionError("database unavailable")
 
-    auditor = app[keys.auditor]
+    auditor = app[AUDITOR]
     auditor.db = type("Db", (), {"audit_events": Down()})()
     form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     assert (await client.post(TOKEN, data=form)).status == 200

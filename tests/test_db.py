@@ -13,10 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 from pymongo.errors import ServerSelectionTimeoutError
 
-from service import keys
 from service.app import create_app
 from service.config import Settings, SettingsError
-from service.db import Mongo, run_migrations
+from service.db import MONGO, Mongo, run_migrations
 from service.embedded import EmbeddedServer, EmbeddedServerError
 from tests.helpers import PROBLEM
 
@@ -151,7 +150,7 @@ async def test_readyz_turns_503_when_the_database_stops_and_recovers(tmp_path: P
     app = create_app(settings)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/readyz")).status == 200
-        embedded = app[keys.mongo].embedded
+        embedded = app[MONGO].embedded
         assert embedded is not None
         await embedded.stop()
         api = await client.get("/api/v1/users/me", headers={"Authorization": "Bearer some-token"})

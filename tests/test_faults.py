@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo.errors import AutoReconnect
 
-from service import keys
 from service.app import create_app
 from service.config import Settings
+from service.db import MONGO
 from tests.helpers import stored_members
 
 FIGURES = {"requests": 0, "faults": 0, "inconsistencies": 0}
@@ -217,7 +217,7 @@ async def test_killed_and_restarted_database(tmp_path: Path) -> None:
     async with TestClient(TestServer(app)) as client:
         body = {"username": "survivor", "email": "s@example.com", "password": "long enough"}
         assert (await call(client, "POST", "/api/v1/users/", json=body)).status == 201
-        embedded = app[keys.mongo].embedded
+        embedded = app[MONGO].embedded
         assert embedded is not None
         assert embedded.process is not None
         embedded.process.kill()  # no clean shutdown
@@ -242,6 +242,6 @@ async def test_killed_and_restarted_database(tmp_path: Path) -> None:
             },
         )
         assert token.status == 200  # written before the crash, still there: sign-in works
-        assert await app[keys.mongo].db.users.count_documents({"username": "survivor"}) == 1
-        assert await app[keys.mongo].db.users.count_documents({"username": "lost"}) == 0
-        assert await audit(app[keys.mongo].db) == []
+        assert await app[MONGO].db.users.count_documents({"username": "survivor"}) == 1
+        assert await app[MONGO].db.users.count_documents({"username": "lost"}) == 0
+        assert await audit(app[MONGO].db) == []

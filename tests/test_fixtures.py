@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from service import fixtures, keys
+from service import fixtures
+from service.passwords import HASHER
 
 
 async def test_loading_twice_creates_nothing_new(client, app, db) -> None:
-    first = await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    first = await fixtures.load(db, app[HASHER], fixtures.default_files())
     assert first["users"] == 2
     assert first["oauth2_clients"] == 1
-    second = await fixtures.load(db, app[keys.hasher], fixtures.default_files())
+    second = await fixtures.load(db, app[HASHER], fixtures.default_files())
     assert second == {"users": 0, "oauth2_clients": 0, "teams": second["teams"]}
     assert second["teams"] == 0
     documentation = await db.oauth2_clients.find_one({"_id": "documentation"})
@@ -27,7 +28,7 @@ async def test_bad_fixture_file_names_file_and_problem(client, app, db, tmp_path
     bad = tmp_path / "bad.json"
     bad.write_text('{"users": [{"username": "x y", "email": "nope"}]}')
     with pytest.raises(fixtures.FixtureError, match=r"bad\.json"):
-        await fixtures.load(db, app[keys.hasher], [bad])
+        await fixtures.load(db, app[HASHER], [bad])
     assert await db.users.count_documents({}) == 0
 
 
@@ -37,7 +38,7 @@ async def test_client_with_unknown_owner_is_refused(client, app, db, tmp_path: P
         '{"oauth2_clients": [{"client_id": "c", "client_type": "public", "owner": "ghost", "allowed_scopes": ["users:read"]}]}'
     )
     with pytest.raises(fixtures.FixtureError, match="unknown owner"):
-        await fixtures.load(db, app[keys.hasher], [orphan])
+        await fixtures.load(db, app[HASHER], [orphan])
 
 
 def run_cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -233,3 +233,15 @@ async def test_a_body_fed_a_byte_at_a_time_is_cut_off(
     writer.close()
     assert head.split(b" ", 2)[1] == str(status).encode()
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_a_part_with_an_empty_name_is_an_unknown_parameter_and_ignored(client: TestClient, seeded) -> None:
+    body = multipart(
+        b'Content-Disposition: form-data; name=""\r\n\r\nv',
+        b'Content-Disposition: form-data; name="token"\r\n\r\nabc',
+        b'Content-Disposition: form-data; name="client_id"\r\n\r\ndocumentation',
+    )
+    response = await client.post(
+        "/auth/oauth2/revoke", data=body, headers={"Content-Type": "multipart/form-data; boundary=b0undary"}
+    )
+    assert response.status == 200, await response.text()

@@ -12,8 +12,11 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service import audit, keys, log
+from service import audit, log
+from service.audit import AUDITOR
+from service.cache import PRINCIPAL_CACHE
 from service.config import Settings
+from service.passwords import HASHER
 from tests.helpers import decide, open_page, pkce, query, redirect_params
 
 TOKEN = "/auth/oauth2/token"
@@ -26,8 +29,8 @@ async def test_an_oversized_username_is_refused_unread_and_never_stored_whole(cl
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_grant"
     assert await db.login_attempts.count_documents({}) == 0  # no throttle write
-    assert "username:" + name not in client.app[keys.principal_cache]._entries  # no cached lookup
-    await asyncio.gather(*client.app[keys.auditor].pending)  # audit writes run in the background
+    assert "username:" + name not in client.app[PRINCIPAL_CACHE]._entries  # no cached lookup
+    await asyncio.gather(*client.app[AUDITOR].pending)  # audit writes run in the background
     stored = await db.audit_events.find({"event": "signin.failure"}).to_list(None)
     assert [len(event["username"]) for event in stored] == [83]  # 80 characters and "..."
 
@@ -90,7 +93,7 @@ async def test_the_sign_in_page_csp_names_the_redirect_origin_rebuilt_from_its_p
 
 
 async def test_a_duplicate_sign_up_costs_no_password_hash(client: TestClient, seeded, monkeypatch) -> None:
-    hasher = client.app[keys.hasher]
+    hasher = client.app[HASHER]
     hashed: list[Any] = []
     real_hash = hasher.hash
 

@@ -11,11 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service import keys
 from service.audit import INDEXES as AUDIT_INDEXES
 from service.auth.repository import INDEXES as AUTH_INDEXES
 from service.db import utcnow
-from service.pagination import KEYS, PageRequest, page_filter
+from service.pagination import CURSORS, KEYS, PageRequest, page_filter
 from service.teams.repository import INDEXES as TEAM_INDEXES
 from service.teams.repository import member_line
 from service.users.repository import INDEXES as USER_INDEXES
@@ -236,7 +235,7 @@ def assert_index_backed(
 async def test_every_list_query_is_index_backed(backend: str, app: web.Application, db, client, seeded) -> None:
     if backend != "secantus":
         pytest.skip("explain plans are the real server's (--backend=secantus)")
-    cursors = app[keys.cursors]
+    cursors = app[CURSORS]
     someone = seeded and (await db.users.find_one({"username": "user"}))["_id"]
     now = utcnow()
     by_team = ("team_created", "team_id")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service import keys
+from service.audit import AUDITOR
 
 COUNTED = ("insert", "query", "update", "delete", "command")
 
@@ -27,10 +27,10 @@ def operations(backend: str, app, db) -> Callable[[Callable[[], Awaitable[Any]]]
         return sum(int(status["opcounters"][name]) for name in COUNTED)
 
     async def count(request: Callable[[], Awaitable[Any]]) -> int:
-        await app[keys.auditor].flush()
+        await app[AUDITOR].flush()
         before = await counters()
         await request()
-        await app[keys.auditor].flush()
+        await app[AUDITOR].flush()
         return await counters() - before - 1  # the first serverStatus counts itself
 
     return count

@@ -6,11 +6,12 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema
 
 from service import keys
-from service.audit import list_events
 from service.audit.schemas import AuditEventSchema, ListAuditEventsSchema
-from service.docs import responds
-from service.http import page
-from service.pagination import PageRequest
+from service.audit.trail import list_events
+from service.db import MONGO
+from service.openapi import responds
+from service.pagination import CURSORS, PageRequest
+from service.responses import page
 from service.security import requires
 
 routes = web.RouteTableDef()
@@ -31,10 +32,10 @@ EVENTS = AuditEventSchema(many=True)
 async def list_audit_events(request: web.Request) -> web.Response:
     query = request[keys.query]
     found = await list_events(
-        request.config_dict[keys.mongo].db,
+        request.config_dict[MONGO].db,
         query.get("user_id"),
         query.get("event"),
         PageRequest.from_query(query),
-        request.config_dict[keys.cursors],
+        request.config_dict[CURSORS],
     )
     return page(request, EVENTS.dump(found.items), found)

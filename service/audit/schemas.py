@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from service.audit import EVENTS
+from service.audit.trail import EVENTS
 from service.schemas import IdField, PaginationSchema
 
 

@@ -1,1 +1,49 @@
-"""Auth domain."""
+"""Auth domain: the OAuth2 / OpenID Connect authorization server (token, authorize, revoke, introspect,
+discovery, JWKS, UserInfo at the site root), OAuth2 clients under /api/v1, and bearer tokens: the
+middleware that resolves them into callers for every `@requires` route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from service import scopes
+from service.auth import openapi as auth_openapi
+from service.auth import repository, routes, signing
+from service.cache import follower_ctx
+from service.db import MONGO, STORAGE, Database
+from service.openapi import add_parts
+from service.users.service import TOKENS_REVOKED
+
+SCOPES = {
+    "auth:read": "Read your OAuth2 clients",
+    "auth:write": "Create and delete your OAuth2 clients",
+    "openid": "Sign you in to the application (OpenID Connect): your user id",
+    "profile": "Your name and username",
+    "email": "Your email address",
+}
+MIGRATIONS = (("0002_documentation_client_oidc_scopes", repository.documentation_client_may_sign_in),)
+
+
+def setup(root: web.Application, api: web.Application) -> None:
+    """After the domains whose scopes the docs list (users, teams): the OAuth2 scheme names them all."""
+    root[STORAGE].declare({**repository.INDEXES, **signing.INDEXES}, MIGRATIONS)
+    scopes.register(SCOPES)
+    root.cleanup_ctx.append(_keyring_ctx)
+    root.cleanup_ctx.append(follower_ctx(repository.watch_principal_changes))
+    root[TOKENS_REVOKED].append(_mark_revoked)
+    root.add_routes(routes.oauth_routes)
+    api.router.add_routes(routes.routes)
+    add_parts(
+        api, paths=auth_openapi.PATHS, schemas=auth_openapi.SCHEMAS, security_schemes=auth_openapi.security_schemes()
+    )
+
+
+async def _keyring_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[signing.KEYRING] = signing.KeyRing(app[MONGO].db)
+    yield
+
+
+async def _mark_revoked(db: Database, user_id: object) -> None:
+    await repository.revoke_tokens(db, {"user_id": user_id})

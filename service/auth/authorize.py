@@ -13,9 +13,10 @@ from authlib.oidc.core import errors as oidc_errors
 from marshmallow import ValidationError
 
 from service.auth import repository
-from service.auth.grants import PKCE_VALUE, Context, parse_scope
+from service.auth.grants import PKCE_VALUE, parse_scope
 from service.auth.repository import ClientDocument
 from service.auth.schemas import validate_redirect_uri
+from service.context import Context
 from service.crypto import hash_secret, new_token
 from service.db import Database, utcnow
 

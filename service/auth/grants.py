@@ -15,7 +15,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -23,21 +22,20 @@ from urllib.parse import unquote
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from service import audit
+from service.audit import trail as audit
 from service.auth import oidc, principals, repository
-from service.auth.principals import PrincipalCache
 from service.auth.repository import ClientDocument, CodeDocument, TokenDocument
-from service.auth.scopes import SCOPES
-from service.auth.signin import HeldAttempts, check_password
-from service.auth.signing import KeyRing
-from service.config import Settings
+from service.auth.signing import KEYRING
+from service.context import Context
 from service.crypto import hash_secret, new_token, secret_matches
-from service.db import Database, utcnow
+from service.db import utcnow
 from service.errors import TooManyRequests
-from service.passwords import Overloaded, PasswordHasher
+from service.passwords import Overloaded
+from service.scopes import SCOPES
 from service.users import repository as users_repository
 from service.users.repository import UserDocument
 from service.users.schemas import USERNAME_MAX
+from service.users.signin import check_password, user_by_username
 
 PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1 and 4.2: verifiers and challenges; fullmatch
 SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
@@ -53,17 +51,6 @@ DEFINED_PARAMETERS = frozenset(
         *("display", "ui_locales", "acr_values", "claims", "request", "request_uri", "csrf_token", "action"),
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    db: Database
-    hasher: PasswordHasher
-    held: HeldAttempts
-    cache: PrincipalCache
-    settings: Settings
-    keyring: KeyRing
-    issuer: str
 
 
 # --- request parsing and client authentication -----------------------------------------------
@@ -211,7 +198,7 @@ async def issue_token(
         response["refresh_token"] = refresh_token
     if "openid" in scopes and grant != "client_credentials":
         response["id_token"] = await oidc.id_token(
-            ctx.keyring,
+            ctx[KEYRING],
             issuer=ctx.issuer,
             client_id=client["_id"],
             user=user,
@@ -241,13 +228,11 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
 
     async def active_users_hash() -> str | None:
         nonlocal user
-        user = await principals.user_by_username(ctx.cache, ctx.db, username)
+        user = await user_by_username(ctx, username)
         return user["password_hash"] if user and user.get("is_active") else None
 
     try:
-        verified = await check_password(
-            ctx.db, ctx.hasher, ctx.held, ctx.settings, username, password, active_users_hash
-        )
+        verified = await check_password(ctx, username, password, active_users_hash)
     except TooManyRequests:
         audit.record("signin.throttled", client_id=client_id, username=username)
         raise

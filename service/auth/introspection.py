@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from service import audit
+from service.audit import trail as audit
 from service.auth import principals, repository
-from service.auth.grants import GRANTS, Context, authenticate_client, required
-from service.auth.scopes import SCOPES
+from service.auth.grants import GRANTS, authenticate_client, required
+from service.context import Context
 from service.crypto import hash_secret
 from service.db import Database, utcnow
+from service.scopes import SCOPES
 from service.users import repository as users_repository
 
 # --- revocation and introspection ------------------------------------------------------------

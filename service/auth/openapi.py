@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.auth.oidc import CLAIMS_SUPPORTED
+from service.scopes import SCOPES
 
 ROOT = [{"url": "/", "description": "OAuth2 and OpenID Connect live at the site root"}]
 _STRING = {"type": "string"}
@@ -339,7 +340,23 @@ PATHS: dict[str, Any] = {
     },
 }
 
-SECURITY_SCHEMES: dict[str, Any] = {
+
+def security_schemes() -> dict[str, Any]:
+    """The OAuth2 scheme every `@requires` route names (its flows are what Swagger UI's Authorize signs in
+    with; the scopes are the registry's, complete once every domain's setup() ran), and the client ones."""
+    flows = {
+        "password": {"tokenUrl": "/auth/oauth2/token", "refreshUrl": "/auth/oauth2/token", "scopes": dict(SCOPES)},
+        "authorizationCode": {
+            "authorizationUrl": "/auth/oauth2/authorize",
+            "tokenUrl": "/auth/oauth2/token",
+            "refreshUrl": "/auth/oauth2/token",
+            "scopes": dict(SCOPES),
+        },
+    }
+    return {"oauth2": {"type": "oauth2", "flows": flows}, **CLIENT_SECURITY_SCHEMES}
+
+
+CLIENT_SECURITY_SCHEMES: dict[str, Any] = {
     "clientBasic": {"type": "http", "scheme": "basic", "description": "Confidential clients: client_id:client_secret"},
     "openIdConnect": {"type": "openIdConnect", "openIdConnectUrl": "/.well-known/openid-configuration"},
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.principal import is_admin
+from service.caller import is_admin
 
 
 def owns_client(user: Mapping[str, Any], client: Mapping[str, Any]) -> bool:

@@ -15,7 +15,7 @@ from authlib.oauth2.base import OAuth2Error
 
 from service import keys, metrics
 from service.auth import authorize, clients, grants, introspection, oidc
-from service.auth.principals import invalidate_principals
+from service.auth.bearer import authenticate
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
     CreateOAuth2ClientSchema,
@@ -23,14 +23,16 @@ from service.auth.schemas import (
     OAuth2ClientSchema,
     web_origin,
 )
-from service.auth.scopes import SCOPES
+from service.auth.signing import KEYRING
 from service.bodies import BodyError, read_form
+from service.context import Context
 from service.db import is_unavailable_error
-from service.docs import IF_MATCH, responds
 from service.errors import InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
-from service.http import if_match_version, json_response, page, with_etag
+from service.openapi import IF_MATCH, responds
 from service.pagination import PageRequest
-from service.security import authenticate, principal, requires
+from service.responses import if_match_version, json_response, page, with_etag
+from service.scopes import SCOPES
+from service.security import principal, requires
 
 oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
@@ -39,23 +41,6 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 CLIENT = OAuth2ClientSchema()
 CLIENTS = OAuth2ClientSchema(many=True)
 CREATED_CLIENT = CreatedOAuth2ClientSchema()
-
-
-def issuer(request: web.Request) -> str:
-    return request.config_dict[keys.settings].public_url or f"{request.scheme}://{request.host}"
-
-
-def context(request: web.Request) -> grants.Context:
-    config = request.config_dict
-    return grants.Context(
-        config[keys.mongo].db,
-        config[keys.hasher],
-        config[keys.held_attempts],
-        config[keys.principal_cache],
-        config[keys.settings],
-        config[keys.keyring],
-        issuer(request),
-    )
 
 
 async def form_parameters(request: web.Request) -> dict[str, str]:
@@ -102,14 +87,16 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
 @oauth_endpoint
 async def token(request: web.Request) -> web.Response:
     params = await form_parameters(request)  # (a grant evicts from the cache just what it retires or revokes)
-    return json_response(await grants.token(context(request), params, request.headers.get("Authorization")))
+    return json_response(await grants.token(Context.of(request), params, request.headers.get("Authorization")))
 
 
 @oauth_routes.post("/auth/oauth2/revoke")
 @oauth_endpoint
 async def revoke(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    await introspection.revoke(context(request), params, request.headers.get("Authorization"))  # evicts what it revokes
+    await introspection.revoke(
+        Context.of(request), params, request.headers.get("Authorization")
+    )  # evicts what it revokes
     return web.Response(status=200)
 
 
@@ -117,24 +104,24 @@ async def revoke(request: web.Request) -> web.Response:
 @oauth_endpoint
 async def introspect(request: web.Request) -> web.Response:
     params = await form_parameters(request)
-    result = await introspection.introspect(context(request), params, request.headers.get("Authorization"))
+    result = await introspection.introspect(Context.of(request), params, request.headers.get("Authorization"))
     return json_response(result)
 
 
 @oauth_routes.get("/.well-known/oauth-authorization-server")
 async def server_metadata(request: web.Request) -> web.Response:
-    return json_response(introspection.metadata(issuer(request)))
+    return json_response(introspection.metadata(Context.of(request).issuer))
 
 
 @oauth_routes.get("/.well-known/openid-configuration")
 async def openid_configuration(request: web.Request) -> web.Response:
-    return json_response(oidc.discovery(introspection.metadata(issuer(request)), issuer(request)))
+    return json_response(oidc.discovery(introspection.metadata(issuer := Context.of(request).issuer), issuer))
 
 
 @oauth_routes.get("/auth/oauth2/jwks")
 async def jwks(request: web.Request) -> web.Response:
     """The public signing keys (JWK Set); clients may cache them for a few minutes."""
-    response = json_response(await request.config_dict[keys.keyring].jwks())
+    response = json_response(await request.config_dict[KEYRING].jwks())
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
@@ -163,11 +150,7 @@ async def userinfo(request: web.Request) -> web.Response:
 async def list_clients(request: web.Request) -> web.Response:
     query = request[keys.query]
     found = await clients.list_clients(
-        request.config_dict[keys.mongo].db,
-        principal(request),
-        query.get("user_id"),
-        PageRequest.from_query(query),
-        request.config_dict[keys.cursors],
+        Context.of(request), principal(request), query.get("user_id"), PageRequest.from_query(query)
     )
     return page(request, CLIENTS.dump(found.items), found)
 
@@ -178,9 +161,7 @@ async def list_clients(request: web.Request) -> web.Response:
 @json_schema(CreateOAuth2ClientSchema)
 @responds(CREATED_CLIENT, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422))
 async def create_client(request: web.Request) -> web.Response:
-    client, secret = await clients.create_client(
-        request.config_dict[keys.mongo].db, principal(request).user_id, request[keys.body]
-    )
+    client, secret = await clients.create_client(Context.of(request), principal(request).user_id, request[keys.body])
     body = CREATED_CLIENT.dump({**client, **({"client_secret": secret} if secret else {})})
     return with_etag(body, client, status=201, Location=f"/api/v1/auth/oauth2_clients/{client['_id']}", **NO_STORE)
 
@@ -190,9 +171,7 @@ async def create_client(request: web.Request) -> web.Response:
 @requires("auth:read", who="the client's owner or an admin")
 @responds(CLIENT, headers=("ETag",), errors=(404,))
 async def get_client(request: web.Request) -> web.Response:
-    client = await clients.get_visible_client(
-        request.config_dict[keys.mongo].db, principal(request), request.match_info["client_id"]
-    )
+    client = await clients.get_visible_client(Context.of(request), principal(request), request.match_info["client_id"])
     return with_etag(CLIENT.dump(client), client)
 
 
@@ -206,13 +185,9 @@ async def get_client(request: web.Request) -> web.Response:
 @requires("auth:write", who="the client's owner or an admin")
 @responds(None, 204, description="Deleted", errors=(400, 404, 412))
 async def delete_client(request: web.Request) -> web.Response:
-    await clients.delete_client(
-        request.config_dict[keys.mongo].db,
-        principal(request),
-        request.match_info["client_id"],
-        if_match_version(request),
-    )
-    invalidate_principals(request)
+    ctx = Context.of(request)
+    await clients.delete_client(ctx, principal(request), request.match_info["client_id"], if_match_version(request))
+    ctx.cache.invalidate()  # the client and its tokens, here at once (other processes follow the stream)
     return web.Response(status=204)
 
 
@@ -269,7 +244,7 @@ async def _checked_request(
     """The validated authorization request, or the response that refuses it (page or redirect)."""
     params, repeated = grants.single_values(pairs)
     try:
-        return await authorize.check_authorization_request(request.config_dict[keys.mongo].db, params, repeated)
+        return await authorize.check_authorization_request(Context.of(request).db, params, repeated)
     except authorize.AuthorizePageError as exc:
         return _error_page(request, str(exc))
     except OAuth2Error as exc:
@@ -302,11 +277,11 @@ async def authorize_decision(request: web.Request) -> web.Response:
         return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
     try:
         user = await grants.authenticate_user(
-            context(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
+            Context.of(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
         )
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _consent_page(request, checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:
         return _consent_page(request, checked, cookie, exc.description, 400)
-    code = await authorize.issue_code(context(request), checked, user)
+    code = await authorize.issue_code(Context.of(request), checked, user)
     return _redirect(checked.redirect_uri, [("code", code), *state])

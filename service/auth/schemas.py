@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.auth.openapi import REDIRECT_URI_PATTERN
-from service.auth.scopes import SCOPES
 from service.schemas import IdField, PaginationSchema
+from service.scopes import KnownScope
 
-SCOPE = fields.String(validate=validate.OneOf(tuple(SCOPES)))
+SCOPE = fields.String(validate=KnownScope())
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
 

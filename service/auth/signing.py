@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from aiohttp import web
 from pymongo import IndexModel
 
 from service.auth.jose import JsonWebKey, RSAKey
@@ -109,3 +110,6 @@ class KeyRing:
 
     async def jwks(self) -> dict[str, Any]:
         return {"keys": [key.public_jwk() for key in await self.keys()]}
+
+
+KEYRING: web.AppKey[KeyRing] = web.AppKey("service.keyring", KeyRing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.principal import is_admin
+from service.caller import is_admin
 
 
 def may_see_team(user: Mapping[str, Any], membership: Mapping[str, Any] | None) -> bool:

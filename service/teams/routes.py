@@ -6,10 +6,10 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 
 from service import keys
-from service.db import Database
-from service.docs import IF_MATCH, responds
-from service.http import if_match_version, page, with_etag
-from service.pagination import Cursors, PageRequest
+from service.db import MONGO, Database
+from service.openapi import IF_MATCH, responds
+from service.pagination import CURSORS, Cursors, PageRequest
+from service.responses import if_match_version, page, with_etag
 from service.schemas import PaginationSchema
 from service.security import principal, requires
 from service.teams import service
@@ -34,7 +34,7 @@ LEADERS = "team leaders or admins"
 
 
 def db(request: web.Request) -> Database:
-    return request.config_dict[keys.mongo].db
+    return request.config_dict[MONGO].db
 
 
 def page_request(request: web.Request) -> PageRequest:
@@ -42,7 +42,7 @@ def page_request(request: web.Request) -> PageRequest:
 
 
 def cursors(request: web.Request) -> Cursors:
-    return request.config_dict[keys.cursors]
+    return request.config_dict[CURSORS]
 
 
 @routes.get("/teams/", allow_head=False)

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from service import patch
+from service.caller import Principal
 from service.db import Database, document_id
 from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, check_version
 from service.pagination import Cursors, Page, PageRequest
-from service.principal import Principal
 from service.schemas import load
 from service.teams import repository
 from service.teams.permissions import may_manage_team, may_see_team

@@ -1,1 +1,21 @@
-"""Users domain."""
+"""Users domain: accounts, sign-up, and password checks with their per-username throttle."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service import scopes
+from service.db import STORAGE
+from service.users import repository, routes
+from service.users.service import TOKENS_REVOKED
+from service.users.signin import HELD_ATTEMPTS, HeldAttempts
+
+SCOPES = {"users:read": "Read users", "users:write": "Change users"}
+
+
+def setup(root: web.Application, api: web.Application) -> None:
+    root[HELD_ATTEMPTS] = HeldAttempts()
+    root[TOKENS_REVOKED] = []  # the domains that store tokens add themselves (auth)
+    root[STORAGE].declare(repository.INDEXES)
+    scopes.register(SCOPES)
+    api.router.add_routes(routes.routes)

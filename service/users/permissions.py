@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.principal import is_admin
+from service.caller import is_admin
 
 ADMIN_ONLY_PATHS = frozenset({"/is_active", "/is_regular_user", "/is_admin"})
 PASSWORD_GUARDED_PATHS = frozenset({"/email", "/password"})

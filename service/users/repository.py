@@ -1,4 +1,4 @@
-"""The `users` collection: every query and update, and its indexes.
+"""The `users` and `login_attempts` collections: every query and update, and their indexes.
 
 Usernames and emails are unique case-insensitively through unique indexes on lower-cased copies
 (`username_key`, `email_key`), so two concurrent sign-ups cannot both win.
@@ -6,14 +6,14 @@ Usernames and emails are unique case-insensitively through unique indexes on low
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict, cast
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from service.db import Database, utcnow
+from service.db import Database, aware, utcnow
 from service.errors import Conflict
 from service.pagination import Cursors, Page, PageRequest, fetch_page
 
@@ -23,6 +23,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel("email_key", unique=True),
         IndexModel([("created", ASCENDING), ("_id", ASCENDING)]),
     ],
+    "login_attempts": [IndexModel("expires_at", expireAfterSeconds=0)],
 }
 
 
@@ -144,3 +145,46 @@ async def set_password_hash(db: Database, user_id: ObjectId, password_hash: str)
 
 async def count_users(db: Database) -> int:
     return await db.users.count_documents({})
+
+
+# --- login throttling ------------------------------------------------------------------------
+
+
+async def reserve_login_attempt(db: Database, key: str, limit: int, window: int) -> tuple[bool, datetime]:
+    """Take one of the `limit` password checks `key` may fail per `window` seconds, before hashing.
+
+    Returns (True, when the attempt's window ends) when an attempt was reserved, else (False, when the
+    window reopens). Each step is one atomic conditional write, so no number of concurrent requests (in
+    any number of processes sharing the database) gets more than `limit` checks in a window: the count
+    is taken before the check runs, not after it fails."""
+    for _ in range(3):
+        now = utcnow()
+        cutoff = now - timedelta(seconds=window)
+        try:  # a live window below the limit counts one more; no document at all starts a window
+            taken = await db.login_attempts.find_one_and_update(
+                {"_id": key, "window_start": {"$gt": cutoff}, "failures": {"$lt": limit}},
+                {
+                    "$inc": {"failures": 1},
+                    "$setOnInsert": {"window_start": now, "expires_at": now + timedelta(seconds=window)},
+                },
+                projection={"window_start": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            if taken is not None:  # (None only when a concurrent upsert raced this one: look again)
+                return True, aware(taken["window_start"]) + timedelta(seconds=window)
+        except DuplicateKeyError:
+            pass  # the document exists but did not match: its window has passed, or it is at the limit
+        fresh = {"window_start": now, "failures": 1, "expires_at": now + timedelta(seconds=window)}
+        renewed = await db.login_attempts.update_one({"_id": key, "window_start": {"$lte": cutoff}}, {"$set": fresh})
+        if renewed.matched_count:
+            return True, now + timedelta(seconds=window)
+        current = await db.login_attempts.find_one({"_id": key})
+        if current is not None and current["failures"] >= limit and aware(current["window_start"]) > cutoff:
+            return False, aware(current["window_start"]) + timedelta(seconds=window)
+    return False, utcnow() + timedelta(seconds=window)  # the document keeps changing under us: refuse, safely
+
+
+async def release_login_attempt(db: Database, key: str) -> None:
+    """Give back a reserved attempt whose password was right: only failures count."""
+    await db.login_attempts.update_one({"_id": key, "failures": {"$gt": 0}}, {"$inc": {"failures": -1}})

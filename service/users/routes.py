@@ -6,11 +6,11 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 
 from service import keys
-from service.auth.principals import invalidate_principals
-from service.docs import IF_MATCH, responds
-from service.http import if_match_version, page, with_etag
+from service.context import Context
+from service.openapi import IF_MATCH, responds
 from service.pagination import PageRequest
 from service.ratelimit import per_address_limit
+from service.responses import if_match_version, page, with_etag
 from service.schemas import PaginationSchema
 from service.security import optional_principal, principal, requires
 from service.users import service
@@ -28,11 +28,7 @@ PATCH_OPERATIONS = UserPatchOperationSchema(many=True)
 @querystring_schema(PaginationSchema)
 @responds(USERS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_users(request: web.Request) -> web.Response:
-    found = await service.list_users(
-        request.config_dict[keys.mongo].db,
-        PageRequest.from_query(request[keys.query]),
-        request.config_dict[keys.cursors],
-    )
+    found = await service.list_users(Context.of(request), PageRequest.from_query(request[keys.query]))
     return page(request, USERS.dump(found.items), found)
 
 
@@ -48,14 +44,7 @@ async def list_users(request: web.Request) -> web.Response:
 @json_schema(SignupSchema)
 @responds(USER, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422, 429))
 async def create_user(request: web.Request) -> web.Response:
-    user = await service.signup(
-        request.config_dict[keys.mongo].db,
-        request.config_dict[keys.hasher],
-        request.config_dict[keys.settings],
-        request[keys.body],
-        optional_principal(request),
-    )
-    invalidate_principals(request)  # the name was unknown until now, and may be cached as such
+    user = await service.signup(Context.of(request), request[keys.body], optional_principal(request))
     return with_etag(USER.dump(user), user, status=201, Location=f"/api/v1/users/{user['_id']}")
 
 
@@ -73,9 +62,7 @@ async def get_me(request: web.Request) -> web.Response:
 @requires("users:read", who="the user themself or an admin")
 @responds(USER, headers=("ETag",), errors=(404,))
 async def get_user(request: web.Request) -> web.Response:
-    user = await service.get_visible_user(
-        request.config_dict[keys.mongo].db, principal(request), request.match_info["user_id"]
-    )
+    user = await service.get_visible_user(Context.of(request), principal(request), request.match_info["user_id"])
     return with_etag(USER.dump(user), user)
 
 
@@ -98,16 +85,12 @@ async def get_user(request: web.Request) -> web.Response:
 @responds(USER, headers=("ETag", "X-Tokens-Revoked"), errors=(400, 404, 409, 412, 413, 415, 422))
 async def patch_user(request: web.Request) -> web.Response:
     user, revoked = await service.patch_user(
-        request.config_dict[keys.mongo].db,
-        request.config_dict[keys.hasher],
-        request.config_dict[keys.held_attempts],
-        request.config_dict[keys.settings],
+        Context.of(request),
         principal(request),
         request.match_info["user_id"],
         request[keys.body],
         if_match_version(request),
     )
-    invalidate_principals(request)
     response = with_etag(USER.dump(user), user)
     if revoked:
         response.headers["X-Tokens-Revoked"] = "true"

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service import audit, patch
-from service.auth import repository as auth_repository
-from service.auth.signin import HeldAttempts, check_password
-from service.config import Settings
+from aiohttp import web
+
+from service import patch
+from service.audit import trail as audit
+from service.caller import Principal, is_admin, visible_or_404
+from service.context import Context
 from service.db import Database, is_unavailable_error
 from service.errors import Forbidden, ValidationFailed, check_version
-from service.pagination import Cursors, Page, PageRequest
-from service.passwords import PasswordHasher
-from service.principal import Principal, is_admin, visible_or_404
+from service.pagination import Page, PageRequest
 from service.schemas import load
 from service.users import repository
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, may_see_user
 from service.users.repository import UserDocument
 from service.users.schemas import EditableUserSchema
+from service.users.signin import check_password
 
 log = logging.getLogger(__name__)
 EDITABLE = EditableUserSchema()
 
 
-async def signup(
-    db: Database, hasher: PasswordHasher, settings: Settings, data: dict[str, Any], caller: Principal | None
-) -> UserDocument:
-    if not settings.signup_enabled and not (caller and is_admin(caller.user)):
+async def signup(ctx: Context, data: dict[str, Any], caller: Principal | None) -> UserDocument:
+    db, hasher = ctx.db, ctx.hasher
+    if not ctx.settings.signup_enabled and not (caller and is_admin(caller.user)):
         raise Forbidden("Sign-up is disabled; an administrator can create your account.")
     conflict = await repository.existing_conflict(db, data["username"], data["email"])
     if conflict is not None:  # a duplicate must not cost a password hash
@@ -36,15 +37,17 @@ async def signup(
     document = repository.new_user_document(
         username=data["username"], email=data["email"], password_hash=password_hash, names=data, roles={}
     )
-    return await repository.insert_user(db, document)
+    user = await repository.insert_user(db, document)
+    ctx.cache.invalidate()  # the name was unknown until now, and may be cached as such
+    return user
 
 
-async def get_visible_user(db: Database, caller: Principal, user_id: str) -> UserDocument:
-    return await visible_or_404(lambda oid: repository.get_user(db, oid), user_id, caller, may_see_user, "user")
+async def get_visible_user(ctx: Context, caller: Principal, user_id: str) -> UserDocument:
+    return await visible_or_404(lambda oid: repository.get_user(ctx.db, oid), user_id, caller, may_see_user, "user")
 
 
-async def list_users(db: Database, request: PageRequest, cursors: Cursors) -> Page:
-    return await repository.list_users(db, request, cursors)
+async def list_users(ctx: Context, request: PageRequest) -> Page:
+    return await repository.list_users(ctx.db, request, ctx.cursors)
 
 
 def _editable(user: UserDocument) -> dict[str, Any]:
@@ -60,25 +63,25 @@ def _editable(user: UserDocument) -> dict[str, Any]:
     }
 
 
-async def _mark_tokens_revoked(db: Database, user_id: Any) -> None:
+# Told when a user's tokens were made useless (a password change, a deactivation), so the domain that
+# stores tokens (auth, which registers here in its setup) can mark them revoked: users knows no tokens.
+TokensRevoked = Callable[[Database, Any], Awaitable[object]]
+TOKENS_REVOKED: web.AppKey[list[TokensRevoked]] = web.AppKey("service.users.tokens_revoked", list)
+
+
+async def _mark_tokens_revoked(ctx: Context, user_id: Any) -> None:
     """Bookkeeping only: the generation bump in the user's update already made the tokens useless,
     so a failure here must not turn a successful change into an error."""
     try:
-        await auth_repository.revoke_tokens(db, {"user_id": user_id})
+        for mark in ctx[TOKENS_REVOKED]:
+            await mark(ctx.db, user_id)
     except Exception as exc:
         if not is_unavailable_error(exc):
             raise
         log.warning("could not mark revoked tokens of user %s (already ineffective)", user_id)
 
 
-async def _check_guards(
-    db: Database,
-    hasher: PasswordHasher,
-    held: HeldAttempts,
-    settings: Settings,
-    caller: Principal,
-    operations: list[dict[str, Any]],
-) -> None:
+async def _check_guards(ctx: Context, caller: Principal, operations: list[dict[str, Any]]) -> None:
     """Role paths need an admin; email and password need a preceding `test /current_password`, which is
     checked like a sign-in (same per-username throttle), once per patch at most."""
     if not is_admin(caller.user) and any(op["path"] in ADMIN_ONLY_PATHS for op in operations):
@@ -98,9 +101,7 @@ async def _check_guards(
         async def own_hash() -> str | None:
             return user.get("password_hash")
 
-        if not isinstance(value, str) or not await check_password(
-            db, hasher, held, settings, user["username"], value, own_hash
-        ):
+        if not isinstance(value, str) or not await check_password(ctx, user["username"], value, own_hash):
             raise Forbidden("The current password is wrong.")
 
 
@@ -120,14 +121,7 @@ def _audit_changes(caller: Principal, target: UserDocument, changes: dict[str, A
 
 
 async def patch_user(
-    db: Database,
-    hasher: PasswordHasher,
-    held: HeldAttempts,
-    settings: Settings,
-    caller: Principal,
-    user_id: str,
-    operations: list[dict[str, Any]],
-    expected_version: int | None,
+    ctx: Context, caller: Principal, user_id: str, operations: list[dict[str, Any]], expected_version: int | None
 ) -> tuple[UserDocument, bool]:
     """Apply a JSON Patch atomically; returns the user and whether their tokens were revoked.
 
@@ -135,29 +129,31 @@ async def patch_user(
     so a concurrent change is never overwritten: with If-Match the caller gets 412, without it the
     patch is re-applied to the fresh document.
     """
-    await _check_guards(db, hasher, held, settings, caller, operations)
+    await _check_guards(ctx, caller, operations)
     changes_ops = [op for op in operations if op["path"] != "/current_password"]
     blind = patch.is_blind(changes_ops, expected_version)
 
     async def attempt() -> tuple[UserDocument, bool] | None:
-        target = await get_visible_user(db, caller, user_id)
+        target = await get_visible_user(ctx, caller, user_id)
         check_version(expected_version, target)
         result = load(EDITABLE, patch.apply(_editable(target), changes_ops))
         changes = {key: result[key] for key in patch.touched(changes_ops) if key != "password"}
         if not blind:  # guarded: write only what differs from the version we read
             changes = {key: value for key, value in changes.items() if value != target.get(key)}
         if result.get("password"):
-            changes["password_hash"] = await hasher.hash(result["password"])
+            changes["password_hash"] = await ctx.hasher.hash(result["password"])
         if not changes:
             return target, False
         revoke = "password_hash" in changes or changes.get("is_active") is False
         version = None if blind else target["version"]
-        updated = await repository.update_user(db, target["_id"], version, changes, revoke_tokens=revoke)
+        updated = await repository.update_user(ctx.db, target["_id"], version, changes, revoke_tokens=revoke)
         if updated is None:
             return None
         _audit_changes(caller, target, changes)
         if revoke:
-            await _mark_tokens_revoked(db, updated["_id"])
+            await _mark_tokens_revoked(ctx, updated["_id"])
         return updated, revoke
 
-    return await patch.optimistically(attempt, expected_version, "user")
+    updated, revoked = await patch.optimistically(attempt, expected_version, "user")
+    ctx.cache.invalidate()  # this process forgets the user's cached principals at once
+    return updated, revoked

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from service import keys
 from service.app import create_app
 from service.config import Settings
+from service.passwords import HASHER
 from tests.helpers import REDIRECT, decide, exchange, get_code, open_page, pkce, query, service_processes, wait_ready
 
 TOKEN = "/auth/oauth2/token"
@@ -179,7 +179,7 @@ async def test_a_deactivated_account_never_confirms_its_password(
     client: TestClient, seeded, db, app: web.Application
 ) -> None:
     await db.users.update_one({"username": "user"}, {"$set": {"is_active": False}})
-    hasher = app[keys.hasher]
+    hasher = app[HASHER]
     hashes = []
     original = hasher._verify
 
@@ -225,7 +225,7 @@ async def test_sign_in_storm_is_shed_at_once_with_503(aiohttp_client, settings: 
 async def test_sign_up_under_hashing_overload_is_503_problem(aiohttp_client, settings: Settings, mongo_client) -> None:
     busy = create_app(dataclasses.replace(settings, hash_queue_wait_ms=1), mongo_client=mongo_client)
     client: TestClient = await aiohttp_client(busy)
-    hasher = busy[keys.hasher]
+    hasher = busy[HASHER]
     hasher.in_flight = hasher.threads + 100  # a queue already far longer than the bound
     body = {"username": "latecomer", "email": "late@example.com", "password": "long enough pw"}
     response = await client.post("/api/v1/users/", json=body)

@@ -20,9 +20,9 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oidc.core import CodeIDToken, IDToken
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
-from service import keys
 from service.auth import signing
 from service.auth.jose import JsonWebKey, jwt
+from service.auth.signing import KEYRING
 from service.db import utcnow
 from tests.helpers import REDIRECT, decide, open_page, pkce, query, redirect_params
 
@@ -173,13 +173,13 @@ async def test_rotation_keeps_old_tokens_verifiable_and_signs_new_ones_with_the_
     ).header["kid"]
     new_kid = await signing.add_key(db)
     jwks = await (await client.get("/auth/oauth2/jwks")).json()
-    app[keys.keyring]._loaded = 0  # the reload that happens every RELOAD_SECONDS
+    app[KEYRING]._loaded = 0  # the reload that happens every RELOAD_SECONDS
     jwks = await (await client.get("/auth/oauth2/jwks")).json()
     assert {old_kid, new_kid} <= {key["kid"] for key in jwks["keys"]}  # published before it signs
     still_old = await login("user", "w", "openid")
     assert jwt.decode(still_old["id_token"], JsonWebKey.import_key_set(jwks)).header["kid"] == old_kid
     await db.signing_keys.update_one({"_id": new_kid}, {"$set": {"signs_from": utcnow()}})  # the minute passed
-    app[keys.keyring]._loaded = 0
+    app[KEYRING]._loaded = 0
     fresh = await login("user", "w", "openid")
     jwks = await (await client.get("/auth/oauth2/jwks")).json()
     assert jwt.decode(fresh["id_token"], JsonWebKey.import_key_set(jwks)).header["kid"] == new_kid

@@ -7,9 +7,8 @@ import dataclasses
 import argon2
 from aiohttp.test_utils import TestClient
 
-from service import keys
 from service.app import create_app
-from service.passwords import PasswordHasher
+from service.passwords import HASHER, PasswordHasher
 
 
 class CountingArgon2(argon2.PasswordHasher):
@@ -47,7 +46,7 @@ async def test_hashes_are_upgraded_on_sign_in(aiohttp_client, settings, mongo_cl
     assert response.status == 200
     new = (await db.users.find_one({"username": "user"}))["password_hash"]
     assert "t=2" in new
-    assert client.app[keys.hasher].needs_rehash(new) is False
+    assert client.app[HASHER].needs_rehash(new) is False
 
 
 async def test_throttling_counts_across_server_instances(

@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from service import keys
 from service.app import create_app
-from service.auth.principals import ANY, MISS, PrincipalCache
-from service.auth.signin import HeldAttempts, check_password
+from service.cache import ANY, MISS, PRINCIPAL_CACHE, PrincipalCache
+from service.context import Context
 from service.crypto import hash_secret
 from service.db import utcnow
 from service.errors import ServiceUnavailable
+from service.users.signin import HeldAttempts, check_password
 from tests.helpers import REDIRECT
 
 TOKEN = "/auth/oauth2/token"
@@ -95,7 +95,7 @@ async def other(real_server, settings, mongo_client):
 
 async def warm(client: TestClient, headers: dict[str, str]) -> None:
     """Request until the token is served from the cache."""
-    cache = client.app[keys.principal_cache]
+    cache = client.app[PRINCIPAL_CACHE]
     for _ in range(200):
         before = cache.hits
         assert (await client.get("/api/v1/users/me", headers=headers)).status == 200
@@ -191,7 +191,7 @@ async def test_a_request_evicts_only_the_tokens_it_revoked_or_retired(real_serve
     """A junk revoke, refresh or code exchange evicts nothing (each used to empty the whole cache: an
     anonymous way to send every request to the database); a rotation or revocation evicts, at once,
     just the tokens it changed."""
-    cache = client.app[keys.principal_cache]
+    cache = client.app[PRINCIPAL_CACHE]
     docs = {"client_id": "documentation"}
 
     def cached(*tokens: str) -> list[bool]:
@@ -263,7 +263,7 @@ async def test_a_stalled_change_stream_stops_the_cache_within_about_a_second(
     session, headers = await warm_session_then_fail_get_mores(client, mongo_client, block)
     try:
         started = time.monotonic()
-        cache = client.app[keys.principal_cache]
+        cache = client.app[PRINCIPAL_CACHE]
         while cache.get(f"token:{hash_secret(session['token'])}") is not MISS:
             assert time.monotonic() - started < 2, "a stalled stream was trusted for more than 2 s"
             await asyncio.sleep(0.02)
@@ -294,14 +294,14 @@ async def test_a_check_that_never_ran_is_no_failure(app, client: TestClient, see
     async def unreachable() -> str | None:
         raise ServiceUnavailable("The database is unavailable.")
 
-    settings, hasher, held = app[keys.settings], app[keys.hasher], app[keys.held_attempts]
-    for _ in range(settings.login_max_failures + 2):
+    ctx = Context.of_app(app, "")
+    for _ in range(ctx.settings.login_max_failures + 2):
         with pytest.raises(ServiceUnavailable):
-            await check_password(db, hasher, held, settings, "root", "q", unreachable)
+            await check_password(ctx, "root", "q", unreachable)
     stored = await db.login_attempts.find_one({"_id": "root"})
     assert stored is None or stored["failures"] <= 1  # at most the one this process keeps for root
 
     async def stored_hash() -> str | None:
         return (await db.users.find_one({"username": "root"}))["password_hash"]
 
-    assert await check_password(db, hasher, held, settings, "root", "q", stored_hash)  # not 429
+    assert await check_password(ctx, "root", "q", stored_hash)  # not 429

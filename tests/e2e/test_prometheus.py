@@ -13,8 +13,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-from service import fixtures, keys
+from service import fixtures
 from service.app import create_app
+from service.db import MONGO
+from service.passwords import HASHER
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -26,7 +28,7 @@ async def test_prometheus_scrapes_the_request_rate_of_a_route(tmp_path: Path, se
     app = create_app(dataclasses.replace(settings, metrics_port=metrics_port), mongo_client=mongo_client)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    await fixtures.load(app[keys.mongo].db, app[keys.hasher], fixtures.default_files())
+    await fixtures.load(app[MONGO].db, app[HASHER], fixtures.default_files())
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

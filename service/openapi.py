@@ -16,9 +16,10 @@ from marshmallow import Schema, fields
 
 import service
 from service import keys, patch
-from service.auth.scopes import SCOPES
+from service.scopes import SCOPES
 
 DOCS_CLIENT_ID = "documentation"
+PARTS: web.AppKey[list[dict[str, Any]]] = web.AppKey("service.openapi_parts", list)
 API_PREFIX = "/api/v1"
 
 
@@ -46,15 +47,6 @@ def problem(description: str, headers: dict[str, Any] | None = None) -> dict[str
 
 
 def _spec(title: str) -> AiohttpApiSpec:
-    flows = {
-        "password": {"tokenUrl": "/auth/oauth2/token", "refreshUrl": "/auth/oauth2/token", "scopes": SCOPES},
-        "authorizationCode": {
-            "authorizationUrl": "/auth/oauth2/authorize",
-            "tokenUrl": "/auth/oauth2/token",
-            "refreshUrl": "/auth/oauth2/token",
-            "scopes": SCOPES,
-        },
-    }
     return AiohttpApiSpec(
         url="",  # we serve the document ourselves, pre-serialised, under two names
         title=title,
@@ -62,7 +54,7 @@ def _spec(title: str) -> AiohttpApiSpec:
         openapi_version="3.0.3",
         info={"description": "Users, teams and OAuth2 clients. Sign in with Authorize (client `documentation`)."},
         servers=[{"url": API_PREFIX}],
-        components={"securitySchemes": {"oauth2": {"type": "oauth2", "flows": flows}}},
+        components={"securitySchemes": {}},  # each domain adds its own (auth: `oauth2`, as `@requires` names it)
     )
 
 
@@ -231,15 +223,28 @@ def add_docs_routes(api: web.Application) -> None:
     api.router.add_static("/static", Path(SWAGGER_UI_STATIC_FILES))
 
 
-def finish_docs(api: web.Application, extra: Mapping[str, Any] | None = None) -> None:
-    """Build the document once, at start-up, and serve it as bytes under both of its names.
+def add_parts(
+    api: web.Application,
+    *,
+    paths: Mapping[str, Any] | None = None,
+    schemas: Mapping[str, Any] | None = None,
+    security_schemes: Mapping[str, Any] | None = None,
+) -> None:
+    """What no sub-app route describes (the OAuth2 endpoints at the site root, security schemes), added by
+    a domain's setup() for `finish_docs` to merge."""
+    api.setdefault(PARTS, []).append(
+        {"paths": paths or {}, "schemas": schemas or {}, "securitySchemes": security_schemes or {}}
+    )
 
-    `extra` adds what no sub-app route describes: `paths`, `schemas` and `securitySchemes`."""
+
+def finish_docs(api: web.Application) -> None:
+    """Build the document once, at start-up, after every domain's setup(), and serve it as bytes under
+    both of its names."""
     document = build_openapi(api)
-    if extra:
-        document["paths"].update(extra.get("paths", {}))
-        document["components"]["schemas"].update(extra.get("schemas", {}))
-        document["components"]["securitySchemes"].update(extra.get("securitySchemes", {}))
+    for part in api.get(PARTS, []):
+        document["paths"].update(part["paths"])
+        document["components"]["schemas"].update(part["schemas"])
+        document["components"]["securitySchemes"].update(part["securitySchemes"])
     api[keys.openapi] = orjson.dumps(document)
     api.router.add_get("/openapi.json", openapi_json)
     api.router.add_get("/swagger.json", openapi_json)

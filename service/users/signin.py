@@ -11,11 +11,14 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from service.auth import repository
-from service.config import Settings
+from aiohttp import web
+
+from service.cache import ANY
+from service.context import Context
 from service.db import Database, utcnow
 from service.errors import TooManyRequests
-from service.passwords import PasswordHasher
+from service.users import repository
+from service.users.repository import UserDocument
 
 
 class HeldAttempts:
@@ -47,13 +50,7 @@ class HeldAttempts:
 
 
 async def check_password(
-    db: Database,
-    hasher: PasswordHasher,
-    held: HeldAttempts,
-    settings: Settings,
-    username: str,
-    password: str,
-    find_hash: Callable[[], Awaitable[str | None]],
+    ctx: Context, username: str, password: str, find_hash: Callable[[], Awaitable[str | None]]
 ) -> bool:
     """Whether `password` is right for `username`, whose stored hash `find_hash` reads.
 
@@ -63,6 +60,7 @@ async def check_password(
     `find_hash` returning None (unknown or deactivated user) costs the same hash and fails, so neither
     the answer nor its timing tells those cases apart.
     """
+    db, hasher, held, settings = ctx.db, ctx.hasher, ctx[HELD_ATTEMPTS], ctx.settings
     key = username.lower()
     with hasher.admit():
         window_end = held.take(key)
@@ -90,3 +88,16 @@ async def _give_back(db: Database, held: HeldAttempts, key: str, window_end: dat
     """An attempt that was no failure: kept for the username's next check here, or released."""
     if not held.keep(key, window_end):
         await repository.release_login_attempt(db, key)
+
+
+HELD_ATTEMPTS: web.AppKey[HeldAttempts] = web.AppKey("service.held_attempts", HeldAttempts)
+
+
+async def user_by_username(ctx: Context, username: str) -> UserDocument | None:
+    """A user by username, through the principal cache; an unknown name is kept too (until any user
+    changes), so a sign-in as an unknown user costs the database what one as a known user does."""
+    return await ctx.cache.fetch(
+        f"username:{username.lower()}",
+        lambda: repository.get_user_by_username(ctx.db, username),
+        lambda found: [("users", found["_id"])] if found else [("users", ANY)],
+    )

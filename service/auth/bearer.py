@@ -1,0 +1,52 @@
+"""Bearer tokens (RFC 6750): the API sub-app's middleware that resolves a token into the caller and
+enforces each route's `@requires` declaration, before anything else looks at the request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.auth.principals import live_token
+from service.cache import PRINCIPAL_CACHE
+from service.caller import CALLER, Principal
+from service.crypto import hash_secret
+from service.db import MONGO
+from service.errors import Forbidden, InsufficientScope, Unauthorized
+from service.security import Requirement
+
+
+async def authenticate(request: web.Request) -> Principal | None:
+    """Resolve the bearer token, if any, into a Principal; 401 for a bad one."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    digest = hash_secret(token.strip())
+    found = await live_token(request.config_dict[PRINCIPAL_CACHE], request.config_dict[MONGO].db, digest)
+    if found is None:
+        raise Unauthorized("The access token is invalid, expired or revoked.")
+    return Principal(
+        user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
+    )
+
+
+@web.middleware
+async def bearer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Enforce the route's `@requires` before anything else looks at the request."""
+    requirement: Requirement | None = getattr(request.match_info.handler, "__requirement__", None)
+    if requirement is None:
+        return await handler(request)
+    principal = await authenticate(request)
+    if principal is None:
+        if not requirement.optional:
+            raise Unauthorized("A bearer token is required.", error=None)
+    else:
+        missing = tuple(scope for scope in requirement.scopes if scope not in principal.scopes)
+        if missing:
+            raise InsufficientScope(requirement.scopes)
+        if requirement.admin and not principal.is_admin:
+            raise Forbidden("Only administrators may do this.")
+        request[CALLER] = principal
+    return await handler(request)
