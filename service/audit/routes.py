@@ -8,9 +8,9 @@ from aiohttp_apigami import docs, querystring_schema
 from service import keys
 from service.audit.schemas import AuditEventSchema, ListAuditEventsSchema
 from service.audit.trail import list_events
-from service.db import MONGO
+from service.context import Context
 from service.openapi import responds
-from service.pagination import CURSORS, PageRequest
+from service.pagination import PageRequest
 from service.responses import page
 from service.security import requires
 
@@ -31,11 +31,5 @@ EVENTS = AuditEventSchema(many=True)
 @responds(EVENTS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_audit_events(request: web.Request) -> web.Response:
     query = request[keys.query]
-    found = await list_events(
-        request.config_dict[MONGO].db,
-        query.get("user_id"),
-        query.get("event"),
-        PageRequest.from_query(query),
-        request.config_dict[CURSORS],
-    )
+    found = await list_events(Context.of(request), query, PageRequest.from_query(query))
     return page(request, EVENTS.dump(found.items), found)

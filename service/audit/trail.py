@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,9 +24,10 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from service import metrics
 from service.config import SETTINGS
+from service.context import Context
 from service.db import MONGO, Database, utcnow
 from service.log import request_id_var
-from service.pagination import Cursors, Page, PageRequest, fetch_page
+from service.pagination import Page, PageRequest, fetch_page
 
 log = logging.getLogger("service.audit")
 
@@ -169,16 +170,14 @@ async def auditor_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout=5)
 
 
-async def list_events(
-    db: Database, user_id: str | None, event: str | None, request: PageRequest, cursors: Cursors
-) -> Page:
-    """Newest first; filter by a user (as actor or subject) and by event name."""
+async def list_events(ctx: Context, filters: Mapping[str, Any], request: PageRequest) -> Page:
+    """Newest first; `filters` may name a user (as actor or subject, `user_id`) and an `event`."""
     query: dict[str, Any] = {}
-    if user_id:
-        query["user_ids"] = user_id
-    if event:
-        query["event"] = event
-    return await fetch_page(db, "audit_events", query, request, cursors, "audit", descending=True)
+    if filters.get("user_id"):
+        query["user_ids"] = filters["user_id"]
+    if filters.get("event"):
+        query["event"] = filters["event"]
+    return await fetch_page(ctx.db, "audit_events", query, request, ctx.cursors, "audit", descending=True)
 
 
 AUDITOR: web.AppKey[Auditor] = web.AppKey("service.auditor", Auditor)

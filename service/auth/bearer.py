@@ -24,7 +24,8 @@ async def authenticate(request: web.Request) -> Principal | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     digest = hash_secret(token.strip())
-    found = await live_token(request.config_dict[PRINCIPAL_CACHE], request.config_dict[MONGO].db, digest)
+    state = request.config_dict  # two keys, not a whole Context: this runs on every API request
+    found = await live_token(state[PRINCIPAL_CACHE], state[MONGO].db, digest)
     if found is None:
         raise Unauthorized("The access token is invalid, expired or revoked.")
     return Principal(

@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -144,22 +145,26 @@ def parse_scope(requested: str | None, allowed: list[str], default: list[str]) -
 # --- token issue ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """How a token comes to be: by which grant, with a refresh token or not, and what it carries over
+    from the code or the token it replaces (its family, its code, when the user signed in, the nonce)."""
+
+    grant: str
+    refresh: bool = True
+    family_id: str | None = None
+    code_id: str | None = None
+    auth_time: int | None = None
+    nonce: str | None = None
+
+
 async def issue_token(
-    ctx: Context,
-    client: ClientDocument,
-    user: Mapping[str, Any],
-    scopes: list[str],
-    *,
-    grant: str,
-    refresh: bool = True,
-    family_id: str | None = None,
-    code_id: str | None = None,
-    auth_time: int | None = None,
-    nonce: str | None = None,
+    ctx: Context, client: ClientDocument, user: Mapping[str, Any], scopes: list[str], issue: Issue
 ) -> dict[str, Any]:
     """Store a new token (hashes only) and return the RFC 6749 5.1 response; with scope `openid`, an ID
     token too (`auth_time`: when the user last signed in, carried from the code into its refreshes)."""
-    auth_time = auth_time or int(time.time())
+    grant, refresh, family_id, code_id = issue.grant, issue.refresh, issue.family_id, issue.code_id
+    auth_time = issue.auth_time or int(time.time())
     now = utcnow()
     access_token = new_token()
     refresh_token = new_token() if refresh else None
@@ -197,16 +202,9 @@ async def issue_token(
     if refresh_token:
         response["refresh_token"] = refresh_token
     if "openid" in scopes and grant != "client_credentials":
+        sign_in = oidc.SignIn(client["_id"], user, scopes, auth_time, issue.nonce)
         response["id_token"] = await oidc.id_token(
-            ctx[KEYRING],
-            issuer=ctx.issuer,
-            client_id=client["_id"],
-            user=user,
-            scopes=scopes,
-            access_token=access_token,
-            auth_time=auth_time,
-            lifetime=ctx.settings.access_token_ttl,
-            nonce=nonce,
+            ctx[KEYRING], ctx.issuer, sign_in, access_token, ctx.settings.access_token_ttl
         )
     return response
 
@@ -250,7 +248,7 @@ async def password_grant(ctx: Context, client: ClientDocument, params: dict[str,
     username, password = required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     user = await authenticate_user(ctx, username, password, client["_id"])
-    return await issue_token(ctx, client, user, scopes, grant="password")
+    return await issue_token(ctx, client, user, scopes, Issue("password"))
 
 
 async def client_credentials_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
@@ -260,7 +258,7 @@ async def client_credentials_grant(ctx: Context, client: ClientDocument, params:
     owner = await users_repository.get_user(ctx.db, client["user_id"])
     if owner is None or not owner.get("is_active"):
         raise oauth.InvalidGrantError("The client's owner is deactivated.")
-    return await issue_token(ctx, client, owner, scopes, grant="client_credentials", refresh=False)
+    return await issue_token(ctx, client, owner, scopes, Issue("client_credentials", refresh=False))
 
 
 REFRESH_REPLAYED = "The refresh token was already used; its whole family is revoked."
@@ -297,10 +295,12 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
         client,
         await _still_current_user(ctx, claimed),
         scopes,
-        grant="refresh_token",
-        family_id=claimed["family_id"],
-        code_id=claimed.get("code_id"),
-        auth_time=claimed.get("auth_time"),
+        Issue(
+            "refresh_token",
+            family_id=claimed["family_id"],
+            code_id=claimed.get("code_id"),
+            auth_time=claimed.get("auth_time"),
+        ),
     )
     if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest):
         raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
@@ -352,10 +352,7 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
         client,
         await _still_current_user(ctx, stored),
         stored["scopes"],
-        grant="authorization_code",
-        code_id=digest,
-        auth_time=stored.get("auth_time"),
-        nonce=stored.get("nonce"),
+        Issue("authorization_code", code_id=digest, auth_time=stored.get("auth_time"), nonce=stored.get("nonce")),
     )
     if await repository.replayed_since_claimed(ctx.db, code_digest=digest):
         raise await _revoke_replayed(ctx, issued, CODE_REPLAYED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.oidc.core.util import create_half_hash
@@ -38,32 +39,32 @@ def user_claims(user: Mapping[str, Any], scopes: list[str] | frozenset[str]) -> 
     return claims
 
 
-async def id_token(
-    keyring: KeyRing,
-    *,
-    issuer: str,
-    client_id: str,
-    user: Mapping[str, Any],
-    scopes: list[str],
-    access_token: str,
-    auth_time: int,
-    lifetime: int,
-    nonce: str | None = None,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """What an ID token tells a client about a sign-in: who, to which client, with which scopes, when."""
+
+    client_id: str
+    user: Mapping[str, Any]
+    scopes: list[str]
+    auth_time: int
+    nonce: str | None = None
+
+
+async def id_token(keyring: KeyRing, issuer: str, sign_in: SignIn, access_token: str, lifetime: int) -> str:
     """An OpenID Connect Core 1.0 ID token, RS256, with the signing key's `kid` in its header."""
     key = await keyring.signing_key()
     now = int(time.time())
     payload = {
         "iss": issuer,
-        "aud": client_id,
+        "aud": sign_in.client_id,
         "iat": now,
         "exp": now + lifetime,
-        "auth_time": auth_time,
+        "auth_time": sign_in.auth_time,
         "at_hash": create_half_hash(access_token, ALGORITHM).decode(),
-        **user_claims(user, scopes),
+        **user_claims(sign_in.user, sign_in.scopes),
     }
-    if nonce:
-        payload["nonce"] = nonce
+    if sign_in.nonce:
+        payload["nonce"] = sign_in.nonce
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}
     signed = await asyncio.get_running_loop().run_in_executor(None, jwt.encode, header, payload, key.key)
     return bytes(signed).decode()

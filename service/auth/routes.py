@@ -121,7 +121,7 @@ async def openid_configuration(request: web.Request) -> web.Response:
 @oauth_routes.get("/auth/oauth2/jwks")
 async def jwks(request: web.Request) -> web.Response:
     """The public signing keys (JWK Set); clients may cache them for a few minutes."""
-    response = json_response(await request.config_dict[KEYRING].jwks())
+    response = json_response(await Context.of(request)[KEYRING].jwks())
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 

@@ -6,9 +6,9 @@ from aiohttp import web
 from aiohttp_apigami import docs, json_schema, querystring_schema
 
 from service import keys
-from service.db import MONGO, Database
+from service.context import Context
 from service.openapi import IF_MATCH, responds
-from service.pagination import CURSORS, Cursors, PageRequest
+from service.pagination import PageRequest
 from service.responses import if_match_version, page, with_etag
 from service.schemas import PaginationSchema
 from service.security import principal, requires
@@ -33,16 +33,12 @@ MEMBERS = "team members or admins"
 LEADERS = "team leaders or admins"
 
 
-def db(request: web.Request) -> Database:
-    return request.config_dict[MONGO].db
-
-
 def page_request(request: web.Request) -> PageRequest:
     return PageRequest.from_query(request[keys.query])
 
 
-def cursors(request: web.Request) -> Cursors:
-    return request.config_dict[CURSORS]
+def member_at(request: web.Request) -> service.MemberAt:
+    return service.MemberAt(request.match_info["team_id"], request.match_info["user_id"])
 
 
 @routes.get("/teams/", allow_head=False)
@@ -51,7 +47,7 @@ def cursors(request: web.Request) -> Cursors:
 @querystring_schema(PaginationSchema)
 @responds(TEAMS, headers=("X-Total-Count", "Link"), errors=(422,))
 async def list_teams(request: web.Request) -> web.Response:
-    found = await service.list_teams(db(request), principal(request), page_request(request), cursors(request))
+    found = await service.list_teams(Context.of(request), principal(request), page_request(request))
     return page(request, TEAMS.dump(found.items), found)
 
 
@@ -61,7 +57,7 @@ async def list_teams(request: web.Request) -> web.Response:
 @json_schema(CreateTeamSchema)
 @responds(TEAM, 201, description="Created", headers=("Location", "ETag"), errors=(400, 413, 415, 422))
 async def create_team(request: web.Request) -> web.Response:
-    team = await service.create_team(db(request), principal(request), request[keys.body]["title"])
+    team = await service.create_team(Context.of(request), principal(request), request[keys.body]["title"])
     return with_etag(TEAM.dump(team), team, status=201, Location=f"/api/v1/teams/{team['_id']}")
 
 
@@ -70,7 +66,7 @@ async def create_team(request: web.Request) -> web.Response:
 @requires("teams:read", who=MEMBERS)
 @responds(TEAM, headers=("ETag",), errors=(404,))
 async def get_team(request: web.Request) -> web.Response:
-    team = await service.get_team(db(request), principal(request), request.match_info["team_id"])
+    team = await service.get_team(Context.of(request), principal(request), request.match_info["team_id"])
     return with_etag(TEAM.dump(team), team)
 
 
@@ -86,7 +82,11 @@ async def get_team(request: web.Request) -> web.Response:
 @responds(TEAM, headers=("ETag",), errors=(400, 404, 409, 412, 413, 415, 422))
 async def patch_team(request: web.Request) -> web.Response:
     team = await service.patch_team(
-        db(request), principal(request), request.match_info["team_id"], request[keys.body], if_match_version(request)
+        Context.of(request),
+        principal(request),
+        request.match_info["team_id"],
+        request[keys.body],
+        if_match_version(request),
     )
     return with_etag(TEAM.dump(team), team)
 
@@ -96,7 +96,9 @@ async def patch_team(request: web.Request) -> web.Response:
 @requires("teams:write", who=LEADERS)
 @responds(None, 204, description="Deleted", errors=(400, 404, 412))
 async def delete_team(request: web.Request) -> web.Response:
-    await service.delete_team(db(request), principal(request), request.match_info["team_id"], if_match_version(request))
+    await service.delete_team(
+        Context.of(request), principal(request), request.match_info["team_id"], if_match_version(request)
+    )
     return web.Response(status=204)
 
 
@@ -107,7 +109,7 @@ async def delete_team(request: web.Request) -> web.Response:
 @responds(MEMBERSHIPS, headers=("X-Total-Count", "Link"), errors=(404, 422))
 async def list_members(request: web.Request) -> web.Response:
     found = await service.list_members(
-        db(request), principal(request), request.match_info["team_id"], page_request(request), cursors(request)
+        Context.of(request), principal(request), request.match_info["team_id"], page_request(request)
     )
     return page(request, MEMBERSHIPS.dump(found.items), found)
 
@@ -119,10 +121,8 @@ async def list_members(request: web.Request) -> web.Response:
 @responds(MEMBERSHIP, 201, description="Created", headers=("Location", "ETag"), errors=(400, 404, 409, 413, 415, 422))
 async def add_member(request: web.Request) -> web.Response:
     body = request[keys.body]
-    team_id = request.match_info["team_id"]
-    team, member = await service.add_member(
-        db(request), principal(request), team_id, body["user_id"], body["is_leader"]
-    )
+    at = service.MemberAt(request.match_info["team_id"], body["user_id"])
+    team, member = await service.add_member(Context.of(request), principal(request), at, body["is_leader"])
     location = f"/api/v1/teams/{team['_id']}/members/{member['user_id']}"
     return with_etag(MEMBERSHIP.dump(member), team, status=201, Location=location)
 
@@ -140,12 +140,7 @@ async def add_member(request: web.Request) -> web.Response:
 @responds(MEMBERSHIP, headers=("ETag",), errors=(400, 404, 409, 412, 413, 415, 422))
 async def patch_member(request: web.Request) -> web.Response:
     team, member = await service.patch_membership(
-        db(request),
-        principal(request),
-        request.match_info["team_id"],
-        request.match_info["user_id"],
-        request[keys.body],
-        if_match_version(request),
+        Context.of(request), principal(request), member_at(request), request[keys.body], if_match_version(request)
     )
     return with_etag(MEMBERSHIP.dump(member), team)
 
@@ -161,11 +156,5 @@ async def patch_member(request: web.Request) -> web.Response:
 @requires("teams:write", who="team leaders, admins, or the member themself")
 @responds(None, 204, description="Removed", errors=(400, 404, 409, 412))
 async def remove_member(request: web.Request) -> web.Response:
-    await service.remove_member(
-        db(request),
-        principal(request),
-        request.match_info["team_id"],
-        request.match_info["user_id"],
-        if_match_version(request),
-    )
+    await service.remove_member(Context.of(request), principal(request), member_at(request), if_match_version(request))
     return web.Response(status=204)

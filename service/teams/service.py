@@ -8,13 +8,15 @@ whether they lead (kept in the team document).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from service import patch
 from service.caller import Principal
+from service.context import Context
 from service.db import Database, document_id
 from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, check_version
-from service.pagination import Cursors, Page, PageRequest
+from service.pagination import Page, PageRequest
 from service.schemas import load
 from service.teams import repository
 from service.teams.permissions import may_manage_team, may_see_team
@@ -23,6 +25,16 @@ from service.teams.schemas import EditableMembershipSchema, EditableTeamSchema
 from service.users import repository as users_repository
 
 EDITABLE_TEAM = EditableTeamSchema()
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAt:
+    """The membership a request names: a team and a user in it (ids as sent)."""
+
+    team_id: str
+    user_id: str
+
+
 EDITABLE_MEMBERSHIP = EditableMembershipSchema()
 
 
@@ -53,24 +65,25 @@ async def _managed_team(
     return team, other
 
 
-async def create_team(db: Database, caller: Principal, title: str) -> TeamDocument:
+async def create_team(ctx: Context, caller: Principal, title: str) -> TeamDocument:
     """The creator becomes the team's leader."""
     team = repository.new_team_document(title, [caller.user_id])
-    return await repository.insert_team(db, team, [repository.new_membership(team, caller.user_id)])
+    return await repository.insert_team(ctx.db, team, [repository.new_membership(team, caller.user_id)])
 
 
-async def list_teams(db: Database, caller: Principal, request: PageRequest, cursors: Cursors) -> Page:
+async def list_teams(ctx: Context, caller: Principal, request: PageRequest) -> Page:
     member = None if caller.is_admin else caller.user_id
-    return await repository.list_teams(db, member, request, cursors)
+    return await repository.list_teams(ctx.db, member, request, ctx.cursors)
 
 
-async def get_team(db: Database, caller: Principal, team_id: str) -> TeamDocument:
-    return (await _team(db, caller, team_id))[0]
+async def get_team(ctx: Context, caller: Principal, team_id: str) -> TeamDocument:
+    return (await _team(ctx.db, caller, team_id))[0]
 
 
 async def patch_team(
-    db: Database, caller: Principal, team_id: str, operations: list[dict[str, Any]], expected_version: int | None
+    ctx: Context, caller: Principal, team_id: str, operations: list[dict[str, Any]], expected_version: int | None
 ) -> TeamDocument:
+    db = ctx.db
     blind = patch.is_blind(operations, expected_version)
 
     async def attempt() -> TeamDocument | None:
@@ -84,7 +97,8 @@ async def patch_team(
     return await patch.optimistically(attempt, expected_version, "team")
 
 
-async def delete_team(db: Database, caller: Principal, team_id: str, expected_version: int | None) -> None:
+async def delete_team(ctx: Context, caller: Principal, team_id: str, expected_version: int | None) -> None:
+    db = ctx.db
     team, _ = await _managed_team(db, caller, team_id)
     check_version(expected_version, team)
     deleted = await repository.delete_team(db, team["_id"], expected_version)
@@ -99,9 +113,10 @@ def _membership(team: TeamDocument, membership: Mapping[str, Any], user: Mapping
     return {**membership, "is_leader": repository.leads(team, membership["user_id"]), "user": user}
 
 
-async def list_members(db: Database, caller: Principal, team_id: str, request: PageRequest, cursors: Cursors) -> Page:
+async def list_members(ctx: Context, caller: Principal, team_id: str, request: PageRequest) -> Page:
+    db = ctx.db
     team, _, _ = await _team(db, caller, team_id)
-    found = await repository.list_members(db, team, request, cursors)
+    found = await repository.list_members(db, team, request, ctx.cursors)
     users = await users_repository.get_users_by_ids(db, [m["user_id"] for m in found.items])
     missing = {"username": None, "first_name": "", "middle_name": "", "last_name": ""}
     items = [_membership(team, m, users.get(m["user_id"], {**missing, "_id": m["user_id"]})) for m in found.items]
@@ -121,12 +136,13 @@ _REFUSED = (repository.LastLeader, repository.AlreadyMember, repository.TeamGone
 
 
 async def add_member(
-    db: Database, caller: Principal, team_id: str, user_id: str, is_leader: bool, expected_version: int | None = None
+    ctx: Context, caller: Principal, member: MemberAt, is_leader: bool, expected_version: int | None = None
 ) -> tuple[TeamDocument, dict[str, Any]]:
     """Add a member; returns (team, membership). 404 for an unknown user, 409 if already in."""
+    db = ctx.db
 
     async def attempt() -> tuple[TeamDocument, dict[str, Any]] | None:
-        team, newcomer = await _managed_team(db, caller, team_id, user_id)
+        team, newcomer = await _managed_team(db, caller, member.team_id, member.user_id)
         check_version(expected_version, team)
         if newcomer is None:
             raise NotFound("No such user.")
@@ -143,10 +159,10 @@ async def add_member(
 
 
 async def _target(
-    db: Database, caller: Principal, team_id: str, user_id: str, *, allow_self: bool
+    db: Database, caller: Principal, member: MemberAt, *, allow_self: bool
 ) -> tuple[TeamDocument, repository.Member]:
     """The team and the member (user and membership) the caller may change (a member may always leave)."""
-    team, manager, target = await _team(db, caller, team_id, user_id)
+    team, manager, target = await _team(db, caller, member.team_id, member.user_id)
     if target is None or target["membership"] is None:
         raise NotFound("No such member in this team.")
     if not (manager or (allow_self and target["user"]["_id"] == caller.user_id)):
@@ -155,15 +171,12 @@ async def _target(
 
 
 async def patch_membership(
-    db: Database,
-    caller: Principal,
-    team_id: str,
-    user_id: str,
-    operations: list[dict[str, Any]],
-    expected_version: int | None,
+    ctx: Context, caller: Principal, member: MemberAt, operations: list[dict[str, Any]], expected_version: int | None
 ) -> tuple[TeamDocument, dict[str, Any]]:
+    db = ctx.db
+
     async def attempt() -> tuple[TeamDocument, dict[str, Any]] | None:
-        team, target = await _target(db, caller, team_id, user_id, allow_self=False)
+        team, target = await _target(db, caller, member, allow_self=False)
         check_version(expected_version, team)
         membership = cast(MembershipDocument, target["membership"])
         current = repository.leads(team, membership["user_id"])
@@ -177,20 +190,19 @@ async def patch_membership(
     return await patch.optimistically(attempt, expected_version, "team")
 
 
-async def remove_member(
-    db: Database, caller: Principal, team_id: str, user_id: str, expected_version: int | None
-) -> None:
+async def remove_member(ctx: Context, caller: Principal, member: MemberAt, expected_version: int | None) -> None:
     """Leaders and admins remove anyone; a member may leave. The last leader cannot go.
 
     The removal is tried first, with the caller's standing as its condition (three operations); only
     a refusal reads the team to say why, or tries again when nothing explains it (it changed)."""
-    team_oid, user_oid = document_id(team_id), document_id(user_id)
+    db = ctx.db
+    team_oid, user_oid = document_id(member.team_id), document_id(member.user_id)
     for _ in range(patch.ATTEMPTS):
         if team_oid is not None and user_oid is not None:
             leader = None if caller.is_admin or user_oid == caller.user_id else caller.user_id
             if await repository.remove_member(db, team_oid, user_oid, expected_version, leader):
                 return
-        team, target = await _target(db, caller, team_id, user_id, allow_self=True)
+        team, target = await _target(db, caller, member, allow_self=True)
         check_version(expected_version, team)
         if team["leader_ids"] == [target["user"]["_id"]]:
             raise Conflict("A team must keep at least one leader.")
