@@ -47,4 +47,5 @@ def test_an_upward_import_fails_the_lint(tree: Path, module: str, upward: str, c
     )
     result = lint(tree)
     assert result.returncode != 0
-    assert contract in result.stdout and "BROKEN" in result.stdout, result.stdout
+    assert contract in result.stdout, result.stdout
+    assert "BROKEN" in result.stdout, result.stdout
