@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from service import audit, auth, fixtures, keys, metrics, openapi, teams, tracing, users
+from service import audit, auth, fixtures, keys, mail, metrics, openapi, teams, tracing, users
 from service.auth.bearer import bearer_middleware
 from service.cache import PRINCIPAL_CACHE, PrincipalCache
 from service.config import SETTINGS, Settings
@@ -78,10 +78,12 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app[MONGO] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app[STORAGE] = Storage()
     app[STORAGE].declare(migrations=[("0001_backfill_versions", _backfill_versions)])
+    app[STORAGE].declare(mail.INDEXES)
     app[PRINCIPAL_CACHE] = PrincipalCache()
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(hasher_ctx)
+    app.cleanup_ctx.append(mail.sender_ctx)  # after the database: it stops before the database closes
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(openapi.API_PREFIX, openapi.swagger_ui)

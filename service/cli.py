@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import fixtures, keys, log
+from service import fixtures, keys, log, mail
 from service.app import SERVE_OPTIONS, create_app, upgrade
 from service.auth import clients as auth_clients
 from service.auth import signing
@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    mail.check_delivery(settings)  # before a master starts workers that would each refuse
     if workers > 1:
         return Master(settings, host, port or free_port(host), workers).run()
     _use_uvloop()

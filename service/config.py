@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.utils import parseaddr
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -52,10 +54,24 @@ class Settings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     audit_ttl: int = 90 * 24 * 3600
     metrics_port: int | None = None
+    smtp_url: str | None = field(default=None, repr=False)  # may hold the SMTP password
+    smtp_timeout: float = 30.0
+    mail_from: str = "no-reply@localhost"
+    mail_dir: Path | None = None  # development delivery; None: SERVICE_DATA_DIR/../mail
+    mail_dev: bool = False
+    mail_max_attempts: int = 8
+    mail_retry_seconds: float = 15.0  # the first retry's delay; each later one doubles (jittered)
+    mail_poll_seconds: float = 5.0
 
     @property
     def mongomock(self) -> bool:
         return self.mongodb_url is not None and self.mongodb_url.startswith("mongomock://")
+
+    @property
+    def mail_directory(self) -> Path:
+        """Where development delivery writes `.eml` files: MAIL_DIR, or `mail` beside the embedded
+        database's directory."""
+        return self.mail_dir if self.mail_dir is not None else self.data_dir.parent / "mail"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,7 +85,8 @@ class Settings:
             try:
                 values[attr] = parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+                shown = "(not shown: it may hold a password)" if name in _SECRET_VARIABLES else repr(raw)
+                raise SettingsError(f"{name}={shown} is invalid: {exc}") from None
         return dataclasses.replace(cls(), **values)
 
 
@@ -143,6 +160,56 @@ def _float(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where and how the mail sender connects, from SMTP_URL."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    implicit_tls: bool = False  # smtps://: TLS from the first byte (port 465)
+    starttls: bool = False  # smtp+starttls://: plain, then STARTTLS before anything else (port 587)
+
+
+_SMTP_SCHEMES = {"smtp": (25, False, False), "smtps": (465, True, False), "smtp+starttls": (587, False, True)}
+
+
+def smtp_server(url: str) -> SmtpServer:
+    """`smtp://[user:pass@]host[:port]`, `smtps://...` or `smtp+starttls://...`; the error never
+    repeats the URL (it may hold the password)."""
+    if any(ch.isspace() for ch in url):
+        raise ValueError("expected smtp://, smtps:// or smtp+starttls://[user:password@]host[:port]")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("expected smtp://, smtps:// or smtp+starttls://[user:password@]host[:port]") from None
+    if parts.scheme not in _SMTP_SCHEMES:
+        raise ValueError("expected an smtp://, smtps:// or smtp+starttls:// URL")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("expected smtp://, smtps:// or smtp+starttls://[user:password@]host[:port] (no path or query)")
+    default_port, implicit_tls, starttls = _SMTP_SCHEMES[parts.scheme]
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if password is not None and username is None:
+        raise ValueError("a password needs a user name (smtp://user:password@host)")
+    return SmtpServer(parts.hostname, port or default_port, username, password, implicit_tls, starttls)
+
+
+def _smtp_url(raw: str) -> str:
+    smtp_server(raw)
+    return raw
+
+
+def _mail_from(raw: str) -> str:
+    """`address@domain` or `Name <address@domain>`, one line."""
+    _, address = parseaddr(raw)
+    if "\r" in raw or "\n" in raw or "@" not in address or any(ch.isspace() for ch in address):
+        raise ValueError("expected a mail address, e.g. no-reply@example.com or Example <no-reply@example.com>")
+    return raw.strip()
+
+
 def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
     """Comma-separated addresses or CIDR ranges, e.g. `10.0.0.0/8,127.0.0.1`."""
     try:
@@ -179,7 +246,16 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "AUDIT_TTL": ("audit_ttl", _int(60)),
     "METRICS_PORT": ("metrics_port", _int(1, 65535)),
+    "SMTP_URL": ("smtp_url", _smtp_url),
+    "SMTP_TIMEOUT": ("smtp_timeout", _float(1, 600)),
+    "MAIL_FROM": ("mail_from", _mail_from),
+    "MAIL_DIR": ("mail_dir", Path),
+    "MAIL_DEV": ("mail_dev", _bool),
+    "MAIL_MAX_ATTEMPTS": ("mail_max_attempts", _int(1, 100)),
+    "MAIL_RETRY_SECONDS": ("mail_retry_seconds", _float(0.01, 86_400)),
+    "MAIL_POLL_SECONDS": ("mail_poll_seconds", _float(0.01, 3600)),
 }
+_SECRET_VARIABLES = frozenset({"SMTP_URL"})
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)
 

@@ -3,20 +3,42 @@ SMTP), and a background sender per process delivers it (see `sender_ctx`).
 
 Every message has a plain-text and an HTML part rendered from `templates/mail/<name>.txt` (its first
 line is `Subject: ...`) and `<name>.html` (autoescaped). Addresses and subjects with CR or LF are
-refused (no header injection)."""
+refused (no header injection).
+
+The sender claims one message at a time with one conditional write (queued and due, or `sending` with
+an expired lease -> `sending` until `claimed_until`), so processes sharing the database never send a
+message twice, and a process that dies holding a claim leaves the message to the next one after the
+lease. Outcomes: `sent` (kept KEEP_DONE for inspection), back to `queued` with jittered exponential
+backoff, or `failed` after MAIL_MAX_ATTEMPTS (or a permanent refusal), logged and counted. Without
+SMTP_URL (development) each message becomes an `.eml` file and its links are logged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import timedelta
+import asyncio
+import functools
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import suppress
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import jinja2
+from aiohttp import web
 from bson import ObjectId
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 
+from service.config import SETTINGS, Settings, SettingsError, SmtpServer, smtp_server
 from service.context import Context
-from service.db import Database, utcnow
+from service.db import MONGO, Database, aware, utcnow
+from service.metrics import MAIL_DEFERRED, MAIL_FAILED, MAIL_SENT
+
+log = logging.getLogger(__name__)
 
 INDEXES: dict[str, list[IndexModel]] = {
     "outbox": [
@@ -25,9 +47,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ]
 }
 KEEP_DONE = timedelta(days=7)  # how long a sent or failed message stays in the outbox for inspection
+MAX_RETRY_DELAY = 3600.0  # seconds: the backoff stops doubling here
+STOP_GRACE = 5.0  # seconds a message being sent gets to finish at shutdown; then it is released
 
-_TEXT = jinja2.Environment(loader=jinja2.PackageLoader("service", "templates/mail"), autoescape=False)  # noqa: S701  # nosec B701 - plain text, never HTML
-_HTML = jinja2.Environment(loader=jinja2.PackageLoader("service", "templates/mail"), autoescape=True)
+TEMPLATES = Path(__file__).parent / "templates" / "mail"
+_TEXT = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False)  # noqa: S701  # nosec B701 - plain text, never HTML
+_HTML = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
 
 
 class MailError(ValueError):
@@ -35,12 +60,23 @@ class MailError(ValueError):
 
 
 def render(template: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(subject, text, html) of `template` with `context`."""
-    first, _, text = _TEXT.get_template(f"{template}.txt").render(context).partition("\n")
-    if not first.startswith("Subject: "):
+    """(subject, text, html) of `template` with `context`. A line break a value puts in the subject is
+    refused (MailError), not split into the body."""
+    rendered = _TEXT.get_template(f"{template}.txt").render(context)
+    subject = _subject_template(template).render(context)
+    if not subject.startswith("Subject: "):
         raise ValueError(f"mail template {template}.txt must start with 'Subject: '")
+    _header_safe(subject)
+    text = rendered.removeprefix(subject)
     html = _HTML.get_template(f"{template}.html").render(context)
-    return first.removeprefix("Subject: ").strip(), text.lstrip("\n"), html
+    return subject.removeprefix("Subject: ").strip(), text.lstrip("\n"), html
+
+
+@functools.lru_cache(maxsize=64)
+def _subject_template(template: str) -> jinja2.Template:
+    """The first line of `<template>.txt` alone, so what a value renders into it is seen whole."""
+    source, _, _ = _TEXT.loader.get_source(_TEXT, f"{template}.txt")  # type: ignore[union-attr]  # set above
+    return _TEXT.from_string(source.partition("\n")[0])
 
 
 def _header_safe(value: str) -> str:
@@ -53,10 +89,13 @@ async def send(ctx: Context, to: str, template: str, context: Mapping[str, Any])
     """Queue a message for `to`: rendered now, delivered by the background sender. Links in `context`
     should be built from `ctx.issuer`."""
     subject, text, html = render(template, context)
-    return await enqueue(ctx.db, _header_safe(to), _header_safe(subject), text, html)
+    return await enqueue(ctx.db, to, subject, text, html)
 
 
 async def enqueue(db: Database, to: str, subject: str, text: str, html: str) -> ObjectId:
+    """Queue a rendered message; this process's sender wakes at once, others find it when they poll."""
+    _header_safe(to)
+    _header_safe(subject)
     now, message_id = utcnow(), ObjectId()
     document = {
         "_id": message_id,
@@ -70,4 +109,296 @@ async def enqueue(db: Database, to: str, subject: str, text: str, html: str) -> 
         "created": now,
     }
     await db.outbox.insert_one(document)
+    _wake(db)
     return message_id
+
+
+def check_delivery(settings: Settings) -> None:
+    """A real deployment without SMTP_URL would keep its mail in files nobody reads: refuse to start."""
+    real_database = settings.mongodb_url is not None and not settings.mongomock
+    if real_database and settings.smtp_url is None and not settings.mail_dev:
+        raise SettingsError(
+            "SMTP_URL is not set: mail would only be written to files; set SMTP_URL "
+            "(smtp://, smtps:// or smtp+starttls://) or MAIL_DEV=true for development delivery"
+        )
+
+
+# --- the background sender -----------------------------------------------------------------------
+
+_LIVE: set[Sender] = set()  # the senders running in this process, woken by `enqueue`
+
+
+def _wake(db: Database) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for sender in _LIVE:
+        if sender.loop is loop and sender.db.name == db.name:
+            sender.wake()
+
+
+class Sender:
+    """Delivers the outbox of one database, one message at a time, until `stop`."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db, self.settings = db, settings
+        self.server: SmtpServer | None = smtp_server(settings.smtp_url) if settings.smtp_url else None
+        # A delivery never outlives its claim: the SMTP dialogue gets `deadline`, the lease more.
+        self.deadline = 4 * settings.smtp_timeout
+        self.lease = timedelta(seconds=self.deadline + 30)
+        self.loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        _LIVE.add(self)
+        self._task = asyncio.create_task(self._run(), name="mail-sender")
+
+    async def stop(self) -> None:
+        """Finish the message being sent (STOP_GRACE at most; else release it for another process)."""
+        _LIVE.discard(self)
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
+        except TimeoutError:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.drain()
+            except Exception as exc:  # noqa: BLE001 - the database may be away: the next poll tries again
+                log.warning(
+                    "mail sender: %s; trying again in %g s", type(exc).__name__, self.settings.mail_poll_seconds
+                )
+            if self._stopping:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.mail_poll_seconds)
+
+    async def drain(self) -> int:
+        """Deliver every message that is due; how many were claimed."""
+        connection = _Connection(self.server, self.settings) if self.server is not None else None
+        claimed = 0
+        try:
+            while not self._stopping and (message := await self.claim()) is not None:
+                claimed += 1
+                await self._deliver(message, connection)
+        finally:
+            if connection is not None:
+                await connection.close()
+        return claimed
+
+    async def claim(self) -> dict[str, Any] | None:
+        """One conditional write: a due message (or one whose claim expired) becomes this process's."""
+        now = utcnow()
+        return await self.db.outbox.find_one_and_update(
+            {
+                "$or": [
+                    {"state": "queued", "next_attempt_at": {"$lte": now}},
+                    {"state": "sending", "claimed_until": {"$lte": now}},
+                ]
+            },
+            {"$set": {"state": "sending", "claimed_until": now + self.lease}, "$inc": {"attempts": 1}},
+            sort=[("next_attempt_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def _deliver(self, message: dict[str, Any], connection: _Connection | None) -> None:
+        attempt = int(message["attempts"])
+        if attempt > self.settings.mail_max_attempts:  # only claims that expired (crashes) get here
+            await self._give_up(message, "no attempt left (earlier claims expired)")
+            return
+        try:
+            mime = self.mime(message)
+        except ValueError as exc:  # a document that cannot be a message: retrying cannot help
+            await self._give_up(message, f"not a valid message: {exc}")
+            return
+        try:
+            async with asyncio.timeout(self.deadline):
+                if connection is not None:
+                    await connection.send(mime)
+                else:
+                    await self._write_file(message, mime)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(message))
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            reason = _describe(exc)
+            if _permanent(exc) or attempt >= self.settings.mail_max_attempts:
+                await self._give_up(message, reason)
+            else:
+                await self._defer(message, reason)
+            return
+        now = utcnow()
+        done = await self.db.outbox.update_one(
+            _claimed(message),
+            {"$set": {"state": "sent", "sent_at": now, "expires_at": now + KEEP_DONE}, "$unset": {"claimed_until": ""}},
+        )
+        MAIL_SENT.inc()
+        if done.modified_count == 0:
+            log.warning("mail %s was sent after its claim expired (another process may send it too)", message["_id"])
+
+    def mime(self, message: dict[str, Any]) -> EmailMessage:
+        """The message as MIME: multipart/alternative, text then HTML; a Message-ID that stays the same
+        over retries (a receiver can tell a repeat)."""
+        mime = EmailMessage()
+        mime["From"] = self.settings.mail_from
+        mime["To"] = message["to"]
+        mime["Subject"] = message["subject"]
+        mime["Date"] = format_datetime(aware(message["created"]))
+        mime["Message-ID"] = f"<{message['_id']}@{_domain(self.settings.mail_from)}>"
+        mime.set_content(message["text"])
+        mime.add_alternative(message["html"], subtype="html")
+        return mime
+
+    async def _write_file(self, message: dict[str, Any], mime: EmailMessage) -> None:
+        """Development delivery: an .eml file, and the links on the log (never in production)."""
+        directory = self.settings.mail_directory
+        created: datetime = aware(message["created"])
+        path = directory / f"{created:%Y%m%dT%H%M%S}-{message['_id']}.eml"
+
+        def write() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(mime))
+
+        await asyncio.to_thread(write)
+        links = _LINK.findall(message["text"])
+        log.info(
+            "development mail to %s, %r: %s%s",
+            message["to"],
+            message["subject"],
+            path,
+            "".join(f"\n  link: {link}" for link in links),
+        )
+
+    async def _defer(self, message: dict[str, Any], reason: str) -> None:
+        attempt = int(message["attempts"])
+        delay = min(self.settings.mail_retry_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+        delay *= 0.75 + secrets.randbelow(501) / 1000  # jitter: x0.75 to x1.25, so retries do not bunch
+        await self.db.outbox.update_one(
+            _claimed(message),
+            {
+                "$set": {
+                    "state": "queued",
+                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
+                    "last_error": reason,
+                },
+                "$unset": {"claimed_until": ""},
+            },
+        )
+        MAIL_DEFERRED.inc()
+        log.info("mail %s: attempt %d failed (%s); next in %.0f s", message["_id"], attempt, reason, delay)
+
+    async def _give_up(self, message: dict[str, Any], reason: str) -> None:
+        now = utcnow()
+        await self.db.outbox.update_one(
+            _claimed(message),
+            {
+                "$set": {"state": "failed", "failed_at": now, "expires_at": now + KEEP_DONE, "last_error": reason},
+                "$unset": {"claimed_until": ""},
+            },
+        )
+        MAIL_FAILED.inc()
+        log.warning("mail %s failed after %d attempts: %s", message["_id"], message["attempts"], reason)
+
+    async def _release(self, message: dict[str, Any]) -> None:
+        """Shutdown interrupted the attempt: the message is due again at once, and the attempt is not counted."""
+        with suppress(Exception):
+            await self.db.outbox.update_one(
+                _claimed(message),
+                {
+                    "$set": {"state": "queued", "next_attempt_at": utcnow()},
+                    "$inc": {"attempts": -1},
+                    "$unset": {"claimed_until": ""},
+                },
+            )
+
+
+class _Connection:
+    """One SMTP session for a batch of messages, opened on the first and reopened after a failure."""
+
+    def __init__(self, server: SmtpServer, settings: Settings) -> None:
+        self.server, self.settings = server, settings
+        self.smtp: aiosmtplib.SMTP | None = None
+
+    async def send(self, mime: EmailMessage) -> None:
+        if self.smtp is None or not self.smtp.is_connected:
+            self.smtp = aiosmtplib.SMTP(
+                hostname=self.server.host,
+                port=self.server.port,
+                username=self.server.username,
+                password=self.server.password,
+                use_tls=self.server.implicit_tls,
+                start_tls=self.server.starttls,  # smtp://: plain, as the URL says
+                timeout=self.settings.smtp_timeout,
+            )
+            try:
+                await self.smtp.connect()
+            except BaseException:
+                self.smtp = None
+                raise
+        try:
+            await self.smtp.send_message(mime)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        smtp, self.smtp = self.smtp, None
+        if smtp is None or not smtp.is_connected:
+            return
+        try:
+            await asyncio.wait_for(smtp.quit(), self.settings.smtp_timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+
+_LINK = re.compile(r"https?://[^\s<>\"']+")
+
+
+def _claimed(message: dict[str, Any]) -> dict[str, Any]:
+    """The filter that matches `message` only while this claim holds."""
+    return {"_id": message["_id"], "state": "sending", "attempts": message["attempts"]}
+
+
+def _domain(address: str) -> str:
+    return parseaddr(address)[1].rpartition("@")[2] or "localhost"
+
+
+def _permanent(exc: BaseException) -> bool:
+    """The server refused the recipient or the message for good (5xx): another try gets the same answer."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return all(refusal.code >= 500 for refusal in exc.recipients)
+    return isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError) and exc.code >= 500
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, for the log and the outbox: the error's kind and the server's words, short."""
+    detail = str(exc).replace("\r", " ").replace("\n", " ").strip()
+    return f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+
+
+MAIL_SENDER: web.AppKey[Sender] = web.AppKey("service.mail.sender", Sender)
+
+
+async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The composition root's cleanup context: the process's sender runs while the app does."""
+    settings = app[SETTINGS]
+    check_delivery(settings)
+    sender = Sender(app[MONGO].db, settings)
+    app[MAIL_SENDER] = sender
+    sender.start()
+    yield
+    await sender.stop()

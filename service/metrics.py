@@ -53,6 +53,9 @@ AUDIT_DROPPED = Counter("audit_events_dropped_total", "Audit events that could n
 CACHE_HITS = Counter("principal_cache_hits_total", "Bearer tokens answered from the principal cache.")
 CACHE_MISSES = Counter("principal_cache_misses_total", "Bearer tokens looked up in the database.")
 CACHE_EVICTIONS = Counter("principal_cache_evictions_total", "Principal cache entries evicted by a change.")
+MAIL_SENT = Counter("mail_sent_total", "Mail messages handed to the SMTP server (or, in development, to a file).")
+MAIL_FAILED = Counter("mail_failed_total", "Mail messages given up on (out of attempts, or refused for good).")
+MAIL_DEFERRED = Counter("mail_deferred_total", "Mail delivery attempts that failed and will be retried.")
 CHANGE_STREAM_LAG = Histogram(
     "change_stream_lag_seconds", "From a write to its change event reaching this process.", buckets=_LATENCY
 )

@@ -79,6 +79,8 @@ class Master:
             if mongo.embedded is None:
                 raise RuntimeError("the embedded database did not start")
             env["MONGODB_URL"] = mongo.embedded.url
+            env.setdefault("MAIL_DEV", "true")  # the embedded database is development: mail to files
+            env.setdefault("MAIL_DIR", str(self.settings.mail_directory))
         for signum in (*_STOP_SIGNALS, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         try:

@@ -7,17 +7,24 @@ gives every test its own database on it.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import email.policy
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiosmtpd.controller import Controller
 
 from service import fixtures
 from service.app import SERVE_OPTIONS, create_app
@@ -34,6 +41,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("TEST_BACKEND", "mongomock"),
         help="database backend for the API tests",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "smtp: the test's app delivers mail over SMTP to the `smtp_server` fixture")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -80,16 +91,89 @@ def secantus_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             process.wait(timeout=30)
 
 
+@dataclasses.dataclass
+class Received:
+    """One message the test SMTP server accepted: the envelope and the parsed message."""
+
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a free loopback port, in its own thread. `answer` set to an SMTP
+    reply (e.g. "451 4.3.0 try later") refuses every message with it; `stop()`/`start()` take it away
+    and bring it back on the same port."""
+
+    def __init__(self) -> None:
+        self.port = unused_port()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.received: list[Received] = []
+        self.answer: str | None = None
+        self._lock = threading.Lock()
+        self._controller: Controller | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's hook name
+        if self.answer is not None:
+            return self.answer
+        message = BytesParser(policy=email.policy.default).parsebytes(envelope.original_content)
+        assert isinstance(message, EmailMessage)
+        with self._lock:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+        return "250 2.0.0 OK"
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self._lock:
+            return [item.message for item in self.received]
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        """The first `count` messages, once that many arrived (AssertionError after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            assert time.monotonic() < deadline, f"{len(self.messages)} of {count} messages arrived"
+            await asyncio.sleep(0.02)
+        return self.messages[:count]
+
+
 @pytest.fixture
-def settings(secantus_url: str | None) -> Settings:
-    return Settings(
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server for the test; `@pytest.mark.smtp` points the test's app at it."""
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(secantus_url: str | None, tmp_path, request: pytest.FixtureRequest) -> Settings:
+    settings = Settings(
         mongodb_url=secantus_url or "mongomock://",
         mongodb_db=f"test_{uuid.uuid4().hex[:12]}",
         mongodb_timeout_ms=3000,
         # Cheap hashing keeps the suite fast; production parameters are benchmarked separately.
         argon2_time_cost=1,
         argon2_memory_kib=64,
+        # Mail: development delivery into the test's directory, unless the test asks for SMTP. The
+        # sender wakes for the app's own messages at once; it looks for others' rarely, so that idle
+        # polls stay out of the database operations tests count.
+        mail_dev=True,
+        mail_dir=tmp_path / "mail",
+        mail_poll_seconds=60.0,
     )
+    if request.node.get_closest_marker("smtp"):
+        server: SmtpServer = request.getfixturevalue("smtp_server")
+        settings = dataclasses.replace(settings, smtp_url=server.url, smtp_timeout=5.0)
+    return settings
 
 
 @pytest.fixture

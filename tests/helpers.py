@@ -47,6 +47,8 @@ def service_processes(settings: Settings, count: int, log_dir: Path, **env: str)
         "ARGON2_TIME_COST": "1",
         "ARGON2_MEMORY_KIB": "64",
         "LOG_LEVEL": "WARNING",
+        "MAIL_DEV": "true",  # a real database without SMTP_URL: mail to files in the log directory
+        "MAIL_DIR": str(log_dir / "mail"),
         **env,
     }
     with contextlib.ExitStack() as stack:

@@ -49,6 +49,7 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path: Path, secantus_url: str | 
     env.pop("MONGODB_URL", None)
     if secantus_url:
         env["MONGODB_URL"] = secantus_url
+        env["MAIL_DEV"] = "true"  # a real database without SMTP_URL: development delivery, on purpose
     log = tmp_path / "stderr.log"
     with (
         open(log, "wb") as stderr,
