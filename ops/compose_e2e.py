@@ -4,15 +4,17 @@ behind nginx, and check through nginx on the published port what a user of the l
 With a Docker engine it runs `docker compose` on the compose file as it is. Without one (these CI
 machines) it runs podman + podman-compose: a Debian base image made with debootstrap stands in for the
 official Python image (the Dockerfile's PYTHON_IMAGE argument), and ops/podman/compose.override.yml
-swaps MongoDB for SecantusDB and nginx for Debian's. Prints `compose: N passed, M failed` last, exits
+swaps MongoDB for SecantusDB, nginx for Debian's and Mailpit for a catcher built from Debian packages. Prints `compose: N passed, M failed` last, exits
 non-zero on any failure, and removes every container, network, volume and image it made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess  # nosec B404 - this script drives the container engine's command line
@@ -23,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +39,7 @@ BASE_IMAGE = "localhost/restful-api-server-base:bookworm"
 LOCAL_IMAGES = {  # image -> Containerfile in ops/podman, built FROM the base
     "localhost/restful-api-server-secantusdb:local": "secantusdb.Containerfile",
     "localhost/restful-api-server-nginx:local": "nginx.Containerfile",
+    "localhost/restful-api-server-mailcatcher:local": "mailcatcher.Containerfile",
 }
 APT_PACKAGES = [
     "podman",
@@ -48,6 +53,7 @@ APT_PACKAGES = [
     "debootstrap",
 ]
 SIGN_IN = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
+ROOT_EMAIL = "root@example.com"  # fixtures/users.json
 
 
 def run(*args: str, check: bool = True, quiet: bool = False, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -250,9 +256,10 @@ class Checks:
 class Stack:
     """The running stack, seen from outside: HTTP through nginx, and the engine for containers and logs."""
 
-    def __init__(self, engine: Engine, base: str) -> None:
+    def __init__(self, engine: Engine, base: str, inbox: str) -> None:
         self.engine = engine
         self.base = base
+        self.inbox = inbox  # the mail catcher's web inbox (Mailpit's API)
         self.token = ""
 
     async def wait_ready(self, timeout: float = 180.0) -> None:
@@ -292,6 +299,25 @@ class Stack:
         answer = await self.request("POST", "/auth/oauth2/token", data=SIGN_IN, expect=200, rid=rid)
         expect(isinstance(answer, dict))
         self.token = str(answer["access_token"])
+
+    async def mail_to(self, address: str, timeout: float = 60.0) -> EmailMessage:
+        """The newest mail for `address` in the catcher, read over HTTP as a person's browser would."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(f"{self.inbox}/api/v1/messages") as response:
+                    listed = await response.json() if response.status == 200 else {"messages": []}
+                found = [m for m in listed["messages"] if address in [to["Address"] for to in m["To"]]]
+                if found:
+                    async with http.get(f"{self.inbox}/api/v1/message/{found[0]['ID']}/raw") as response:
+                        expect(response.status == 200, response.status)
+                        message = BytesParser(policy=email.policy.default).parsebytes(await response.read())
+                        if not isinstance(message, EmailMessage):
+                            raise CheckFailed("not an RFC 5322 message")
+                        return message
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no mail for {address} in {timeout:.0f} s: {listed}")
+                await asyncio.sleep(0.5)
 
     def served_by(self, prefix: str) -> dict[str, list[str]]:
         """Request ids starting with `prefix`, by the replica whose JSON access log has them."""
@@ -376,6 +402,27 @@ async def exercise(engine: Engine, stack: Stack, checks: Checks) -> None:
         expect(len(spread) == REPLICAS, f"30 requests reached only {spread}")
         note(f"token issued by {issued_by[0]}; 30 requests with it, all 200, served as {spread}")
 
+    with checks.check("a password reset mail arrives in the catcher and its link works through nginx") as note:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{stack.base}/api/v1/auth/password-reset", json={"email": ROOT_EMAIL}) as response,
+        ):
+            status, body = response.status, await response.text()
+        expect(status == 202, f"POST /api/v1/auth/password-reset: {status} {body[:300]}")
+        message = await stack.mail_to(ROOT_EMAIL)
+        expect(message.get_content_type() == "multipart/alternative", message.get_content_type())
+        expect(message["Message-ID"] and message["From"], dict(message.items()))
+        text = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
+        expect(text is not None and html is not None, "a text and an HTML part")
+        assert text is not None  # for the type checker; `expect` said so
+        links = re.findall(r"https?://\S+/auth/password/reset\?token=[\w.~%-]+", text.get_content())
+        expect(links and links[0].startswith(stack.base + "/"), f"the link should start with PUBLIC_URL: {links}")
+        async with aiohttp.ClientSession() as http, http.get(links[0]) as response:
+            page = await response.text()
+            expect(response.status == 200, f"GET the reset link: {response.status} {page[:300]}")
+        note(f"{message['Subject']!s}; {len(links[0])}-character link answered 200 through nginx")
+
     with checks.check("a replica killed under steady load costs no failed request") as note:
         victim = engine.containers("api")[0]
         outcomes = await stack.steady_load(8.0, 8, lambda: engine.cli("kill", victim, quiet=True), at=2.0)
@@ -404,8 +451,10 @@ def main() -> int:
     engine = Engine.detect()
     if engine.name == "podman":
         install_podman()
-    port = free_port()
-    os.environ.update({"HTTP_PORT": str(port), "PUBLIC_URL": f"http://127.0.0.1:{port}"})
+    port, mail_port = free_port(), free_port()
+    os.environ.update(
+        {"HTTP_PORT": str(port), "PUBLIC_URL": f"http://127.0.0.1:{port}", "MAIL_WEB_PORT": str(mail_port)}
+    )
     checks = Checks()
     engine.images_before = engine.image_ids()
     print(f"compose-e2e: {engine.name}, project {PROJECT}, nginx on 127.0.0.1:{port}", flush=True)
@@ -415,7 +464,8 @@ def main() -> int:
             engine.prepare()
             engine.up()
         if checks.failed == 0:
-            asyncio.run(exercise(engine, Stack(engine, f"http://127.0.0.1:{port}"), checks))
+            stack = Stack(engine, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mail_port}")
+            asyncio.run(exercise(engine, stack, checks))
     finally:
         if checks.failed:
             for container in engine.containers():

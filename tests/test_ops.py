@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.request
+from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 import yaml
+from aiohttp.test_utils import unused_port
 
 from service.app import create_app
-from service.config import ENVIRONMENT_VARIABLES, Settings
+from service.config import ENVIRONMENT_VARIABLES, Settings, smtp_server
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -24,7 +33,8 @@ def test_every_dependency_exists_and_the_database_keeps_its_data_in_a_named_volu
     for name, service in SERVICES.items():
         unknown = set(service.get("depends_on", {})) - set(SERVICES)
         assert not unknown, f"{name} waits for services that do not exist: {unknown}"
-    database = SERVICES["api"]["depends_on"].keys() & {name for name, s in SERVICES.items() if "image" in s}
+    images = {name for name, s in SERVICES.items() if "image" in s}
+    database = (SERVICES["api"]["depends_on"].keys() - {"mail"}) & images  # the catcher keeps nothing
     for name in database:
         volumes = [v.split(":")[0] for v in SERVICES[name].get("volumes", [])]
         assert any(v in COMPOSE["volumes"] for v in volumes), f"{name} would lose its data with its container"
@@ -98,7 +108,7 @@ OVERRIDE = yaml.load((PODMAN / "compose.override.yml").read_text(), Loader=_Comp
 
 def test_podman_override_changes_only_the_database_nginx_and_the_base_image() -> None:
     """The stack `make compose-e2e` starts is the real one: the override swaps what cannot be had here."""
-    assert set(OVERRIDE["services"]) == {"mongo", "mongo-init", "fixtures", "api", "nginx"}
+    assert set(OVERRIDE["services"]) == {"mongo", "mongo-init", "fixtures", "api", "nginx", "mail"}
     for name in ("api", "fixtures"):
         service = OVERRIDE["services"][name]
         assert set(service) == {"build", "environment"}
@@ -106,10 +116,85 @@ def test_podman_override_changes_only_the_database_nginx_and_the_base_image() ->
         assert set(service["environment"]) == {"MONGODB_URL"}
         assert service["build"]["args"]["PYTHON_IMAGE"] == "localhost/restful-api-server-base:bookworm"
     assert set(OVERRIDE["services"]["nginx"]) == {"image"}
+    assert set(OVERRIDE["services"]["mail"]) == {"image"}
     # The data lives where the real stack keeps MongoDB's, in the same named volume.
     assert "--storage-path" in OVERRIDE["services"]["mongo"]["command"]
     assert "/data/db" in OVERRIDE["services"]["mongo"]["command"]
     assert "mongo-data:/data/db" in SERVICES["mongo"]["volumes"]
+
+
+def test_the_api_sends_its_mail_to_the_stacks_catcher() -> None:
+    """Mailpit for Docker users; under podman a catcher from Debian packages on the same ports."""
+    api, catcher = SERVICES["api"], SERVICES["mail"]
+    default = re.fullmatch(r"\$\{SMTP_URL:-(.+)\}", api["environment"]["SMTP_URL"])
+    assert default is not None
+    server = smtp_server(default.group(1))
+    assert (server.host, server.port) == ("mail", 1025)
+    assert str(server.port) in catcher["expose"]
+    assert api["depends_on"]["mail"]["condition"] == "service_started"
+    assert catcher["image"].startswith("axllent/mailpit:v")
+    assert catcher["ports"] == ["${MAIL_WEB_PORT:-8025}:8025"]  # the web inbox; SMTP stays inside
+    assert "profiles" not in catcher
+    built = (PODMAN / "mailcatcher.Containerfile").read_text()
+    assert "python3-aiosmtpd" in built
+    assert "COPY mailcatcher.py " in built
+    assert re.search(r"^EXPOSE 1025 8025$", built, re.M)
+    e2e = (ROOT / "ops" / "compose_e2e.py").read_text()
+    assert f'"{OVERRIDE["services"]["mail"]["image"]}": "mailcatcher.Containerfile"' in e2e
+
+
+@pytest.fixture
+def catcher(tmp_path: Path):
+    """ops/podman/mailcatcher.py, run as the podman stack runs it (here with this venv's aiosmtpd)."""
+    smtp_port, web_port = unused_port(), unused_port()
+    env = {"MAIL_HOST": "127.0.0.1", "MAIL_SMTP_PORT": str(smtp_port), "MAIL_WEB_PORT": str(web_port)}
+    with (
+        (tmp_path / "catcher.log").open("wb") as log,
+        subprocess.Popen([sys.executable, str(PODMAN / "mailcatcher.py")], env=env, stdout=log, stderr=log) as process,
+    ):
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            yield smtp_port, web_port
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def test_the_podman_catcher_keeps_mail_and_serves_it_like_mailpit(catcher) -> None:
+    smtp_port, web_port = catcher
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=5) as response:
+            return bytes(response.read())
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "no-reply@localhost", "Eve <eve@example.com>", "<Reset>"
+    message["Message-ID"] = "<abc@localhost>"
+    link = "http://127.0.0.1:8080/auth/password/reset?token=t0ken"
+    message.set_content(f"follow {link}")
+    message.add_alternative(f"<p><a href='{link}'>reset</a></p>", subtype="html")
+    with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+        smtp.send_message(message)
+    listed = json.loads(get("/api/v1/messages"))
+    assert listed["total"] == 1
+    [summary] = listed["messages"]
+    assert summary["To"] == [{"Name": "Eve", "Address": "eve@example.com"}]
+    assert summary["Subject"] == "<Reset>"
+    assert summary["MessageID"] == "abc@localhost"
+    raw = get(f"/api/v1/message/{summary['ID']}/raw")
+    assert b"Message-ID: <abc@localhost>" in raw
+    assert b"multipart/alternative" in raw
+    detail = json.loads(get(f"/api/v1/message/{summary['ID']}"))
+    assert "token=t0ken" in detail["Text"]
+    assert "<a href=" in detail["HTML"]
+    inbox = get("/").decode()
+    assert "&lt;Reset&gt;" in inbox  # the subject is text on the page, not markup
+    assert "<Reset>" not in inbox
 
 
 def test_dockerfile_base_is_the_official_image_unless_told_otherwise() -> None:
