@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
@@ -54,6 +56,8 @@ class Settings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     audit_ttl: int = 90 * 24 * 3600
     metrics_port: int | None = None
+    # Fernet keys for secrets kept at rest (TOTP); the first encrypts. Never shown (repr), never stored.
+    data_encryption_key: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     smtp_url: str | None = field(default=None, repr=False)  # may hold the SMTP password
     smtp_timeout: float = 30.0
     mail_from: str = "no-reply@localhost"
@@ -218,6 +222,25 @@ def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
         raise ValueError("expected comma-separated IP addresses or CIDR ranges") from None
 
 
+def data_encryption_keys(raw: str) -> tuple[str, ...]:
+    """DATA_ENCRYPTION_KEY: comma-separated Fernet keys (URL-safe base64 of 32 random bytes each); the
+    first encrypts, every one decrypts (a new key goes first, the old one stays until nothing needs it)."""
+    keys = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not keys:
+        raise ValueError("expected one or more comma-separated Fernet keys")
+    for key in keys:
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode("ascii")) if len(key) == 44 else b""
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            decoded = b""
+        if len(decoded) != 32:
+            raise ValueError(
+                "each key must be URL-safe base64 of 32 random bytes (44 characters), as "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'` prints"
+            )
+    return keys
+
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MONGODB_URL": ("mongodb_url", _mongodb_url),
     "MONGODB_DB": ("mongodb_db", _db_name),
@@ -246,6 +269,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "AUDIT_TTL": ("audit_ttl", _int(60)),
     "METRICS_PORT": ("metrics_port", _int(1, 65535)),
+    "DATA_ENCRYPTION_KEY": ("data_encryption_key", data_encryption_keys),
     "SMTP_URL": ("smtp_url", _smtp_url),
     "SMTP_TIMEOUT": ("smtp_timeout", _float(1, 600)),
     "MAIL_FROM": ("mail_from", _mail_from),

@@ -163,6 +163,8 @@ def settings(secantus_url: str | None, tmp_path, request: pytest.FixtureRequest)
         # Cheap hashing keeps the suite fast; production parameters are benchmarked separately.
         argon2_time_cost=1,
         argon2_memory_kib=64,
+        # A fixed test key for secrets kept encrypted (TOTP); a real deployment sets DATA_ENCRYPTION_KEY.
+        data_encryption_key=("hCLk7a6zDKhBFRCXHpQYbNmAdMjnRQGHyDmeZDlgibU=",),
         # Mail: development delivery into the test's directory, unless the test asks for SMTP. The
         # sender wakes for the app's own messages at once; it looks for others' rarely, so that idle
         # polls stay out of the database operations tests count.

@@ -6,17 +6,20 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import pyotp
 from aiohttp.test_utils import TestClient, unused_port
 
 from service.config import Settings
@@ -158,3 +161,39 @@ def exchange_form(code: str, verifier: str | None, **extra: str) -> dict[str, st
 
 async def exchange(client: TestClient, code: str, verifier: str | None, **extra: str):
     return await client.post("/auth/oauth2/token", data=exchange_form(code, verifier, **extra))
+
+
+# --- the second factor (TOTP) ----------------------------------------------------------------------
+
+
+def totp_code(secret: str, offset: int = 0) -> str:
+    """The 6-digit code of the time step `offset` steps from now (RFC 6238, 30-second steps)."""
+    return str(pyotp.TOTP(secret).generate_otp(int(time.time() // 30) + offset))
+
+
+async def steady_step(margin: float = 3.0) -> None:
+    """Wait until at least `margin` seconds are left in the current 30-second step, so a code computed
+    now is checked in the same step (at most `margin` seconds of waiting)."""
+    left = 30 - time.time() % 30
+    if left < margin:
+        await asyncio.sleep(left + 0.05)
+
+
+async def enroll_totp(client: TestClient, headers: dict[str, str], password: str = "w") -> tuple[str, list[str]]:
+    """Enroll and confirm a TOTP second factor through the API; the secret and the recovery codes.
+    The confirmation uses the previous step's code, so the current one is still unused."""
+    await steady_step()
+    started = await client.post("/api/v1/users/me/mfa/totp", json={"current_password": password}, headers=headers)
+    assert started.status == 201, await started.text()
+    secret = (await started.json())["secret"]
+    confirmed = await client.post(
+        "/api/v1/users/me/mfa/totp/confirm", json={"code": totp_code(secret, -1)}, headers=headers
+    )
+    assert confirmed.status == 200, await confirmed.text()
+    return secret, (await confirmed.json())["recovery_codes"]
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT, unverified (tests that check signatures use authlib)."""
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))

@@ -101,7 +101,7 @@ async def test_every_operation_documents_scopes_and_error_responses(client: Test
         for method, operation in methods.items()
     }
     assert ("get", "/audit/") in operations
-    assert len(operations) == 19  # users 5, teams 9, clients 4, audit 1
+    assert len(operations) == 24  # users 5, second factor 5, teams 9, clients 4, audit 1
     for (method, path), operation in operations.items():
         assert operation["security"][0]["oauth2"] or path == "/users/", (method, path)
         assert "401" in operation["responses"], (method, path)

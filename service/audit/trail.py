@@ -47,6 +47,12 @@ EVENTS = (
     "user.deactivated",
     "client.created",
     "client.deleted",
+    "mfa.totp_enrolled",
+    "mfa.totp_confirmed",
+    "mfa.totp_removed",
+    "mfa.code_rejected",
+    "mfa.recovery_code_used",
+    "mfa.recovery_codes_regenerated",
 )
 
 INDEXES: dict[str, list[IndexModel]] = {

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from service import scopes
 from service.auth import openapi as auth_openapi
-from service.auth import repository, routes, signing
+from service.auth import repository, routes, second_factor, signing
 from service.cache import follower_ctx
 from service.db import MONGO, STORAGE, Database
 from service.openapi import add_parts
@@ -28,7 +28,7 @@ MIGRATIONS = (("0002_documentation_client_oidc_scopes", repository.documentation
 
 def setup(root: web.Application, api: web.Application) -> None:
     """After the domains whose scopes the docs list (users, teams): the OAuth2 scheme names them all."""
-    root[STORAGE].declare({**repository.INDEXES, **signing.INDEXES}, MIGRATIONS)
+    root[STORAGE].declare({**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES}, MIGRATIONS)
     scopes.register(SCOPES)
     root.cleanup_ctx.append(_keyring_ctx)
     root.cleanup_ctx.append(follower_ctx(repository.watch_principal_changes))

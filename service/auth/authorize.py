@@ -107,8 +107,11 @@ async def check_authorization_request(
     return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
 
 
-async def issue_code(ctx: Context, request: AuthorizationRequest, user: Mapping[str, Any]) -> str:
-    """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed."""
+async def issue_code(
+    ctx: Context, request: AuthorizationRequest, user: Mapping[str, Any], amr: tuple[str, ...] = ("pwd",)
+) -> str:
+    """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed.
+    `amr` records how the user signed in, for the ID tokens the code and its refreshes give."""
     code = new_token()
     await repository.insert_code(
         ctx.db,
@@ -122,6 +125,7 @@ async def issue_code(ctx: Context, request: AuthorizationRequest, user: Mapping[
             "code_challenge": request.code_challenge,
             "nonce": request.nonce,
             "auth_time": int(time.time()),  # the user signed in just now, on the page
+            "amr": list(amr),
             "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
             "used": False,
         },

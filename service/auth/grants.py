@@ -33,6 +33,7 @@ from service.db import utcnow
 from service.errors import TooManyRequests
 from service.passwords import Overloaded
 from service.scopes import SCOPES
+from service.users import mfa
 from service.users import repository as users_repository
 from service.users.repository import UserDocument
 from service.users.schemas import USERNAME_MAX
@@ -50,6 +51,7 @@ DEFINED_PARAMETERS = frozenset(
         *("username", "redirect_uri", "token", "token_type_hint", "response_type", "response_mode", "state"),
         *("code_challenge", "code_challenge_method", "nonce", "prompt", "max_age", "id_token_hint", "login_hint"),
         *("display", "ui_locales", "acr_values", "claims", "request", "request_uri", "csrf_token", "action"),
+        *("signin_token", "otp"),  # the sign-in page's second step (a pending sign-in and its code)
     }
 )
 
@@ -156,6 +158,7 @@ class Issue:
     code_id: str | None = None
     auth_time: int | None = None
     nonce: str | None = None
+    amr: tuple[str, ...] = ("pwd",)  # how the user signed in (RFC 8176), carried like auth_time
 
 
 async def issue_token(
@@ -185,6 +188,7 @@ async def issue_token(
         "rotated": False,
         "created": now,
         "auth_time": auth_time,
+        "amr": list(issue.amr),
     }
     if refresh_token:
         document["refresh_hash"] = hash_secret(refresh_token)
@@ -202,7 +206,7 @@ async def issue_token(
     if refresh_token:
         response["refresh_token"] = refresh_token
     if "openid" in scopes and grant != "client_credentials":
-        sign_in = oidc.SignIn(client["_id"], user, scopes, auth_time, issue.nonce)
+        sign_in = oidc.SignIn(client["_id"], user, scopes, auth_time, issue.nonce, issue.amr)
         response["id_token"] = await oidc.id_token(
             ctx[KEYRING], ctx.issuer, sign_in, access_token, ctx.settings.access_token_ttl
         )
@@ -244,10 +248,15 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
     return user
 
 
+SECOND_FACTOR_REQUIRED = "this account signs in with a second factor: use the authorization-code flow"
+
+
 async def password_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     username, password = required(params, "username", "password")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
     user = await authenticate_user(ctx, username, password, client["_id"])
+    if mfa.is_active(user):  # (after the password: who has a second factor is no one else's business)
+        raise oauth.InvalidGrantError(SECOND_FACTOR_REQUIRED)
     return await issue_token(ctx, client, user, scopes, Issue("password"))
 
 
@@ -300,6 +309,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
             family_id=claimed["family_id"],
             code_id=claimed.get("code_id"),
             auth_time=claimed.get("auth_time"),
+            amr=tuple(claimed.get("amr", ("pwd",))),
         ),
     )
     if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest):
@@ -352,7 +362,13 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
         client,
         await _still_current_user(ctx, stored),
         stored["scopes"],
-        Issue("authorization_code", code_id=digest, auth_time=stored.get("auth_time"), nonce=stored.get("nonce")),
+        Issue(
+            "authorization_code",
+            code_id=digest,
+            auth_time=stored.get("auth_time"),
+            nonce=stored.get("nonce"),
+            amr=tuple(stored.get("amr", ("pwd",))),
+        ),
     )
     if await repository.replayed_since_claimed(ctx.db, code_digest=digest):
         raise await _revoke_replayed(ctx, issued, CODE_REPLAYED)

@@ -18,7 +18,20 @@ from service.auth.jose import jwt
 from service.auth.signing import ALGORITHM, KeyRing
 
 PROFILE_CLAIMS = ("name", "given_name", "middle_name", "family_name", "preferred_username", "updated_at")
-CLAIMS_SUPPORTED = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", *PROFILE_CLAIMS, "email")
+CLAIMS_SUPPORTED = (
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "at_hash",
+    "amr",
+    "acr",
+    *PROFILE_CLAIMS,
+    "email",
+)
 
 
 def user_claims(user: Mapping[str, Any], scopes: list[str] | frozenset[str]) -> dict[str, Any]:
@@ -48,6 +61,15 @@ class SignIn:
     scopes: list[str]
     auth_time: int
     nonce: str | None = None
+    amr: tuple[str, ...] = ("pwd",)  # RFC 8176: how the user proved who they are
+
+
+# `acr`: "1" for a password alone, "2" for a password and a second factor (a one-time code).
+ACR_VALUES = ("1", "2")
+
+
+def acr(amr: tuple[str, ...]) -> str:
+    return "2" if "otp" in amr else "1"
 
 
 async def id_token(keyring: KeyRing, issuer: str, sign_in: SignIn, access_token: str, lifetime: int) -> str:
@@ -60,6 +82,8 @@ async def id_token(keyring: KeyRing, issuer: str, sign_in: SignIn, access_token:
         "iat": now,
         "exp": now + lifetime,
         "auth_time": sign_in.auth_time,
+        "amr": list(sign_in.amr),
+        "acr": acr(sign_in.amr),
         "at_hash": create_half_hash(access_token, ALGORITHM).decode(),
         **user_claims(sign_in.user, sign_in.scopes),
     }
@@ -79,6 +103,7 @@ def discovery(oauth_metadata: dict[str, Any], issuer: str) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "claims_supported": list(CLAIMS_SUPPORTED),
+        "acr_values_supported": list(ACR_VALUES),
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

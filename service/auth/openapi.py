@@ -284,7 +284,7 @@ PATHS: dict[str, Any] = {
                 "security": [{"oauth2": ["openid"]}, {"openIdConnect": ["openid"]}],
                 "responses": {
                     "200": {
-                        "description": f"Claims: {', '.join(CLAIMS_SUPPORTED[:1] + CLAIMS_SUPPORTED[8:])}.",
+                        "description": f"Claims: {', '.join(CLAIMS_SUPPORTED[:1] + CLAIMS_SUPPORTED[10:])}.",
                         "content": _JSON_OBJECT,
                     },
                     "401": {

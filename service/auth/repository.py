@@ -102,6 +102,7 @@ class TokenDocument(TypedDict):
     revoked_at: NotRequired[datetime]
     created: datetime
     auth_time: int  # when the user last signed in (Unix time), for ID tokens
+    amr: NotRequired[list[str]]  # how they signed in (RFC 8176), kept through refreshes; absent: ["pwd"]
 
 
 async def insert_token(db: Database, document: TokenDocument) -> None:
@@ -203,6 +204,7 @@ class CodeDocument(TypedDict):
     code_challenge: str | None  # PKCE S256
     nonce: str | None  # OpenID Connect, echoed in the ID token
     auth_time: int
+    amr: NotRequired[list[str]]  # how the user signed in on the page (RFC 8176): ["pwd"] or ["pwd", "otp"]
     expires_at: datetime
     used: bool
     replays: NotRequired[int]  # presentations after it was used (see note_replay)

@@ -14,7 +14,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.base import OAuth2Error
 
 from service import keys, metrics
-from service.auth import authorize, clients, grants, introspection, oidc
+from service.auth import authorize, clients, grants, introspection, oidc, second_factor
 from service.auth.bearer import authenticate
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
@@ -27,7 +27,7 @@ from service.auth.signing import KEYRING
 from service.bodies import BodyError, read_form
 from service.context import Context
 from service.db import is_unavailable_error
-from service.errors import InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
+from service.errors import Conflict, InsufficientScope, ServiceUnavailable, TooManyRequests, Unauthorized
 from service.openapi import IF_MATCH, responds
 from service.pagination import PageRequest
 from service.responses import if_match_version, json_response, page, with_etag
@@ -275,6 +275,8 @@ async def authorize_decision(request: web.Request) -> web.Response:
     state = [("state", checked.state)] if checked.state is not None else []
     if form.get("action") != "approve":
         return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
+    if form.get("signin_token"):  # the second step: a code after a right password
+        return await _second_step(request, checked, form, cookie)
     try:
         user = await grants.authenticate_user(
             Context.of(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
@@ -283,5 +285,51 @@ async def authorize_decision(request: web.Request) -> web.Response:
         return _consent_page(request, checked, cookie, exc.detail or "Try again later.", exc.status)
     except OAuth2Error as exc:
         return _consent_page(request, checked, cookie, exc.description, 400)
-    code = await authorize.issue_code(Context.of(request), checked, user)
+    if second_factor.required(user):  # the password was right; a code completes the sign-in
+        pending = await second_factor.start(Context.of(request), checked, user)
+        return _code_page(request, checked, cookie, pending)
+    code = await authorize.issue_code(Context.of(request), checked, user, second_factor.PASSWORD)
+    return _redirect(checked.redirect_uri, [("code", code), *state])
+
+
+def _code_page(
+    request: web.Request,
+    auth: authorize.AuthorizationRequest,
+    csrf: str,
+    signin_token: str,
+    error: tuple[str, int] | None = None,
+) -> web.Response:
+    """The sign-in page's second step: the code field, with the pending sign-in (never the password) in
+    the form; `error` is a message and the page's status."""
+    context = {
+        "client_id": auth.client["_id"],
+        "scopes": [(scope, SCOPES.get(scope, scope)) for scope in auth.scopes],
+        "hidden": [*auth.as_form().items(), ("signin_token", signin_token)],
+        "csrf": csrf,
+        "error": error[0] if error else None,
+        "second_step": True,
+    }
+    status = error[1] if error else 200
+    response = _page(request, "authorize.html", context, status=status, form_target=auth.redirect_uri)
+    response.set_cookie(
+        CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path="/auth/oauth2/authorize", max_age=1800
+    )
+    return response
+
+
+async def _second_step(
+    request: web.Request, checked: authorize.AuthorizationRequest, form: dict[str, str], cookie: str
+) -> web.Response:
+    """The pending sign-in from the form and a right code complete the sign-in: a code for the client."""
+    ctx, pending = Context.of(request), form["signin_token"]
+    try:
+        user = await second_factor.finish(ctx, checked, pending, form.get("otp", ""))
+    except second_factor.StartAgain as exc:
+        return _consent_page(request, checked, cookie, str(exc), 400)
+    except (TooManyRequests, ServiceUnavailable, Conflict) as exc:
+        return _code_page(request, checked, cookie, pending, (exc.detail or "Try again later.", exc.status))
+    if user is None:
+        return _code_page(request, checked, cookie, pending, ("The code is wrong or was already used.", 400))
+    code = await authorize.issue_code(ctx, checked, user, second_factor.PASSWORD_AND_OTP)
+    state = [("state", checked.state)] if checked.state is not None else []
     return _redirect(checked.redirect_uri, [("code", code), *state])

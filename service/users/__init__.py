@@ -6,7 +6,8 @@ from aiohttp import web
 
 from service import scopes
 from service.db import STORAGE
-from service.users import repository, routes
+from service.encryption import DATA_KEYS, DataKeys, data_keys_ctx
+from service.users import mfa_routes, repository, routes
 from service.users.service import TOKENS_REVOKED
 from service.users.signin import HELD_ATTEMPTS, HeldAttempts
 
@@ -19,3 +20,6 @@ def setup(root: web.Application, api: web.Application) -> None:
     root[STORAGE].declare(repository.INDEXES)
     scopes.register(SCOPES)
     api.router.add_routes(routes.routes)
+    root[DATA_KEYS] = DataKeys()  # the second factor's secrets are encrypted at rest
+    root.cleanup_ctx.append(data_keys_ctx)
+    api.router.add_routes(mfa_routes.routes)

@@ -27,6 +27,17 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+class MfaDocument(TypedDict):
+    """A user's second factor (users.mfa): a TOTP secret, encrypted, and recovery code digests."""
+
+    secret: str  # the base32 TOTP secret, Fernet-encrypted with DATA_ENCRYPTION_KEY
+    active: bool  # False until a code from the secret confirms the enrollment
+    last_step: int  # the latest time step whose code was accepted (a code is accepted once)
+    recovery_codes: list[str]  # SHA-256 digests of the unused ones
+    enrolled: datetime
+    confirmed: NotRequired[datetime]
+
+
 class UserDocument(TypedDict):
     """A stored user, as this module writes it."""
 
@@ -46,6 +57,7 @@ class UserDocument(TypedDict):
     updated: datetime
     version: int
     token_generation: NotRequired[int]  # absent until the first revocation
+    mfa: NotRequired[MfaDocument]  # absent without a second factor
 
 
 def _conflict(exc: DuplicateKeyError) -> Conflict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.patch import patch_schema
@@ -23,6 +25,23 @@ class BaseUserSchema(Schema):
     last_name = fields.String(dump_only=True)
 
 
+class MfaStatusSchema(Schema):
+    """A user's second factor, as the user and admins see it."""
+
+    totp = fields.Boolean(dump_only=True, metadata={"description": "A confirmed TOTP second factor is active."})
+    recovery_codes_left = fields.Integer(dump_only=True, metadata={"description": "Unused recovery codes."})
+
+
+class _MfaStatusField(fields.Nested):
+    """`{"totp", "recovery_codes_left"}` from the stored `mfa` (users.mfa), which holds secrets: only these
+    two facts leave it."""
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> dict[str, Any]:
+        mfa = obj.get("mfa") or {}
+        active = bool(mfa.get("active"))
+        return {"totp": active, "recovery_codes_left": len(mfa.get("recovery_codes", [])) if active else 0}
+
+
 class UserSchema(BaseUserSchema):
     email = fields.Email(dump_only=True)
     is_active = fields.Boolean(dump_only=True)
@@ -30,6 +49,7 @@ class UserSchema(BaseUserSchema):
     is_admin = fields.Boolean(dump_only=True)
     created = fields.AwareDateTime(dump_only=True)
     updated = fields.AwareDateTime(dump_only=True)
+    mfa = _MfaStatusField(MfaStatusSchema, dump_only=True)
 
 
 class SignupSchema(Schema):
@@ -76,3 +96,44 @@ UserPatchOperationSchema = patch_schema(
     },
     test_only=("/current_password",),
 )
+
+
+# --- second factor (users.mfa) ------------------------------------------------------------------
+
+CODE = fields.String(
+    required=True,
+    validate=validate.Length(min=6, max=64),
+    metadata={
+        "description": "A 6-digit code from the authenticator app, or one of the recovery codes (used up).",
+        "example": "123456",
+    },
+)
+CURRENT_PASSWORD = fields.String(
+    required=True, load_only=True, validate=validate.Length(min=1, max=1024), metadata={"example": "w"}
+)
+
+
+class EnrollTotpSchema(Schema):
+    current_password = CURRENT_PASSWORD
+
+
+class TotpCodeSchema(Schema):
+    code = CODE
+
+
+class RemoveTotpSchema(Schema):
+    current_password = CURRENT_PASSWORD
+    code = CODE
+
+
+class TotpEnrollmentSchema(Schema):
+    secret = fields.String(metadata={"description": "The base32 secret, for typing into an app by hand."})
+    otpauth_uri = fields.String(metadata={"description": "otpauth://totp/... (Key URI format) with the secret."})
+    qr_svg = fields.String(metadata={"description": "The otpauth URI as a QR code: an SVG document to scan."})
+
+
+class RecoveryCodesSchema(Schema):
+    recovery_codes = fields.List(
+        fields.String(metadata={"example": "abcd-efgh-jkmn-pqrs"}),
+        metadata={"description": "Ten single-use codes, shown this once (stored as digests only)."},
+    )

@@ -2,7 +2,8 @@
 
 One function serves every place a password is checked (the password grant, the sign-in page, a user
 PATCH's `current_password` test), so they share one budget: at most LOGIN_MAX_FAILURES failed checks
-per username per LOGIN_WINDOW, whatever the concurrency.
+per username per LOGIN_WINDOW, whatever the concurrency. Second-factor codes (`check_code`) spend the
+same budget.
 """
 
 from __future__ import annotations
@@ -60,17 +61,10 @@ async def check_password(
     `find_hash` returning None (unknown or deactivated user) costs the same hash and fails, so neither
     the answer nor its timing tells those cases apart.
     """
-    db, hasher, held, settings = ctx.db, ctx.hasher, ctx[HELD_ATTEMPTS], ctx.settings
+    db, hasher, held = ctx.db, ctx.hasher, ctx[HELD_ATTEMPTS]
     key = username.lower()
     with hasher.admit():
-        window_end = held.take(key)
-        if window_end is None:
-            reserved, window_end = await repository.reserve_login_attempt(
-                db, key, settings.login_max_failures, settings.login_window
-            )
-            if not reserved:
-                seconds = int((window_end - utcnow()).total_seconds()) + 1
-                raise TooManyRequests("Too many failed sign-in attempts; try again later.", retry_after=seconds)
+        window_end = await _reserve(ctx, key)
         try:
             verified = await hasher.verify(await find_hash(), password, admitted=True)
         except BaseException:
@@ -82,6 +76,40 @@ async def check_password(
     if verified:
         await _give_back(db, held, key, window_end)
     return verified
+
+
+async def check_code(ctx: Context, username: str, verify: Callable[[], Awaitable[bool]]) -> bool:
+    """Whether a second-factor code is right for `username`, under the budget its passwords use: an
+    attempt is reserved first (429 when spent), a wrong code keeps it as a failure, a right one gives it
+    back. `verify` checks the code and uses it up (a conditional write); if it fails to run, no code was
+    checked and the attempt goes back."""
+    db, held = ctx.db, ctx[HELD_ATTEMPTS]
+    key = username.lower()
+    window_end = await _reserve(ctx, key)
+    try:
+        verified = await verify()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            await _give_back(db, held, key, window_end)
+        raise
+    if verified:
+        await _give_back(db, held, key, window_end)
+    return verified
+
+
+async def _reserve(ctx: Context, key: str) -> datetime:
+    """One attempt of `key`'s budget (one kept here by a right answer, or one reserved in the database);
+    the end of its window. 429 when the budget is spent."""
+    window_end = ctx[HELD_ATTEMPTS].take(key)
+    if window_end is None:
+        settings = ctx.settings
+        reserved, window_end = await repository.reserve_login_attempt(
+            ctx.db, key, settings.login_max_failures, settings.login_window
+        )
+        if not reserved:
+            seconds = int((window_end - utcnow()).total_seconds()) + 1
+            raise TooManyRequests("Too many failed sign-in attempts; try again later.", retry_after=seconds)
+    return window_end
 
 
 async def _give_back(db: Database, held: HeldAttempts, key: str, window_end: datetime) -> None:

@@ -35,7 +35,9 @@ async def test_signup_creates_an_active_regular_user(client: TestClient, signup)
         "is_admin",
         "created",
         "updated",
+        "mfa",
     }
+    assert user["mfa"] == {"totp": False, "recovery_codes_left": 0}
     assert user["is_active"] is True
     assert user["is_admin"] is False
     assert user["created"].endswith("+00:00")
