@@ -279,7 +279,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAIL_RETRY_SECONDS": ("mail_retry_seconds", _float(0.01, 86_400)),
     "MAIL_POLL_SECONDS": ("mail_poll_seconds", _float(0.01, 3600)),
 }
-_SECRET_VARIABLES = frozenset({"SMTP_URL"})
+_SECRET_VARIABLES = frozenset({"SMTP_URL", "DATA_ENCRYPTION_KEY"})
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)
 

@@ -253,6 +253,12 @@ PATHS: dict[str, Any] = {
                     "username": _STRING,
                     "password": {"type": "string", "format": "password"},
                     "action": {"type": "string", "enum": ["approve", "deny"]},
+                    "signin_token": {
+                        "type": "string",
+                        "description": "The second step of a sign-in with a second factor: the pending sign-in "
+                        "the code form carries (instead of username and password).",
+                    },
+                    "otp": {"type": "string", "description": "With signin_token: a TOTP code or a recovery code."},
                 },
                 ["csrf_token"],
             ),
@@ -260,11 +266,17 @@ PATHS: dict[str, Any] = {
                 "302": _REDIRECT,
                 **_PAGE_ERRORS,
                 "400": {
-                    "description": "Wrong username or password (the page again); unknown client or redirect URI, "
+                    "description": "Wrong username or password, or a wrong or used code (the page again); an "
+                    "expired or foreign signin_token (the password form again); unknown client or redirect URI, "
                     "or a form that cannot be read (an error page).",
                     "content": _HTML,
                 },
                 "403": {"description": "Missing or wrong CSRF token (cookie and field).", "content": _HTML},
+                "409": {
+                    "description": "The account's TOTP secret cannot be read (its DATA_ENCRYPTION_KEY is gone): "
+                    "the code form again, which still takes a recovery code.",
+                    "content": _HTML,
+                },
                 "408": {"description": "The form arrived too slowly.", "content": _HTML},
                 "413": {"description": "The form is too large.", "content": _HTML},
                 "415": {

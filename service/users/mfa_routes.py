@@ -7,7 +7,7 @@ from aiohttp_apigami import docs, json_schema
 
 from service import keys
 from service.context import Context
-from service.openapi import responds
+from service.openapi import problem, responds
 from service.responses import json_response
 from service.security import principal, requires
 from service.users import mfa
@@ -21,6 +21,18 @@ from service.users.schemas import (
 
 routes = web.RouteTableDef()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # every answer here holds a secret
+WHY_409 = {
+    409: problem(
+        "Not now: a second factor is already active (enrollment), there is none to confirm, remove or use "
+        "(the others), or the server has no DATA_ENCRYPTION_KEY to keep the secret with (enrollment)."
+    )
+}
+THROTTLED = {
+    429: problem(
+        "Too many failed sign-in checks for this username; retry after `Retry-After` seconds.",
+        headers={"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}},
+    ),
+}
 CODE_CHECKS = (
     "Codes spend the per-username budget wrong passwords spend (LOGIN_MAX_FAILURES per LOGIN_WINDOW): a wrong "
     "code is 403, and once the budget is spent every check is 429 until the window passes."
@@ -41,7 +53,8 @@ CODE_CHECKS = (
 )
 @requires("users:write", who="the signed-in user, for their own account")
 @json_schema(EnrollTotpSchema)
-@responds(TotpEnrollmentSchema, 201, description="Enrollment started (not active yet)", errors=(409, 422, 429))
+@responds(TotpEnrollmentSchema, 201, description="Enrollment started (not active yet)", errors=(422,))
+@docs(responses={**WHY_409, **THROTTLED})
 async def enroll_totp(request: web.Request) -> web.Response:
     body = request[keys.body]
     enrollment = await mfa.enroll(Context.of(request), principal(request), body["current_password"])
@@ -60,7 +73,8 @@ async def enroll_totp(request: web.Request) -> web.Response:
 )
 @requires("users:write", who="the signed-in user, for their own account")
 @json_schema(TotpCodeSchema)
-@responds(RecoveryCodesSchema, description="Active; the recovery codes", errors=(409, 422, 429))
+@responds(RecoveryCodesSchema, description="Active; the recovery codes", errors=(422,))
+@docs(responses={**WHY_409, **THROTTLED})
 async def confirm_totp(request: web.Request) -> web.Response:
     codes = await mfa.confirm(Context.of(request), principal(request), request[keys.body]["code"])
     return json_response({"recovery_codes": codes}, headers=NO_STORE)
@@ -78,7 +92,8 @@ async def confirm_totp(request: web.Request) -> web.Response:
 )
 @requires("users:write", who="the signed-in user, for their own account")
 @json_schema(RemoveTotpSchema)
-@responds(None, 204, description="Removed", errors=(409, 422, 429))
+@responds(None, 204, description="Removed", errors=(422,))
+@docs(responses={**WHY_409, **THROTTLED})
 async def remove_own_totp(request: web.Request) -> web.Response:
     body = request[keys.body]
     await mfa.remove_own(Context.of(request), principal(request), body["current_password"], body["code"])
@@ -111,7 +126,8 @@ async def remove_user_totp(request: web.Request) -> web.Response:
 )
 @requires("users:write", who="the signed-in user, for their own account")
 @json_schema(TotpCodeSchema)
-@responds(RecoveryCodesSchema, description="The new recovery codes", errors=(409, 422, 429))
+@responds(RecoveryCodesSchema, description="The new recovery codes", errors=(422,))
+@docs(responses={**WHY_409, **THROTTLED})
 async def regenerate_recovery_codes(request: web.Request) -> web.Response:
     codes = await mfa.regenerate_recovery_codes(Context.of(request), principal(request), request[keys.body]["code"])
     return json_response({"recovery_codes": codes}, headers=NO_STORE)
