@@ -58,6 +58,9 @@ class Settings:
     metrics_port: int | None = None
     # Fernet keys for secrets kept at rest (TOTP); the first encrypts. Never shown (repr), never stored.
     data_encryption_key: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    email_token_ttl: int = 24 * 3600  # a verification link's lifetime, seconds
+    reset_token_ttl: int = 30 * 60  # a password reset link's lifetime, seconds
+    require_verified_email: bool = False
     smtp_url: str | None = field(default=None, repr=False)  # may hold the SMTP password
     smtp_timeout: float = 30.0
     mail_from: str = "no-reply@localhost"
@@ -270,6 +273,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUDIT_TTL": ("audit_ttl", _int(60)),
     "METRICS_PORT": ("metrics_port", _int(1, 65535)),
     "DATA_ENCRYPTION_KEY": ("data_encryption_key", data_encryption_keys),
+    "EMAIL_TOKEN_TTL": ("email_token_ttl", _int(60, 30 * 24 * 3600)),
+    "RESET_TOKEN_TTL": ("reset_token_ttl", _int(60, 24 * 3600)),
+    "REQUIRE_VERIFIED_EMAIL": ("require_verified_email", _bool),
     "SMTP_URL": ("smtp_url", _smtp_url),
     "SMTP_TIMEOUT": ("smtp_timeout", _float(1, 600)),
     "MAIL_FROM": ("mail_from", _mail_from),

@@ -197,3 +197,33 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """The payload of a JWT, unverified (tests that check signatures use authlib)."""
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+# --- mail: what the app queued in the outbox -----------------------------------------------------
+
+_LINK = re.compile(r"https?://[^\s<>\"]+")
+
+
+async def mail_to(db: Any, address: str) -> list[dict[str, Any]]:  # db: the test's Motor database
+    """The messages queued for `address` (any state: queued, sent or failed), newest first."""
+    found = await db.outbox.find({"to": address}).to_list(None)
+    return sorted(found, key=lambda message: (message["created"], message["_id"]), reverse=True)
+
+
+def link_in(message: dict[str, Any]) -> str:
+    """The one link of a queued message's text part."""
+    links = _LINK.findall(message["text"])
+    assert len(links) == 1, links
+    return links[0]
+
+
+def token_in(message: dict[str, Any]) -> str:
+    """The `token` parameter of the link in a queued message."""
+    return parse_qs(urlsplit(link_in(message)).query)["token"][0]
+
+
+def hidden_field(html: str, name: str) -> str:
+    """The value of a page form's hidden field `name` (`csrf_token`, `token`)."""
+    found = re.search(rf'<input type="hidden" name="{re.escape(name)}" value="([^"]*)">', html)
+    assert found, f"no hidden field {name}"
+    return found.group(1)

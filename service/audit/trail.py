@@ -53,6 +53,15 @@ EVENTS = (
     "mfa.code_rejected",
     "mfa.recovery_code_used",
     "mfa.recovery_codes_regenerated",
+    "email.verification_sent",
+    "email.verification_throttled",
+    "email.verified",
+    "email.verification_refused",
+    "email.change_notice_sent",
+    "password.reset_requested",
+    "password.reset_throttled",
+    "password.reset_completed",
+    "password.reset_refused",
 )
 
 INDEXES: dict[str, list[IndexModel]] = {

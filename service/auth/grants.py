@@ -220,6 +220,16 @@ def required(params: dict[str, str], *names: str) -> list[str]:
     return [params[name] for name in names]
 
 
+class UnverifiedEmail(oauth.InvalidGrantError):  # type: ignore[misc]  # authlib is untyped
+    """REQUIRE_VERIFIED_EMAIL: a right password, but the account's address is not verified yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This account's email address is not verified yet: open the link mailed to it, "
+            "or ask for a new one at /auth/email/resend."
+        )
+
+
 async def authenticate_user(ctx: Context, username: str, password: str, client_id: str) -> UserDocument:
     """The active user with this username and password; a deactivated account gets the same answer,
     at the same cost, as a wrong password (it must not confirm the password)."""
@@ -242,6 +252,9 @@ async def authenticate_user(ctx: Context, username: str, password: str, client_i
         subject = user["_id"] if user else None
         audit.record("signin.failure", subject_id=subject, client_id=client_id, username=username)
         raise oauth.InvalidGrantError("Invalid username or password.")
+    if ctx.settings.require_verified_email and not user.get("email_verified", False):  # only after a right password
+        audit.record("signin.failure", subject_id=user["_id"], client_id=client_id, reason="email_not_verified")
+        raise UnverifiedEmail()
     audit.record("signin.success", actor_id=user["_id"], subject_id=user["_id"], client_id=client_id)
     if ctx.hasher.needs_rehash(user["password_hash"]):
         await users_repository.set_password_hash(ctx.db, user["_id"], await ctx.hasher.hash(password))

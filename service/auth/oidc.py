@@ -31,6 +31,7 @@ CLAIMS_SUPPORTED = (
     "acr",
     *PROFILE_CLAIMS,
     "email",
+    "email_verified",
 )
 
 
@@ -49,6 +50,7 @@ def user_claims(user: Mapping[str, Any], scopes: list[str] | frozenset[str]) -> 
         )
     if "email" in scopes:
         claims["email"] = user["email"]
+        claims["email_verified"] = bool(user.get("email_verified", False))
     return claims
 
 

@@ -216,7 +216,13 @@ def _error_page(request: web.Request, message: str, status: int = 400) -> web.Re
 
 
 def _consent_page(
-    request: web.Request, auth: authorize.AuthorizationRequest, csrf: str, error: str | None = None, status: int = 200
+    request: web.Request,
+    auth: authorize.AuthorizationRequest,
+    csrf: str,
+    error: str | None = None,
+    status: int = 200,
+    *,
+    unverified: bool = False,
 ) -> web.Response:
     context = {
         "client_id": auth.client["_id"],
@@ -224,6 +230,7 @@ def _consent_page(
         "hidden": list(auth.as_form().items()),
         "csrf": csrf,
         "error": error,
+        "unverified": unverified,  # REQUIRE_VERIFIED_EMAIL refused a right password: offer the mail again
     }
     response = _page(request, "authorize.html", context, status=status, form_target=auth.redirect_uri)
     response.set_cookie(
@@ -283,6 +290,8 @@ async def authorize_decision(request: web.Request) -> web.Response:
         )
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _consent_page(request, checked, cookie, exc.detail or "Try again later.", exc.status)
+    except grants.UnverifiedEmail as exc:
+        return _consent_page(request, checked, cookie, exc.description, 400, unverified=True)
     except OAuth2Error as exc:
         return _consent_page(request, checked, cookie, exc.description, 400)
     if second_factor.required(user):  # the password was right; a code completes the sign-in

@@ -57,6 +57,7 @@ class UserDocument(TypedDict):
     updated: datetime
     version: int
     token_generation: NotRequired[int]  # absent until the first revocation
+    email_verified: NotRequired[bool]  # absent (users from before verification existed): false
     mfa: NotRequired[MfaDocument]  # absent without a second factor
 
 
@@ -75,6 +76,7 @@ def new_user_document(
         "username_key": username.lower(),
         "email": email,
         "email_key": email.lower(),
+        "email_verified": False,
         "password_hash": password_hash,
         "first_name": names.get("first_name", ""),
         "middle_name": names.get("middle_name", ""),

@@ -15,6 +15,7 @@ USERNAME = [
     FullMatch(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' and '-' only."),
 ]
 NAME = validate.Length(max=50)
+PASSWORD = validate.Length(min=8, max=1024)  # the sign-up rules, also for a password reset
 
 
 class BaseUserSchema(Schema):
@@ -44,6 +45,11 @@ class _MfaStatusField(fields.Nested):
 
 class UserSchema(BaseUserSchema):
     email = fields.Email(dump_only=True)
+    email_verified = fields.Boolean(
+        dump_only=True,
+        dump_default=False,
+        metadata={"description": "Whether the user opened a verification link mailed to `email`."},
+    )
     is_active = fields.Boolean(dump_only=True)
     is_regular_user = fields.Boolean(dump_only=True)
     is_admin = fields.Boolean(dump_only=True)
@@ -58,9 +64,7 @@ class SignupSchema(Schema):
 
     username = fields.String(required=True, validate=USERNAME, metadata={"example": "jane"})
     email = fields.Email(required=True, validate=validate.Length(max=254), metadata={"example": "jane@example.com"})
-    password = fields.String(
-        required=True, load_only=True, validate=validate.Length(min=8, max=1024), metadata={"example": "correct horse"}
-    )
+    password = fields.String(required=True, load_only=True, validate=PASSWORD, metadata={"example": "correct horse"})
     first_name = fields.String(load_default="", validate=NAME)
     middle_name = fields.String(load_default="", validate=NAME)
     last_name = fields.String(load_default="", validate=NAME)
@@ -137,3 +141,32 @@ class RecoveryCodesSchema(Schema):
         fields.String(metadata={"example": "abcd-efgh-jkmn-pqrs"}),
         metadata={"description": "Ten single-use codes, shown this once (stored as digests only)."},
     )
+
+
+# --- email verification and password reset -------------------------------------------------------
+
+MAIL_TOKEN = validate.Length(min=1, max=512)
+
+
+class MailTokenSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    token = fields.String(
+        required=True, validate=MAIL_TOKEN, metadata={"description": "The `token` parameter of the mailed link."}
+    )
+
+
+class PasswordResetRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    email = fields.Email(required=True, validate=validate.Length(max=254), metadata={"example": "jane@example.com"})
+
+
+class PasswordResetSchema(MailTokenSchema):
+    password = fields.String(required=True, load_only=True, validate=PASSWORD, metadata={"example": "correct horse"})
+
+
+class AcceptedSchema(Schema):
+    detail = fields.String(dump_only=True, metadata={"example": "If an account has this address, a link ..."})

@@ -16,7 +16,7 @@ from service.db import Database, is_unavailable_error
 from service.errors import Forbidden, ValidationFailed, check_version
 from service.pagination import Page, PageRequest
 from service.schemas import load
-from service.users import repository
+from service.users import mailtokens, repository, verification
 from service.users.permissions import ADMIN_ONLY_PATHS, PASSWORD_GUARDED_PATHS, may_see_user
 from service.users.repository import UserDocument
 from service.users.schemas import EditableUserSchema
@@ -39,6 +39,7 @@ async def signup(ctx: Context, data: dict[str, Any], caller: Principal | None) -
     )
     user = await repository.insert_user(db, document)
     ctx.cache.invalidate()  # the name was unknown until now, and may be cached as such
+    await verification.send_link(ctx, user)  # the first of the account's hourly verification mails
     return user
 
 
@@ -144,12 +145,19 @@ async def patch_user(
             changes["password_hash"] = await ctx.hasher.hash(result["password"])
         if not changes:
             return target, False
+        new_address = "email" in changes and changes["email"].lower() != target["email"].lower()
+        if new_address:
+            changes["email_verified"] = False  # until a link mailed to the new address is opened
         revoke = "password_hash" in changes or changes.get("is_active") is False
         version = None if blind else target["version"]
         updated = await repository.update_user(ctx.db, target["_id"], version, changes, revoke_tokens=revoke)
         if updated is None:
             return None
         _audit_changes(caller, target, changes)
+        if "password_hash" in changes:  # any password change voids the reset links mailed before it
+            await mailtokens.void(ctx.db, updated["_id"], "reset")
+        if new_address:
+            await verification.email_changed(ctx, target, updated)
         if revoke:
             await _mark_tokens_revoked(ctx, updated["_id"])
         return updated, revoke

@@ -27,6 +27,7 @@ async def test_signup_creates_an_active_regular_user(client: TestClient, signup)
         "id",
         "username",
         "email",
+        "email_verified",
         "first_name",
         "middle_name",
         "last_name",
