@@ -306,6 +306,7 @@ LINKS: dict[str, dict[str, dict[str, Any]]] = {
         "201": {
             "GetUser": _link("getUser", user_id="$response.body#/id"),
             "PatchUser": _link("patchUser", user_id="$response.body#/id"),
+            "RemoveUserTotp": _link("removeUserTotp", user_id="$response.body#/id"),
         }
     },
     "createTeam": {
