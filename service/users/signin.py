@@ -61,30 +61,27 @@ async def check_password(
     `find_hash` returning None (unknown or deactivated user) costs the same hash and fails, so neither
     the answer nor its timing tells those cases apart.
     """
-    db, hasher, held = ctx.db, ctx.hasher, ctx[HELD_ATTEMPTS]
-    key = username.lower()
+    hasher = ctx.hasher
     with hasher.admit():
-        window_end = await _reserve(ctx, key)
-        try:
-            verified = await hasher.verify(await find_hash(), password, admitted=True)
-        except BaseException:
-            # No password was checked (the database or the hashing pool failed, or the request was
-            # cancelled), so this is no failure: the attempt goes back, as far as the database lets it.
-            with contextlib.suppress(Exception):  # the original error is the one to report
-                await _give_back(db, held, key, window_end)
-            raise
-    if verified:
-        await _give_back(db, held, key, window_end)
-    return verified
+
+        async def verify() -> bool:
+            return await hasher.verify(await find_hash(), password, admitted=True)
+
+        return await _budgeted(ctx, username, verify)
 
 
 async def check_code(ctx: Context, username: str, verify: Callable[[], Awaitable[bool]]) -> bool:
-    """Whether a second-factor code is right for `username`, under the budget its passwords use: an
-    attempt is reserved first (429 when spent), a wrong code keeps it as a failure, a right one gives it
-    back. `verify` checks the code and uses it up (a conditional write); if it fails to run, no code was
-    checked and the attempt goes back."""
-    db, held = ctx.db, ctx[HELD_ATTEMPTS]
-    key = username.lower()
+    """Whether a second-factor code is right for `username`, under the budget its passwords use. `verify`
+    checks the code and uses it up (a conditional write)."""
+    return await _budgeted(ctx, username, verify)
+
+
+async def _budgeted(ctx: Context, username: str, verify: Callable[[], Awaitable[bool]]) -> bool:
+    """`verify()` on one attempt of `username`'s budget: reserved first (429 when spent), kept as a
+    failure when the answer is wrong, given back when it is right. If `verify` fails to run (the database
+    or the hashing pool failed, or the request was cancelled), nothing was checked: no failure, so the
+    attempt goes back, as far as the database lets it."""
+    db, held, key = ctx.db, ctx[HELD_ATTEMPTS], username.lower()
     window_end = await _reserve(ctx, key)
     try:
         verified = await verify()
