@@ -19,7 +19,7 @@ from service.audit import AUDITOR
 from service.config import Settings
 from service.crypto import hash_secret
 from service.db import utcnow
-from tests.helpers import PROBLEM, hidden_field, link_in, mail_to, token_in, with_current_password
+from tests.helpers import PROBLEM, enroll_totp, hidden_field, link_in, mail_to, token_in, with_current_password
 
 RESET = "/api/v1/auth/password-reset"
 CONFIRM = "/api/v1/auth/password-reset/confirm"
@@ -344,3 +344,13 @@ async def test_the_reset_mail_arrives_over_smtp_and_its_link_works(client: TestC
     assert f"token={token}" in html.get_content()
     assert (await client.post(CONFIRM, json={"token": token, "password": "a brand new one"})).status == 204
     assert (await client.post(CONFIRM, json={"token": token, "password": "a brand new one"})).status == 400
+
+
+async def test_a_reset_leaves_the_second_factor_in_place(client: TestClient, db, seeded, bearer) -> None:
+    await enroll_totp(client, await bearer("user"))
+    assert (await ask(client, "user@example.com")).status == 202
+    token = token_in((await mail_to(db, "user@example.com"))[0])
+    assert (await client.post(CONFIRM, json={"token": token, "password": "a brand new one"})).status == 204
+    refused = await password_grant(client, "user", "a brand new one")
+    assert refused.status == 400
+    assert "second factor" in (await refused.json())["error_description"]
