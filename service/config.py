@@ -38,6 +38,7 @@ class Settings:
     log_format: str = "text"
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 14 * 24 * 3600
+    client_secret_overlap: int = 24 * 3600  # seconds a rotated-out client secret keeps working
     auth_code_ttl: int = 60
     signup_enabled: bool = True
     max_body_size: int = 64 * 1024
@@ -255,6 +256,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "ACCESS_TOKEN_TTL": ("access_token_ttl", _int(1)),
     "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
+    "CLIENT_SECRET_OVERLAP": ("client_secret_overlap", _int(0, 30 * 24 * 3600)),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
     "SIGNUP_ENABLED": ("signup_enabled", _bool),
     "MAX_BODY_SIZE": ("max_body_size", _int(1024)),

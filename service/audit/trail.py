@@ -46,6 +46,8 @@ EVENTS = (
     "user.activated",
     "user.deactivated",
     "client.created",
+    "client.updated",
+    "client.secret_rotated",
     "client.deleted",
     "mfa.totp_enrolled",
     "mfa.totp_confirmed",

@@ -18,12 +18,15 @@ from service.users.service import TOKENS_REVOKED
 
 SCOPES = {
     "auth:read": "Read your OAuth2 clients",
-    "auth:write": "Create and delete your OAuth2 clients",
+    "auth:write": "Create, change and delete your OAuth2 clients",
     "openid": "Sign you in to the application (OpenID Connect): your user id",
     "profile": "Your name and username",
     "email": "Your email address",
 }
-MIGRATIONS = (("0002_documentation_client_oidc_scopes", repository.documentation_client_may_sign_in),)
+MIGRATIONS = (
+    ("0002_documentation_client_oidc_scopes", repository.documentation_client_may_sign_in),
+    ("0008_client_grant_types", repository.clients_keep_their_grants),
+)
 
 
 def setup(root: web.Application, api: web.Application) -> None:

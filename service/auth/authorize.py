@@ -80,6 +80,8 @@ async def check_authorization_request(
         raise oauth.InvalidRequestError("Only response_mode=query is supported.", **where)
     if params.get("response_type") != "code":
         raise oauth.UnsupportedResponseTypeError("Only response_type=code is supported.", **where)
+    if "authorization_code" not in client["grant_types"]:  # its code could never be exchanged
+        raise oauth.UnauthorizedClientError("This client is not registered for the authorization_code grant.", **where)
     if "request" in params:
         raise oidc_errors.RequestNotSupportedError("Request objects are not supported.", **where)
     if "request_uri" in params:

@@ -121,8 +121,7 @@ async def authenticate_client(
     if client is None:
         raise _invalid_client("Unknown client or wrong secret.")
     if client["client_type"] == "confidential":
-        stored = client["secret_hash"]
-        if secret is None or stored is None or not secret_matches(secret, stored):
+        if secret is None or not _secret_fits(client, secret):
             raise _invalid_client("Unknown client or wrong secret.")
         registered = client.get("token_endpoint_auth_method")
         if registered is not None and registered != ("client_secret_basic" if basic else "client_secret_post"):
@@ -132,6 +131,16 @@ async def authenticate_client(
     if confidential_only and client["client_type"] != "confidential":
         raise _invalid_client("Only confidential clients may use this endpoint.")
     return client
+
+
+def _secret_fits(client: ClientDocument, secret: str) -> bool:
+    """The current secret, or the previous one while its overlap after a rotation lasts. Both digests are
+    compared (in constant time) whichever matches, so the timing does not tell which one did."""
+    stored, previous = client["secret_hash"], client.get("previous_secret_hash")
+    current_fits = stored is not None and secret_matches(secret, stored)
+    previous_fits = previous is not None and secret_matches(secret, previous)
+    expires = client.get("previous_secret_expires")
+    return current_fits or (previous_fits and expires is not None and expires > utcnow())
 
 
 def parse_scope(requested: str | None, allowed: list[str], default: list[str]) -> list[str]:
@@ -405,4 +414,6 @@ async def token(ctx: Context, params: dict[str, str], authorization: str | None)
     if grant is password_grant and ctx.hasher.overloaded():
         raise Overloaded()  # before any database work: under a storm, a refusal must cost next to nothing
     client = await authenticate_client(ctx, params, authorization)
+    if grant_type not in client["grant_types"]:  # RFC 6749 5.2; RFC 9700 2.4 for the password grant
+        raise oauth.UnauthorizedClientError(f"This client is not registered for the {grant_type} grant.")
     return await grant(ctx, client, params)

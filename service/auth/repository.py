@@ -42,7 +42,16 @@ class ClientDocument(TypedDict):
     client_type: str  # "public" or "confidential"
     token_endpoint_auth_method: str | None  # None: Basic or form, the client's choice
     secret_hash: str | None  # None for public clients
+    # After a rotation: the previous secret's digest and when it stops working (CLIENT_SECRET_OVERLAP).
+    previous_secret_hash: NotRequired[str | None]
+    previous_secret_expires: NotRequired[datetime | None]
+    grant_types: list[str]  # what the token endpoint lets it do (migration 0008 gave older clients theirs)
+    client_name: NotRequired[str | None]
     redirect_uris: list[str]
+    post_logout_redirect_uris: NotRequired[list[str]]
+    backchannel_logout_uri: NotRequired[str | None]
+    first_party: NotRequired[bool]  # the service's own application (set by administrators only)
+    dpop_bound_access_tokens: NotRequired[bool]
     default_scopes: list[str]
     allowed_scopes: list[str]
     user_id: ObjectId  # the owner
@@ -65,6 +74,17 @@ async def get_client(db: Database, client_id: str) -> ClientDocument | None:
 
 async def list_clients(db: Database, user_id: Any, request: PageRequest, cursors: Cursors) -> Page:
     return await fetch_page(db, "oauth2_clients", {"user_id": user_id}, request, cursors, "oauth2_clients")
+
+
+async def update_client(
+    db: Database, client_id: str, version: int | None, changes: dict[str, Any]
+) -> ClientDocument | None:
+    """Set `changes` only if the client is still at `version` (any version when None); None otherwise."""
+    query: dict[str, Any] = {"_id": client_id} if version is None else {"_id": client_id, "version": version}
+    updated = await db.oauth2_clients.find_one_and_update(
+        query, {"$set": {**changes, "updated": utcnow()}, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER
+    )
+    return cast(ClientDocument | None, updated)
 
 
 async def delete_client(db: Database, client_id: str, version: int | None = None) -> bool:
@@ -252,6 +272,23 @@ def watch_principal_changes(db: Database, resume_after: Any = None) -> Any:
 
 
 # --- migrations (listed, in order, in service/domains.py) ---
+
+
+# What every client could do before clients had grant types (the token endpoint refused
+# client_credentials to public clients already).
+LEGACY_GRANTS = {
+    "confidential": ["authorization_code", "refresh_token", "client_credentials", "password"],
+    "public": ["authorization_code", "refresh_token", "password"],
+}
+
+
+async def clients_keep_their_grants(db: Database) -> None:
+    """Give every client stored before grant types existed exactly the grants it could use then."""
+    for client_type, grants in LEGACY_GRANTS.items():
+        await db.oauth2_clients.update_many(
+            {"client_type": client_type, "grant_types": {"$exists": False}},
+            {"$set": {"grant_types": grants}, "$inc": {"version": 1}},
+        )
 
 
 async def documentation_client_may_sign_in(db: Database) -> None:

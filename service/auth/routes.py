@@ -20,7 +20,9 @@ from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
     CreateOAuth2ClientSchema,
     ListOAuth2ClientsSchema,
+    OAuth2ClientPatchOperationSchema,
     OAuth2ClientSchema,
+    RotatedSecretSchema,
     web_origin,
 )
 from service.auth.signing import KEYRING
@@ -41,6 +43,8 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 CLIENT = OAuth2ClientSchema()
 CLIENTS = OAuth2ClientSchema(many=True)
 CREATED_CLIENT = CreatedOAuth2ClientSchema()
+CLIENT_PATCH = OAuth2ClientPatchOperationSchema(many=True)
+ROTATED_SECRET = RotatedSecretSchema()
 
 
 async def form_parameters(request: web.Request) -> dict[str, str]:
@@ -156,12 +160,18 @@ async def list_clients(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/oauth2_clients/")
-@docs(tags=["auth"], summary="Register an OAuth2 client", operation_id="createOAuth2Client")
-@requires("auth:write")
+@docs(
+    tags=["auth"],
+    summary="Register an OAuth2 client",
+    description="`grant_types` defaults to authorization_code and refresh_token (and client_credentials for a "
+    "confidential client); asking for `password` or `first_party` without being an administrator is 403.",
+    operation_id="createOAuth2Client",
+)
+@requires("auth:write", who="any active user (the password grant and first_party: admins only)")
 @json_schema(CreateOAuth2ClientSchema)
 @responds(CREATED_CLIENT, 201, description="Created", headers=("Location", "ETag"), errors=(400, 409, 413, 415, 422))
 async def create_client(request: web.Request) -> web.Response:
-    client, secret = await clients.create_client(Context.of(request), principal(request).user_id, request[keys.body])
+    client, secret = await clients.register_client(Context.of(request), principal(request), request[keys.body])
     body = CREATED_CLIENT.dump({**client, **({"client_secret": secret} if secret else {})})
     return with_etag(body, client, status=201, Location=f"/api/v1/auth/oauth2_clients/{client['_id']}", **NO_STORE)
 
@@ -173,6 +183,46 @@ async def create_client(request: web.Request) -> web.Response:
 async def get_client(request: web.Request) -> web.Response:
     client = await clients.get_visible_client(Context.of(request), principal(request), request.match_info["client_id"])
     return with_etag(CLIENT.dump(client), client)
+
+
+@routes.patch("/auth/oauth2_clients/{client_id}")
+@docs(
+    tags=["auth"],
+    summary="Change an OAuth2 client (RFC 6902 JSON Patch): name, URIs, scopes, grant types, DPoP binding",
+    description="The password grant and `first_party` may be given by administrators only (403); the patched "
+    "client must be valid as a whole (422), `default_scopes` within `allowed_scopes`, no `client_credentials` "
+    "for a public client.",
+    operation_id="patchOAuth2Client",
+    parameters=[IF_MATCH],
+)
+@requires("auth:write", who="the client's owner or an admin")
+@json_schema(CLIENT_PATCH)
+@responds(CLIENT, headers=("ETag",), errors=(400, 404, 409, 412, 413, 415, 422))
+async def patch_client(request: web.Request) -> web.Response:
+    ctx = Context.of(request)
+    client = await clients.patch_client(
+        ctx, principal(request), request.match_info["client_id"], request[keys.body], if_match_version(request)
+    )
+    ctx.cache.invalidate()  # the client's new rules apply here at once (other processes follow the stream)
+    return with_etag(CLIENT.dump(client), client)
+
+
+@routes.post("/auth/oauth2_clients/{client_id}/secret")
+@docs(
+    tags=["auth"],
+    summary="Rotate a confidential client's secret (the previous one works for CLIENT_SECRET_OVERLAP seconds)",
+    operation_id="rotateOAuth2ClientSecret",
+)
+@requires("auth:write", who="the client's owner or an admin")
+@responds(ROTATED_SECRET, headers=("ETag",), errors=(404, 409))
+async def rotate_client_secret(request: web.Request) -> web.Response:
+    ctx = Context.of(request)
+    client, secret, expires = await clients.rotate_secret(ctx, principal(request), request.match_info["client_id"])
+    ctx.cache.invalidate()
+    body = ROTATED_SECRET.dump(
+        {"client_id": client["_id"], "client_secret": secret, "previous_secret_expires_at": expires}
+    )
+    return with_etag(body, client, status=200, **NO_STORE)
 
 
 @routes.delete("/auth/oauth2_clients/{client_id}")

@@ -10,11 +10,17 @@ from urllib.parse import urlsplit
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.auth.openapi import REDIRECT_URI_PATTERN
-from service.schemas import IdField, PaginationSchema
+from service.patch import patch_schema
+from service.schemas import IdField, PaginationSchema, StrictBoolean
 from service.scopes import KnownScope
 
 SCOPE = fields.String(validate=KnownScope())
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+# The grants a client may be registered for (RFC 7591 `grant_types`); the metadata's grant_types_supported.
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", "password")
+# Only an administrator may give a client these (RFC 9700 2.4: the password grant must not be used).
+ADMIN_ONLY_GRANTS = frozenset({"password"})
+MAX_REDIRECT_URIS = 20
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -65,6 +71,21 @@ def validate_redirect_uri(uri: str) -> None:
     raise ValidationError("Use https, http on a loopback host, or a private-use scheme like com.example.app:/cb.")
 
 
+def validate_backchannel_logout_uri(uri: str) -> None:
+    """OpenID Connect Back-Channel Logout 1.0 2.2: https, or http on a loopback host; never a fragment."""
+    if "#" in uri:
+        raise ValidationError("A back-channel logout URI must not contain a fragment.")
+    validate_redirect_uri(uri)
+    if urlsplit(uri).scheme.lower() not in ("https", "http"):
+        raise ValidationError("A back-channel logout URI uses https (or http on a loopback host).")
+
+
+def default_grant_types(client_type: str) -> list[str]:
+    """What a new client may do unless it asks otherwise: never the password grant."""
+    grants = ["authorization_code", "refresh_token"]
+    return [*grants, "client_credentials"] if client_type == "confidential" else grants
+
+
 def web_origin(uri: str) -> str | None:
     """`scheme://host[:port]` of an http(s) URI, rebuilt from its parsed parts (never copied from the
     string), for a CSP source; None for other schemes or anything that does not parse."""
@@ -89,11 +110,18 @@ class OAuth2ClientSchema(Schema):
         metadata={"type": "string", "enum": list(AUTH_METHODS), "nullable": True},
         dump_only=True,
     )
+    client_name = fields.String(dump_only=True, dump_default=None, allow_none=True)
+    grant_types = fields.List(fields.String(metadata={"enum": list(GRANT_TYPES)}), dump_only=True)
     redirect_uris = fields.List(fields.String(), dump_only=True)
+    post_logout_redirect_uris = fields.List(fields.String(), dump_only=True, dump_default=list)
+    backchannel_logout_uri = fields.String(dump_only=True, dump_default=None, allow_none=True)
+    first_party = fields.Boolean(dump_only=True, dump_default=False)
+    dpop_bound_access_tokens = fields.Boolean(dump_only=True, dump_default=False)
     default_scopes = fields.List(fields.String(), dump_only=True)
     allowed_scopes = fields.List(fields.String(), dump_only=True)
     user_id = IdField(dump_only=True)
     created = fields.AwareDateTime(dump_only=True)
+    updated = fields.AwareDateTime(dump_only=True)
 
 
 class CreatedOAuth2ClientSchema(OAuth2ClientSchema):
@@ -102,21 +130,74 @@ class CreatedOAuth2ClientSchema(OAuth2ClientSchema):
     )
 
 
-class CreateOAuth2ClientSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
+class RotatedSecretSchema(Schema):
+    client_id = fields.String(dump_only=True)
+    client_secret = fields.String(dump_only=True, metadata={"description": "The new secret: shown this once."})
+    previous_secret_expires_at = fields.AwareDateTime(
+        dump_only=True, metadata={"description": "Until when the previous secret still authenticates the client."}
+    )
 
-    client_type = fields.String(required=True, validate=validate.OneOf(("public", "confidential")))
-    redirect_uris = fields.List(
+
+def _uris(*, max_items: int = MAX_REDIRECT_URIS) -> fields.List:
+    return fields.List(
         fields.String(
             validate=[validate.Length(min=1, max=2000), validate_redirect_uri],
             metadata={"example": "https://app.example.com/callback", "pattern": REDIRECT_URI_PATTERN},
         ),
         load_default=list,
-        validate=validate.Length(max=20),
+        validate=validate.Length(max=max_items),
     )
+
+
+def _grant_types() -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.OneOf(GRANT_TYPES)),
+        validate=validate.Length(min=1, max=len(GRANT_TYPES)),
+        metadata={
+            "description": "The grants the token endpoint lets this client use. Default: authorization_code and "
+            "refresh_token (and client_credentials for confidential clients); `password` only by an administrator."
+        },
+    )
+
+
+class ClientMetadataSchema(Schema):
+    """What a client's owner may set at registration and change later (PATCH)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    client_name = fields.String(validate=validate.Length(min=1, max=100), allow_none=True, load_default=None)
+    redirect_uris = _uris()
+    post_logout_redirect_uris = _uris()
+    backchannel_logout_uri = fields.String(
+        validate=[validate.Length(min=1, max=2000), validate_backchannel_logout_uri],
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "OpenID Connect back-channel logout: https, or http on a loopback host."},
+    )
+    grant_types = _grant_types()
+    dpop_bound_access_tokens = StrictBoolean(load_default=False)
     default_scopes = fields.List(SCOPE, load_default=list)
     allowed_scopes = fields.List(SCOPE, required=True, validate=validate.Length(min=1))
+
+    @validates_schema
+    def _defaults_are_allowed(self, data: dict[str, Any], **_: Any) -> None:
+        if not set(data.get("default_scopes", [])) <= set(data.get("allowed_scopes", [])):
+            raise ValidationError(["Default scopes must be a subset of allowed scopes."], "default_scopes")
+
+    @validates_schema
+    def _grants_once(self, data: dict[str, Any], **_: Any) -> None:
+        grants = data.get("grant_types")
+        if grants is not None and len(set(grants)) != len(grants):
+            raise ValidationError(["Each grant type once."], "grant_types")
+
+
+class CreateOAuth2ClientSchema(ClientMetadataSchema):
+    client_type = fields.String(required=True, validate=validate.OneOf(("public", "confidential")))
+    first_party = StrictBoolean(
+        load_default=False,
+        metadata={"description": "Administrators only: the client is the service's own application."},
+    )
     token_endpoint_auth_method = fields.String(
         validate=validate.OneOf(AUTH_METHODS),
         metadata={
@@ -134,10 +215,40 @@ class CreateOAuth2ClientSchema(Schema):
             )
 
     @validates_schema
-    def _defaults_are_allowed(self, data: dict[str, Any], **_: Any) -> None:
-        if not set(data.get("default_scopes", [])) <= set(data.get("allowed_scopes", [])):
-            raise ValidationError(["Default scopes must be a subset of allowed scopes."], "default_scopes")
+    def _grants_fit_the_type(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("client_type") == "public" and "client_credentials" in (data.get("grant_types") or ()):
+            raise ValidationError(["Public clients cannot use client_credentials."], "grant_types")
 
 
 class ListOAuth2ClientsSchema(PaginationSchema):
     user_id = fields.String(metadata={"description": "Admins only: list this user's clients."})
+
+
+class EditableClientSchema(ClientMetadataSchema):
+    """A client's changeable fields, validated as a whole after a PATCH applies."""
+
+    grant_types = _grant_types()
+    first_party = StrictBoolean(load_default=False)
+
+
+_URI_LIST = {"type": "array", "maxItems": MAX_REDIRECT_URIS, "items": {"type": "string", "minLength": 1}}
+_SCOPE_LIST = {"type": "array", "items": {"type": "string", "example": "users:read"}}
+OAuth2ClientPatchOperationSchema = patch_schema(
+    "OAuth2ClientPatchOperationSchema",
+    {
+        "/client_name": {"type": "string", "minLength": 1, "maxLength": 100, "nullable": True},
+        "/redirect_uris": _URI_LIST,
+        "/post_logout_redirect_uris": _URI_LIST,
+        "/backchannel_logout_uri": {"type": "string", "minLength": 1, "maxLength": 2000, "nullable": True},
+        "/default_scopes": _SCOPE_LIST,
+        "/allowed_scopes": {**_SCOPE_LIST, "minItems": 1},
+        "/grant_types": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "enum": list(GRANT_TYPES)},
+        },
+        "/dpop_bound_access_tokens": {"type": "boolean"},
+        "/first_party": {"type": "boolean"},
+    },
+)

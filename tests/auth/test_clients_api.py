@@ -35,7 +35,14 @@ async def test_confidential_client_secret_is_shown_once_and_stored_hashed(client
         "allowed_scopes",
         "user_id",
         "created",
+        "updated",
         "client_secret",
+        "client_name",
+        "grant_types",
+        "post_logout_redirect_uris",
+        "backchannel_logout_uri",
+        "first_party",
+        "dpop_bound_access_tokens",
     }
     stored = await db.oauth2_clients.find_one({"_id": body["client_id"]})
     assert stored["secret_hash"] == hash_secret(body["client_secret"])

@@ -142,7 +142,7 @@ async def test_scope_outside_the_clients_allowed_scopes(client: TestClient, regi
     created = await register_client("user", allowed_scopes=["users:read", "teams:read"], default_scopes=["users:read"])
     response = await client.post(
         TOKEN,
-        data={"grant_type": "password", "username": "user", "password": "w", "scope": "users:write"},
+        data={"grant_type": "client_credentials", "scope": "users:write"},
         headers=basic(created["client_id"], created["client_secret"]),
     )
     assert response.status == 400
