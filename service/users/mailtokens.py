@@ -123,7 +123,7 @@ async def reset_password(db: Database, token: MailToken, password_hash: str) -> 
         {"_id": token["user_id"], "email_key": token["email_key"], "is_active": True, "token_generation": generation},
         {
             "$set": {"password_hash": password_hash, "email_verified": True, "updated": utcnow()},
-            "$inc": {"version": 1, "token_generation": 1},
+            "$inc": {"version": 1, "token_generation": 1},  # nosec B105 - counters, not a password
         },
         projection={"_id": 1},
     )
