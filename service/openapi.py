@@ -148,13 +148,18 @@ def _create_client_rules(operation: dict[str, Any], schemas: dict[str, Any]) -> 
     """`token_endpoint_auth_method` follows `client_type` (`none` for public clients, a secret otherwise);
     the scope subset rule relates two lists, which JSON Schema cannot, so it is said in words."""
     schema = schemas["CreateOAuth2Client"]
-    schema["description"] = "`default_scopes` must be a subset of `allowed_scopes` (else 422)."
+    schema["description"] = (
+        "`default_scopes` must be a subset of `allowed_scopes` (else 422); a public client cannot have the "
+        "client_credentials grant."
+    )
     methods = schema["properties"]["token_endpoint_auth_method"]["enum"]
+    grants = schema["properties"]["grant_types"]["items"]["enum"]
     schema["anyOf"] = [
         {
             "properties": {
                 "client_type": {"enum": ["public"]},
                 "token_endpoint_auth_method": {"enum": [m for m in methods if m == "none"]},
+                "grant_types": {"items": {"enum": [g for g in grants if g != "client_credentials"]}},
             }
         },
         {
@@ -327,6 +332,8 @@ LINKS: dict[str, dict[str, dict[str, Any]]] = {
     "createOAuth2Client": {
         "201": {
             "GetOAuth2Client": _link("getOAuth2Client", client_id="$response.body#/client_id"),
+            "PatchOAuth2Client": _link("patchOAuth2Client", client_id="$response.body#/client_id"),
+            "RotateOAuth2ClientSecret": _link("rotateOAuth2ClientSecret", client_id="$response.body#/client_id"),
             "DeleteOAuth2Client": _link("deleteOAuth2Client", client_id="$response.body#/client_id"),
         }
     },

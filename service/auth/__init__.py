@@ -11,6 +11,7 @@ from aiohttp import web
 from service import scopes
 from service.auth import openapi as auth_openapi
 from service.auth import repository, routes, second_factor, signing
+from service.auth import schemas as auth_schemas
 from service.cache import follower_ctx
 from service.db import MONGO, STORAGE, Database
 from service.openapi import add_parts
@@ -33,6 +34,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     """After the domains whose scopes the docs list (users, teams): the OAuth2 scheme names them all."""
     root[STORAGE].declare({**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES}, MIGRATIONS)
     scopes.register(SCOPES)
+    auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
     root.cleanup_ctx.append(_keyring_ctx)
     root.cleanup_ctx.append(follower_ctx(repository.watch_principal_changes))
     root[TOKENS_REVOKED].append(_mark_revoked)

@@ -14,12 +14,12 @@ from service.audit import trail as audit
 from service.auth import repository
 from service.auth.permissions import may_see_client
 from service.auth.repository import ClientDocument
-from service.auth.schemas import ADMIN_ONLY_GRANTS, EditableClientSchema, default_grant_types
+from service.auth.schemas import ADMIN_ONLY_GRANTS, EditableClientSchema, default_grant_types, defaults_allowed
 from service.caller import Principal, is_admin
 from service.context import Context
 from service.crypto import hash_secret, new_token
 from service.db import document_id, utcnow
-from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed, check_version
+from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, check_version
 from service.pagination import Page, PageRequest
 from service.schemas import load
 
@@ -75,9 +75,13 @@ def check_may_grant(caller: Principal, before: Mapping[str, Any], after: Mapping
         raise Forbidden("Only administrators may make a client first-party.")
 
 
-def _check_grants_fit(client_type: str, grants: list[str]) -> None:
-    if client_type == "public" and "client_credentials" in grants:
-        raise ValidationFailed({"grant_types": ["Public clients cannot use client_credentials."]})
+def _check_consistent(client: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """Rules that relate fields (or the client's type): a patch that breaks one leaves the client in a
+    state it cannot be in, a conflict (RFC 5789 2.2), 409, not a malformed value."""
+    if not defaults_allowed(dict(result)):
+        raise Conflict("After this patch default_scopes would not be a subset of allowed_scopes.")
+    if client["client_type"] == "public" and "client_credentials" in result["grant_types"]:
+        raise Conflict("A public client cannot use client_credentials.")
 
 
 async def register_client(ctx: Context, caller: Principal, data: dict[str, Any]) -> tuple[ClientDocument, str | None]:
@@ -125,7 +129,7 @@ async def patch_client(
         check_version(expected_version, client)
         shown = editable(client)
         result = load(EDITABLE_CLIENT, patch.apply(shown, operations))
-        _check_grants_fit(client["client_type"], result["grant_types"])
+        _check_consistent(client, result)
         check_may_grant(caller, shown, result)
         changes = {name: value for name, value in result.items() if value != shown.get(name)}
         if not changes and not blind:

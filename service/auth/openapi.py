@@ -37,6 +37,11 @@ REDIRECT_URI_PATTERN = (
     rf"(?=[/?]|$)|[A-Za-z][A-Za-z0-9+-]*\.[A-Za-z0-9+.-]*:(?=/(?!/)))"
     rf"(/{_PCHARS}*)*(\?({_PCHARS}|[/?])*)?$"
 )
+# Back-channel logout URIs (OpenID Connect Back-Channel Logout 2.2): the web half of the above, no private-use scheme.
+LOGOUT_URI_PATTERN = (
+    rf"^(https://{_LABEL}(\.{_LABEL})*{_PORT}|http://(127\.0\.0\.1|\[::1\]|localhost){_PORT}(?=[/?]|$))"
+    rf"(/{_PCHARS}*)*(\?({_PCHARS}|[/?])*)?$"
+)
 _PROMPT = r"^\s*((none|login|consent|select_account)(\s+|$))*$"
 
 

@@ -189,9 +189,9 @@ async def get_client(request: web.Request) -> web.Response:
 @docs(
     tags=["auth"],
     summary="Change an OAuth2 client (RFC 6902 JSON Patch): name, URIs, scopes, grant types, DPoP binding",
-    description="The password grant and `first_party` may be given by administrators only (403); the patched "
-    "client must be valid as a whole (422), `default_scopes` within `allowed_scopes`, no `client_credentials` "
-    "for a public client.",
+    description="The password grant and `first_party` may be given by administrators only (403). Each value is "
+    "validated as at registration (422); a patch that would leave `default_scopes` outside `allowed_scopes`, or "
+    "give a public client `client_credentials`, conflicts with the client's state (409).",
     operation_id="patchOAuth2Client",
     parameters=[IF_MATCH],
 )

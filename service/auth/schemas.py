@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from service.auth.openapi import REDIRECT_URI_PATTERN
+from service.auth.openapi import LOGOUT_URI_PATTERN, REDIRECT_URI_PATTERN
 from service.patch import patch_schema
 from service.schemas import IdField, PaginationSchema, StrictBoolean
-from service.scopes import KnownScope
+from service.scopes import SCOPES, KnownScope
 
 SCOPE = fields.String(validate=KnownScope())
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -78,6 +78,10 @@ def validate_backchannel_logout_uri(uri: str) -> None:
     validate_redirect_uri(uri)
     if urlsplit(uri).scheme.lower() not in ("https", "http"):
         raise ValidationError("A back-channel logout URI uses https (or http on a loopback host).")
+
+
+def defaults_allowed(data: dict[str, Any]) -> bool:
+    return set(data.get("default_scopes", [])) <= set(data.get("allowed_scopes", []))
 
 
 def default_grant_types(client_type: str) -> list[str]:
@@ -154,8 +158,9 @@ def _grant_types() -> fields.List:
         fields.String(validate=validate.OneOf(GRANT_TYPES)),
         validate=validate.Length(min=1, max=len(GRANT_TYPES)),
         metadata={
+            "uniqueItems": True,
             "description": "The grants the token endpoint lets this client use. Default: authorization_code and "
-            "refresh_token (and client_credentials for confidential clients); `password` only by an administrator."
+            "refresh_token (and client_credentials for confidential clients); `password` only by an administrator.",
         },
     )
 
@@ -173,17 +178,15 @@ class ClientMetadataSchema(Schema):
         validate=[validate.Length(min=1, max=2000), validate_backchannel_logout_uri],
         allow_none=True,
         load_default=None,
-        metadata={"description": "OpenID Connect back-channel logout: https, or http on a loopback host."},
+        metadata={
+            "description": "OpenID Connect back-channel logout: https, or http on a loopback host.",
+            "pattern": LOGOUT_URI_PATTERN,
+        },
     )
     grant_types = _grant_types()
     dpop_bound_access_tokens = StrictBoolean(load_default=False)
     default_scopes = fields.List(SCOPE, load_default=list)
     allowed_scopes = fields.List(SCOPE, required=True, validate=validate.Length(min=1))
-
-    @validates_schema
-    def _defaults_are_allowed(self, data: dict[str, Any], **_: Any) -> None:
-        if not set(data.get("default_scopes", [])) <= set(data.get("allowed_scopes", [])):
-            raise ValidationError(["Default scopes must be a subset of allowed scopes."], "default_scopes")
 
     @validates_schema
     def _grants_once(self, data: dict[str, Any], **_: Any) -> None:
@@ -215,6 +218,11 @@ class CreateOAuth2ClientSchema(ClientMetadataSchema):
             )
 
     @validates_schema
+    def _defaults_are_allowed(self, data: dict[str, Any], **_: Any) -> None:
+        if not defaults_allowed(data):
+            raise ValidationError(["Default scopes must be a subset of allowed scopes."], "default_scopes")
+
+    @validates_schema
     def _grants_fit_the_type(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("client_type") == "public" and "client_credentials" in (data.get("grant_types") or ()):
             raise ValidationError(["Public clients cannot use client_credentials."], "grant_types")
@@ -231,15 +239,34 @@ class EditableClientSchema(ClientMetadataSchema):
     first_party = StrictBoolean(load_default=False)
 
 
-_URI_LIST = {"type": "array", "maxItems": MAX_REDIRECT_URIS, "items": {"type": "string", "minLength": 1}}
-_SCOPE_LIST = {"type": "array", "items": {"type": "string", "example": "users:read"}}
+_URI_LIST = {
+    "type": "array",
+    "maxItems": MAX_REDIRECT_URIS,
+    "items": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": REDIRECT_URI_PATTERN},
+}
+# The scopes a patch may name: filled by `document_scopes` once every domain has registered its own.
+_SCOPE_ITEMS: dict[str, Any] = {"type": "string", "example": "users:read"}
+_SCOPE_LIST = {"type": "array", "items": _SCOPE_ITEMS}
+
+
+def document_scopes() -> None:
+    """List the registered scopes in the PATCH document (the registry is filled as the app is built)."""
+    _SCOPE_ITEMS["enum"] = list(SCOPES)
+
+
 OAuth2ClientPatchOperationSchema = patch_schema(
     "OAuth2ClientPatchOperationSchema",
     {
         "/client_name": {"type": "string", "minLength": 1, "maxLength": 100, "nullable": True},
         "/redirect_uris": _URI_LIST,
         "/post_logout_redirect_uris": _URI_LIST,
-        "/backchannel_logout_uri": {"type": "string", "minLength": 1, "maxLength": 2000, "nullable": True},
+        "/backchannel_logout_uri": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2000,
+            "pattern": LOGOUT_URI_PATTERN,
+            "nullable": True,
+        },
         "/default_scopes": _SCOPE_LIST,
         "/allowed_scopes": {**_SCOPE_LIST, "minItems": 1},
         "/grant_types": {

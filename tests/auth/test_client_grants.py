@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from marshmallow import ValidationError
 
 from service.audit import AUDITOR
 from service.auth import repository
+from service.auth.openapi import LOGOUT_URI_PATTERN
+from service.auth.schemas import validate_backchannel_logout_uri
 from service.config import Settings
 from service.crypto import hash_secret
 from service.db import utcnow
@@ -290,7 +294,6 @@ async def test_patch_granting_password_or_first_party_needs_an_admin(client: Tes
         [replace("/redirect_uris", ["javascript:alert(1)"])],
         [replace("/post_logout_redirect_uris", ["https://a.example/x#y"])],
         [replace("/backchannel_logout_uri", "http://evil.example/logout")],
-        [replace("/default_scopes", ["teams:write"])],
         [replace("/grant_types", [])],
         [replace("/grant_types", ["implicit"])],
         [replace("/dpop_bound_access_tokens", "true")],
@@ -308,11 +311,22 @@ async def test_bad_patches_are_refused_and_change_nothing(client: TestClient, be
     assert await db.oauth2_clients.find_one({"_id": made["client_id"]}) == before
 
 
-async def test_public_clients_cannot_be_patched_to_client_credentials(client: TestClient, bearer, db) -> None:
+@pytest.mark.parametrize(
+    ("client_type", "ops"),
+    [
+        ("public", [replace("/grant_types", ["client_credentials"])]),
+        ("confidential", [replace("/default_scopes", ["teams:write"])]),
+        ("confidential", [replace("/allowed_scopes", ["teams:read"])]),  # default_scopes has users:read
+    ],
+)
+async def test_a_patch_that_breaks_a_rule_between_fields_is_409(
+    client: TestClient, bearer, db, client_type, ops
+) -> None:
     headers = await bearer("user")
-    made = await created(client, headers, client_type="public")
-    ops = [replace("/grant_types", ["client_credentials"])]
-    assert (await patch(client, made["client_id"], headers, ops)).status == 422
+    made = await created(client, headers, client_type=client_type, default_scopes=["users:read"])
+    response = await patch(client, made["client_id"], headers, ops)
+    assert response.status == 409, await response.text()
+    assert response.content_type == PROBLEM
     assert (await db.oauth2_clients.find_one({"_id": made["client_id"]}))["version"] == 1
 
 
@@ -460,3 +474,28 @@ async def test_openapi_documents_the_new_operations(client: TestClient) -> None:
     created_schema = document["components"]["schemas"]["CreateOAuth2Client"]["properties"]
     assert {"grant_types", "client_name", "post_logout_redirect_uris", "first_party"} <= set(created_schema)
     assert "password" in created_schema["grant_types"]["items"]["enum"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "valid"),
+    [
+        ("https://app.example.com/logout", True),
+        ("https://app.example.com:8443/a/b?x=1", True),
+        ("http://127.0.0.1:9000/logout", True),
+        ("http://[::1]/logout", True),
+        ("http://localhost.evil.example/logout", False),
+        ("http://app.example.com/logout", False),
+        ("com.example.app:/logout", False),
+        ("https://app.example.com/logout#x", False),
+        ("https://user@app.example.com/", False),
+        ("0", False),
+    ],
+)
+def test_the_documented_logout_uri_pattern_agrees_with_the_validator(uri: str, valid: bool) -> None:
+    assert (re.fullmatch(LOGOUT_URI_PATTERN, uri) is not None) is valid
+    try:
+        validate_backchannel_logout_uri(uri)
+    except ValidationError:
+        assert not valid
+    else:
+        assert valid
