@@ -244,6 +244,8 @@ async def test_patch_changes_the_editable_fields_with_if_match(client: TestClien
     secret = basic(made["client_id"], made["client_secret"])
     assert await token_error(client, {"grant_type": "client_credentials"}, secret) == "unauthorized_client"
     recorded = await events(client, await bearer("root"), "client.updated")
+    stored_event = await db.audit_events.find_one({"event": "client.updated", "client_id": made["client_id"]})
+    assert stored_event["fields"] == sorted(op["path"].lstrip("/") for op in ops)
     assert recorded
     assert recorded[0]["client_id"] == made["client_id"]
 
