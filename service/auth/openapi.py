@@ -57,7 +57,12 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     """A form body, url-encoded or multipart. Unknown parameters are ignored (RFC 6749 3.1), so the schema
-    admits them; a defined parameter is one string (sent twice it is invalid_request)."""
+    admits them; a defined parameter is one string (sent twice it is invalid_request), and a required one
+    is not empty (the server reads an empty value as missing)."""
+    properties = {
+        name: {**schema, "minLength": max(1, schema.get("minLength", 1))} if name in required else schema
+        for name, schema in properties.items()
+    }
     schema = {"type": "object", "properties": properties, "required": required}
     return {
         "required": True,
