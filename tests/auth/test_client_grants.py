@@ -262,6 +262,22 @@ async def test_a_stale_if_match_is_412_and_changes_nothing(client: TestClient, b
     assert (stored["client_name"], stored["version"]) == ("One", 2)
 
 
+async def test_concurrent_patches_at_one_version_one_wins_the_other_is_412(client: TestClient, bearer, db) -> None:
+    headers = await bearer("user")
+    made = await created(client, headers)
+    responses = await asyncio.gather(
+        *(
+            patch(client, made["client_id"], headers, [replace("/client_name", name)], **{"If-Match": '"1"'})
+            for name in ("A", "B")
+        )
+    )
+    assert sorted(r.status for r in responses) == [200, 412]
+    winner = next(r for r in responses if r.status == 200)
+    stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["client_name"] == (await winner.json())["client_name"]
+    assert stored["version"] == 2
+
+
 async def test_patch_granting_password_or_first_party_needs_an_admin(client: TestClient, bearer, db) -> None:
     user = await bearer("user")
     made = await created(client, user)
