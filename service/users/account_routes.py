@@ -10,7 +10,7 @@ a GET never uses a token (mail scanners open links), only the POST of the page's
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp_jinja2
@@ -218,15 +218,11 @@ async def resend_page(request: web.Request) -> web.Response:
 
 @pages.post("/auth/email/resend")
 async def resend_submit(request: web.Request) -> web.Response:
-    try:
-        form = await _posted(request, ("email",))
-        data = load(RESET_REQUEST, form)
-        await verification.resend_by_email(Context.of(request), data["email"], _address(request))
-    except ValidationFailed as exc:
-        return _form_page(request, "email_resend.html", {"error": _field_error(exc), **form}, status=400)
-    except ApiError as exc:
-        return _error(request, exc)
-    return _message(request, "Check your mail", RESEND_ACCEPTED)
+    async def resend(ctx: Context, email: str, address: str) -> str:
+        await verification.resend_by_email(ctx, email, address)
+        return RESEND_ACCEPTED
+
+    return await _email_form_submit(request, "email_resend.html", resend)
 
 
 @pages.get("/auth/password/forgot")
@@ -236,12 +232,20 @@ async def forgot_page(request: web.Request) -> web.Response:
 
 @pages.post("/auth/password/forgot")
 async def forgot_submit(request: web.Request) -> web.Response:
+    return await _email_form_submit(request, "password_forgot.html", reset.request_reset)
+
+
+async def _email_form_submit(
+    request: web.Request, template: str, act: Callable[[Context, str, str], Awaitable[str]]
+) -> web.Response:
+    """A page whose form asks for an email address only: `act(ctx, email, client address)` says what the
+    same answer for every address is ("check your mail")."""
     try:
         form = await _posted(request, ("email",))
         data = load(RESET_REQUEST, form)
-        detail = await reset.request_reset(Context.of(request), data["email"], _address(request))
+        detail = await act(Context.of(request), data["email"], _address(request))
     except ValidationFailed as exc:
-        return _form_page(request, "password_forgot.html", {"error": _field_error(exc), **form}, status=400)
+        return _form_page(request, template, {"error": _field_error(exc), **form}, status=400)
     except ApiError as exc:
         return _error(request, exc)
     return _message(request, "Check your mail", detail)
