@@ -40,6 +40,7 @@ class Settings:
     refresh_token_ttl: int = 14 * 24 * 3600
     client_secret_overlap: int = 24 * 3600  # seconds a rotated-out client secret keeps working
     auth_code_ttl: int = 60
+    device_code_ttl: int = 600  # RFC 8628 device and user code lifetime, seconds
     signup_enabled: bool = True
     max_body_size: int = 64 * 1024
     max_json_depth: int = 32
@@ -258,6 +259,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
     "CLIENT_SECRET_OVERLAP": ("client_secret_overlap", _int(0, 30 * 24 * 3600)),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
+    "DEVICE_CODE_TTL": ("device_code_ttl", _int(60, 3600)),
     "SIGNUP_ENABLED": ("signup_enabled", _bool),
     "MAX_BODY_SIZE": ("max_body_size", _int(1024)),
     "BODY_READ_TIMEOUT": ("body_read_timeout", _float(0.1, 3600)),

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service import scopes
+from service.auth import device, device_routes, repository, routes, second_factor, signing
 from service.auth import openapi as auth_openapi
-from service.auth import repository, routes, second_factor, signing
 from service.auth import schemas as auth_schemas
 from service.cache import follower_ctx
 from service.db import MONGO, STORAGE, Database
@@ -32,13 +32,15 @@ MIGRATIONS = (
 
 def setup(root: web.Application, api: web.Application) -> None:
     """After the domains whose scopes the docs list (users, teams): the OAuth2 scheme names them all."""
-    root[STORAGE].declare({**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES}, MIGRATIONS)
+    indexes = {**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES, **device.INDEXES}
+    root[STORAGE].declare(indexes, MIGRATIONS)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
     root.cleanup_ctx.append(_keyring_ctx)
     root.cleanup_ctx.append(follower_ctx(repository.watch_principal_changes))
     root[TOKENS_REVOKED].append(_mark_revoked)
     root.add_routes(routes.oauth_routes)
+    root.add_routes(device_routes.device_routes)
     api.router.add_routes(routes.routes)
     add_parts(
         api, paths=auth_openapi.PATHS, schemas=auth_openapi.SCHEMAS, security_schemes=auth_openapi.security_schemes()

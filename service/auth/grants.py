@@ -40,7 +40,7 @@ from service.users.schemas import USERNAME_MAX
 from service.users.signin import check_password, user_by_username
 
 PKCE_VALUE = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1 and 4.2: verifiers and challenges; fullmatch
-SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier"})
+SECRET_PARAMETERS = frozenset({"password", "client_secret", "code", "refresh_token", "code_verifier", "device_code"})
 QUERY_PARAMETERS = frozenset({"grant_type", "client_id", "scope"})
 # What RFC 6749, 7009, 7636, 7662 and OpenID Connect define at the token, revocation, introspection and
 # authorization endpoints, plus the sign-in form's own fields: the only parameters read anywhere.
@@ -52,6 +52,7 @@ DEFINED_PARAMETERS = frozenset(
         *("code_challenge", "code_challenge_method", "nonce", "prompt", "max_age", "id_token_hint", "login_hint"),
         *("display", "ui_locales", "acr_values", "claims", "request", "request_uri", "csrf_token", "action"),
         *("signin_token", "otp"),  # the sign-in page's second step (a pending sign-in and its code)
+        "user_code",  # the device page (RFC 8628)
     }
 )
 
@@ -398,6 +399,7 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
 
 
 Grant = Callable[[Context, ClientDocument, dict[str, str]], Awaitable[dict[str, Any]]]
+# service/auth/device.py adds the RFC 8628 device_code grant when it is imported (it builds on this module).
 GRANTS: dict[str, Grant] = {
     "password": password_grant,
     "client_credentials": client_credentials_grant,

@@ -78,6 +78,7 @@ def metadata(issuer: str) -> dict[str, Any]:
         "token_endpoint": f"{issuer}/auth/oauth2/token",
         "revocation_endpoint": f"{issuer}/auth/oauth2/revoke",
         "introspection_endpoint": f"{issuer}/auth/oauth2/introspect",
+        "device_authorization_endpoint": f"{issuer}/auth/oauth2/device_authorization",
         "scopes_supported": list(SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -17,7 +17,13 @@ from service.scopes import SCOPES, KnownScope
 SCOPE = fields.String(validate=KnownScope())
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 # The grants a client may be registered for (RFC 7591 `grant_types`); the metadata's grant_types_supported.
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", "password")
+GRANT_TYPES = (
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "password",
+    "urn:ietf:params:oauth:grant-type:device_code",  # RFC 8628
+)
 # Only an administrator may give a client these (RFC 9700 2.4: the password grant must not be used).
 ADMIN_ONLY_GRANTS = frozenset({"password"})
 MAX_REDIRECT_URIS = 20

@@ -1,0 +1,99 @@
+"""RFC 8628 at the site root: the device authorization endpoint and the /auth/device page (user code,
+then sign-in and consent on one form, then "return to your device"). The page shares the sign-in
+page's rendering (CSP, no-store) and its CSRF double-submit cookie rule."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+from aiohttp import web
+from authlib.oauth2.base import OAuth2Error
+
+from service.auth import device, grants, principals
+from service.auth.routes import NO_STORE, _error_page, _page, form_parameters, oauth_endpoint
+from service.bodies import BodyError, read_form
+from service.context import Context
+from service.errors import ServiceUnavailable, TooManyRequests
+from service.ratelimit import client_address
+from service.responses import json_response
+from service.scopes import SCOPES
+from service.users import mfa
+
+device_routes = web.RouteTableDef()
+CSRF_COOKIE = "device_csrf"
+PAGE = "/auth/device"
+SECOND_FACTOR_REFUSED = (
+    "This account signs in with a second factor, which this page does not ask for yet: "
+    "sign the device in with another account, or use the application's browser sign-in."
+)
+
+
+@device_routes.post("/auth/oauth2/device_authorization")
+@oauth_endpoint
+async def device_authorization(request: web.Request) -> web.Response:
+    ctx = Context.of(request)
+    params = await form_parameters(request)
+    client = await grants.authenticate_client(ctx, params, request.headers.get("Authorization"))
+    return json_response(await device.start(ctx, client, params), headers=NO_STORE)
+
+
+def _device_page(request: web.Request, csrf: str, context: Mapping[str, object], status: int = 200) -> web.Response:
+    defaults = {"csrf": csrf, "error": None, "user_code": "", "step": "code"}
+    response = _page(request, "device.html", {**defaults, **context}, status=status)
+    response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path=PAGE, max_age=1800)
+    return response
+
+
+@device_routes.get(PAGE)
+async def device_page(request: web.Request) -> web.Response:
+    typed = request.query.get("user_code", "")[:32]
+    return _device_page(request, secrets.token_urlsafe(32), {"user_code": typed})
+
+
+@device_routes.post(PAGE)
+async def device_decision(request: web.Request) -> web.Response:
+    try:
+        form, _ = grants.single_values(await read_form(request))
+    except BodyError as exc:
+        return _error_page(request, exc.detail or "The form could not be read.", exc.status)
+    cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get("csrf_token", "")
+    if not cookie or not sent or not secrets.compare_digest(cookie.encode(), sent.encode()):
+        return _error_page(request, "The form has expired or did not come from this page; start again.", 403)
+    ctx, typed = Context.of(request), form.get("user_code", "")[:32]
+    try:
+        found = await device.pending(ctx, client_address(request, ctx.settings.trusted_proxies), typed)
+    except TooManyRequests as exc:
+        return _error_page(request, exc.detail or "Too many wrong codes; try again later.", 429)
+    except device.WrongUserCode:
+        error = "That code is wrong, expired or already used; check your device."
+        return _device_page(request, cookie, {"user_code": typed, "error": error}, 400)
+    client = await principals.client(ctx.cache, ctx.db, found["client_id"])
+    consent = {
+        "step": "consent",
+        "user_code": device.display(device.normalize(typed) or typed),
+        "client_name": (client.get("client_name") if client else None) or found["client_id"],
+        "scopes": [(scope, SCOPES.get(scope, scope)) for scope in found["scopes"]],
+    }
+    if "username" not in form:  # the code was entered: now sign-in and consent
+        return _device_page(request, cookie, consent)
+    if form.get("action") != "approve":
+        await device.decide(ctx, found, None)
+        return _done(request, approved=False)
+    try:
+        user = await grants.authenticate_user(ctx, form["username"], form.get("password", ""), found["client_id"])
+    except (TooManyRequests, ServiceUnavailable) as exc:
+        return _device_page(request, cookie, {**consent, "error": exc.detail or "Try again later."}, exc.status)
+    except OAuth2Error as exc:
+        return _device_page(request, cookie, {**consent, "error": exc.description}, 400)
+    if mfa.is_active(user):
+        return _device_page(request, cookie, {**consent, "error": SECOND_FACTOR_REFUSED}, 403)
+    if not await device.decide(ctx, found, user):
+        return _error_page(request, "This request was already decided or has expired; start again on your device.")
+    return _done(request, approved=True)
+
+
+def _done(request: web.Request, *, approved: bool) -> web.Response:
+    response = _page(request, "device.html", {"step": "done", "approved": approved})
+    response.del_cookie(CSRF_COOKIE, path=PAGE)
+    return response

@@ -1,0 +1,202 @@
+"""The device authorization grant (RFC 8628) through HTTP: the endpoint, the /auth/device page, the
+polling rules, user-code guessing, and a client library nobody here wrote (authlib) doing the flow."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.auth.device import COLLECTION, GRANT_TYPE
+from service.crypto import hash_secret
+from service.db import utcnow
+from tests.helpers import hidden_field
+
+DEVICE_AUTHORIZATION = "/auth/oauth2/device_authorization"
+TOKEN = "/auth/oauth2/token"
+
+
+@pytest.fixture
+def device_client(register_client):
+    async def create() -> dict[str, Any]:
+        return await register_client(
+            "user",
+            client_type="public",
+            client_name="Living Room TV",
+            grant_types=[GRANT_TYPE, "refresh_token"],
+            allowed_scopes=["users:read", "openid", "profile"],
+        )
+
+    return create
+
+
+async def start(client: TestClient, client_id: str, scope: str = "users:read openid") -> dict[str, Any]:
+    response = await client.post(DEVICE_AUTHORIZATION, data={"client_id": client_id, "scope": scope})
+    assert response.status == 200, await response.text()
+    assert response.headers["Cache-Control"] == "no-store"
+    return await response.json()
+
+
+async def poll(client: TestClient, client_id: str, device_code: str):
+    form = {"grant_type": GRANT_TYPE, "device_code": device_code, "client_id": client_id}
+    response = await client.post(TOKEN, data=form)
+    return response.status, await response.json()
+
+
+async def enter_code(client: TestClient, user_code: str):
+    """Open the page and submit the code: the response (the consent page when the code is right)."""
+    page = await client.get("/auth/device")
+    csrf = hidden_field(await page.text(), "csrf_token")
+    return await client.post("/auth/device", data={"csrf_token": csrf, "user_code": user_code})
+
+
+async def decide(client: TestClient, user_code: str, action: str = "approve", password: str = "w"):
+    consent = await enter_code(client, user_code)
+    assert consent.status == 200, await consent.text()
+    html = await consent.text()
+    form = {
+        "csrf_token": hidden_field(html, "csrf_token"),
+        "user_code": hidden_field(html, "user_code"),
+        "username": "user",
+        "password": password,
+        "action": action,
+    }
+    return await client.post("/auth/device", data=form)
+
+
+async def allow_poll_now(db, device_code: str) -> None:
+    await db[COLLECTION].update_one({"_id": hash_secret(device_code)}, {"$set": {"next_poll": utcnow()}})
+
+
+async def test_whole_flow_gives_tokens_that_work_once(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    assert re.fullmatch(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}", started["user_code"])
+    assert started["verification_uri"] == str(client.make_url("/auth/device"))
+    assert started["verification_uri_complete"] == f"{started['verification_uri']}?user_code={started['user_code']}"
+    assert started["expires_in"] == 600
+    assert started["interval"] == 5
+
+    prefilled = await client.get(urlsplit(started["verification_uri_complete"])._replace(scheme="", netloc="").geturl())
+    html = await prefilled.text()
+    assert prefilled.headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in prefilled.headers["Content-Security-Policy"]
+    assert f'value="{started["user_code"]}"' in html
+
+    consent = await enter_code(client, started["user_code"].lower().replace("-", " "))  # any case, any separator
+    text = await consent.text()
+    assert "Living Room TV" in text
+    assert "users:read" in text
+    done = await decide(client, started["user_code"])
+    assert done.status == 200
+    assert "return to your device" in await done.text()
+
+    status, tokens = await poll(client, tv["client_id"], started["device_code"])
+    assert status == 200, tokens
+    assert tokens["scope"] == "openid users:read"
+    assert tokens["refresh_token"]
+    assert tokens["id_token"]
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert me.status == 200
+    assert (await me.json())["username"] == "user"
+
+    await allow_poll_now(db, started["device_code"])
+    status, again = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, again["error"]) == (400, "invalid_grant")
+
+
+async def test_pending_then_slow_down_raises_the_interval(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "authorization_pending")
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "slow_down")
+    stored = await db[COLLECTION].find_one({"_id": hash_secret(started["device_code"])})
+    assert stored["interval"] == 10
+    await allow_poll_now(db, started["device_code"])
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "authorization_pending")
+
+
+async def test_concurrent_polls_get_one_answer_past_the_interval(client: TestClient, device_client) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    answers = await asyncio.gather(*(poll(client, tv["client_id"], started["device_code"]) for _ in range(5)))
+    errors = sorted(body["error"] for _, body in answers)
+    assert errors == ["authorization_pending", *["slow_down"] * 4]
+
+
+async def test_expired_device_code(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    past = utcnow() - timedelta(seconds=1)
+    await db[COLLECTION].update_one({"_id": hash_secret(started["device_code"])}, {"$set": {"expires_at": past}})
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "expired_token")
+    assert (await enter_code(client, started["user_code"])).status == 400  # the page no longer takes its code
+
+
+async def test_denied_request(client: TestClient, device_client) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    denied = await decide(client, started["user_code"], action="deny")
+    assert "Nothing was shared" in await denied.text()
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "access_denied")
+
+
+async def test_wrong_password_leaves_the_request_pending(client: TestClient, device_client) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    refused = await decide(client, started["user_code"], password="wrong")
+    assert refused.status == 400
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "authorization_pending")
+
+
+async def test_ten_wrong_user_codes_then_429(client: TestClient, device_client) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    for _ in range(10):
+        assert (await enter_code(client, "BCDF-GHJK")).status == 400
+    blocked = await enter_code(client, started["user_code"])  # even the right code, until the window ends
+    assert blocked.status == 429
+
+
+async def test_right_codes_do_not_count_against_the_address(client: TestClient, device_client) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    for _ in range(12):
+        assert (await enter_code(client, started["user_code"])).status == 200
+
+
+async def test_a_client_not_registered_for_the_grant_is_refused(client: TestClient, seeded, register_client) -> None:
+    response = await client.post(DEVICE_AUTHORIZATION, data={"client_id": "documentation"})
+    assert response.status == 400
+    assert (await response.json())["error"] == "unauthorized_client"
+    form = {"grant_type": GRANT_TYPE, "device_code": "x" * 43, "client_id": "documentation"}
+    response = await client.post(TOKEN, data=form)
+    assert (await response.json())["error"] == "unauthorized_client"
+
+
+async def test_codes_are_stored_as_hashes(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    stored = await db[COLLECTION].find_one({})
+    letters = started["user_code"].replace("-", "")
+    assert stored["_id"] == hash_secret(started["device_code"])
+    assert stored["user_code_hash"] == hash_secret(letters)
+    assert letters not in str(stored)
+    assert started["device_code"] not in str(stored)
+
+
+async def test_metadata_advertises_the_endpoint_and_grant(client: TestClient) -> None:
+    metadata = await (await client.get("/.well-known/oauth-authorization-server")).json()
+    assert metadata["device_authorization_endpoint"].endswith("/auth/oauth2/device_authorization")
+    assert GRANT_TYPE in metadata["grant_types_supported"]
