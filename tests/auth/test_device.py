@@ -200,3 +200,71 @@ async def test_metadata_advertises_the_endpoint_and_grant(client: TestClient) ->
     metadata = await (await client.get("/.well-known/oauth-authorization-server")).json()
     assert metadata["device_authorization_endpoint"].endswith("/auth/oauth2/device_authorization")
     assert GRANT_TYPE in metadata["grant_types_supported"]
+
+
+async def test_authlib_client_runs_the_device_flow(live_server: str) -> None:
+    """authlib's OAuth2 client (over httpx) asks for the codes and polls with the standard grant; the
+    test approves on the page meanwhile, with its own cookie-keeping HTTP client."""
+    import aiohttp
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+    from authlib.integrations.httpx_client import OAuthError as AuthlibError
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+        async with browser.post(f"{live_server}{TOKEN}", data=form) as response:
+            headers = {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+        body = {
+            "client_type": "public",
+            "client_name": "CLI",
+            "grant_types": [GRANT_TYPE, "refresh_token"],
+            "allowed_scopes": ["users:read"],
+        }
+        async with browser.post(f"{live_server}/api/v1/auth/oauth2_clients/", json=body, headers=headers) as response:
+            assert response.status == 201, await response.text()
+            client_id = (await response.json())["client_id"]
+
+        async with AsyncOAuth2Client(client_id, token_endpoint_auth_method="none", scope="users:read") as oauth:
+            started = (
+                await oauth.request(
+                    "POST",
+                    f"{live_server}{DEVICE_AUTHORIZATION}",
+                    data={"client_id": client_id, "scope": "users:read"},
+                    withhold_token=True,  # no token yet: this request is what starts the sign-in
+                )
+            ).json()
+            with pytest.raises(AuthlibError) as pending:
+                await oauth.fetch_token(
+                    f"{live_server}{TOKEN}", grant_type=GRANT_TYPE, device_code=started["device_code"]
+                )
+            assert pending.value.error == "authorization_pending"
+
+            async with browser.get(started["verification_uri_complete"]) as page:
+                html = await page.text()
+            code_form = {"csrf_token": hidden_field(html, "csrf_token"), "user_code": hidden_or_typed(html)}
+            async with browser.post(started["verification_uri"], data=code_form) as consent:
+                html = await consent.text()
+            decision = {
+                "csrf_token": hidden_field(html, "csrf_token"),
+                "user_code": hidden_field(html, "user_code"),
+                "username": "user",
+                "password": "w",
+                "action": "approve",
+            }
+            async with browser.post(started["verification_uri"], data=decision) as done:
+                assert "return to your device" in await done.text()
+
+            await asyncio.sleep(started["interval"])  # a well-behaved client waits the interval between polls
+            token = await oauth.fetch_token(
+                f"{live_server}{TOKEN}", grant_type=GRANT_TYPE, device_code=started["device_code"]
+            )
+            assert token["token_type"] == "Bearer"
+            me = await oauth.get(f"{live_server}/api/v1/users/me")  # authlib sends its new token
+            assert me.status_code == 200
+            assert me.json()["username"] == "user"
+
+
+def hidden_or_typed(html: str) -> str:
+    """The user code the page was opened with (the prefilled text field)."""
+    found = re.search(r'id="user_code" name="user_code" value="([^"]*)"', html)
+    assert found, "no prefilled user code"
+    return found.group(1)
