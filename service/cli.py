@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 from service import fixtures, keys, log, mail
 from service.app import SERVE_OPTIONS, create_app, upgrade
 from service.auth import clients as auth_clients
+from service.auth import registration as auth_registration
 from service.auth import signing
 from service.auth.schemas import CreateOAuth2ClientSchema
 from service.cache import PRINCIPAL_CACHE, PrincipalCache
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     clients_create.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
     clients_create.add_argument("--scope", action="append", dest="scopes", help="allowed (and default) scope; repeat")
     clients_create.set_defaults(handler=cmd_clients_create)
+    registration_token = clients_commands.add_parser(
+        "registration-token",
+        help="create an initial access token for dynamic client registration (printed alone on stdout)",
+    )
+    registration_token.add_argument("--expires-in", type=int, metavar="S", help="seconds until it expires")
+    registration_token.add_argument("--max-uses", type=int, metavar="N", help="how many registrations it allows")
+    registration_token.add_argument("--owner", help="username that will own the clients (default: no owner)")
+    registration_token.set_defaults(handler=cmd_clients_registration_token)
 
     keys_parser = commands.add_parser("keys", help="ID-token signing keys")
     keys_commands = keys_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -279,6 +288,28 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"client_id: {client['_id']}")
         if secret:
             print(f"client_secret: {secret}  (shown once; it is stored hashed)")
+        return 0
+
+    return with_database(_with_hasher(work))(args, settings)
+
+
+def cmd_clients_registration_token(args: argparse.Namespace, settings: Settings) -> int:
+    for name, value in (("--expires-in", args.expires_in), ("--max-uses", args.max_uses)):
+        if value is not None and value < 1:
+            print(f"error: {name} must be at least 1", file=sys.stderr)
+            return 1
+
+    async def work(mongo: Mongo, hasher: PasswordHasher) -> int:
+        owner_id = None
+        if args.owner:
+            owner = await users_repository.get_user_by_username(mongo.db, args.owner)
+            if owner is None:
+                print(f"error: no user {args.owner!r}", file=sys.stderr)
+                return 1
+            owner_id = owner["_id"]
+        context = await _context(mongo, hasher)
+        token, _ = await auth_registration.create_initial_token(context, owner_id, args.expires_in, args.max_uses)
+        print(token)
         return 0
 
     return with_database(_with_hasher(work))(args, settings)

@@ -39,6 +39,7 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 14 * 24 * 3600
     client_secret_overlap: int = 24 * 3600  # seconds a rotated-out client secret keeps working
+    registration: str = "closed"  # dynamic client registration (RFC 7591): closed, token or open
     auth_code_ttl: int = 60
     device_code_ttl: int = 600  # RFC 8628 device and user code lifetime, seconds
     signup_enabled: bool = True
@@ -258,6 +259,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ACCESS_TOKEN_TTL": ("access_token_ttl", _int(1)),
     "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
     "CLIENT_SECRET_OVERLAP": ("client_secret_overlap", _int(0, 30 * 24 * 3600)),
+    "REGISTRATION": ("registration", _choice(("closed", "token", "open"))),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
     "DEVICE_CODE_TTL": ("device_code_ttl", _int(60, 3600)),
     "SIGNUP_ENABLED": ("signup_enabled", _bool),

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service import scopes
-from service.auth import device, device_routes, repository, routes, second_factor, signing
+from service.auth import (
+    device,
+    device_routes,
+    registration,
+    registration_routes,
+    repository,
+    routes,
+    second_factor,
+    signing,
+)
 from service.auth import openapi as auth_openapi
 from service.auth import schemas as auth_schemas
 from service.cache import follower_ctx
@@ -34,6 +43,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     """After the domains whose scopes the docs list (users, teams): the OAuth2 scheme names them all."""
     indexes = {**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES, **device.INDEXES}
     root[STORAGE].declare(indexes, MIGRATIONS)
+    root[STORAGE].declare(registration.INDEXES)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
     root.cleanup_ctx.append(_keyring_ctx)
@@ -42,9 +52,12 @@ def setup(root: web.Application, api: web.Application) -> None:
     root.add_routes(routes.oauth_routes)
     root.add_routes(device_routes.device_routes)
     api.router.add_routes(routes.routes)
+    root.add_routes(registration_routes.registration_routes)
+    api.router.add_routes(registration_routes.routes)
     add_parts(
         api, paths=auth_openapi.PATHS, schemas=auth_openapi.SCHEMAS, security_schemes=auth_openapi.security_schemes()
     )
+    add_parts(api, paths=registration_routes.PATHS, security_schemes=registration_routes.SECURITY_SCHEMES)
 
 
 async def _keyring_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -69,9 +69,10 @@ async def introspect(ctx: Context, params: dict[str, str], authorization: str | 
     }
 
 
-def metadata(issuer: str) -> dict[str, Any]:
-    """RFC 8414 authorization server metadata."""
+def metadata(issuer: str, registration: bool = False) -> dict[str, Any]:
+    """RFC 8414 authorization server metadata; `registration_endpoint` only when REGISTRATION is not closed."""
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    registration_endpoint = {"registration_endpoint": f"{issuer}/auth/oauth2/register"} if registration else {}
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/auth/oauth2/authorize",
@@ -88,4 +89,5 @@ def metadata(issuer: str) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "service_documentation": f"{issuer}/api/v1/",
+        **registration_endpoint,
     }

@@ -52,6 +52,7 @@ class ClientDocument(TypedDict):
     backchannel_logout_uri: NotRequired[str | None]
     first_party: NotRequired[bool]  # the service's own application (set by administrators only)
     dpop_bound_access_tokens: NotRequired[bool]
+    registration_token_hash: NotRequired[str]  # RFC 7592 registration access token (registered clients)
     default_scopes: list[str]
     allowed_scopes: list[str]
     user_id: ObjectId  # the owner

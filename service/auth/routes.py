@@ -114,12 +114,15 @@ async def introspect(request: web.Request) -> web.Response:
 
 @oauth_routes.get("/.well-known/oauth-authorization-server")
 async def server_metadata(request: web.Request) -> web.Response:
-    return json_response(introspection.metadata(Context.of(request).issuer))
+    ctx = Context.of(request)
+    return json_response(introspection.metadata(ctx.issuer, ctx.settings.registration != "closed"))
 
 
 @oauth_routes.get("/.well-known/openid-configuration")
 async def openid_configuration(request: web.Request) -> web.Response:
-    return json_response(oidc.discovery(introspection.metadata(issuer := Context.of(request).issuer), issuer))
+    ctx = Context.of(request)
+    registration = ctx.settings.registration != "closed"
+    return json_response(oidc.discovery(introspection.metadata(ctx.issuer, registration), ctx.issuer))
 
 
 @oauth_routes.get("/auth/oauth2/jwks")

@@ -1,0 +1,294 @@
+"""Dynamic client registration (RFC 7591) and its management (RFC 7592): the REGISTRATION policy,
+initial access tokens (admins create them; hashed; optional expiry and use count), and the client
+configuration endpoint behind a registration access token (hashed). Registered clients are ordinary
+OAuth2 client documents (service/auth/clients.py), validated by the clients API's schema."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from authlib.oauth2.base import OAuth2Error
+from bson import ObjectId
+from marshmallow import ValidationError
+from pymongo import IndexModel, ReturnDocument
+
+from service.audit import trail as audit
+from service.auth import repository
+from service.auth.clients import new_client_document
+from service.auth.repository import ClientDocument
+from service.auth.schemas import ADMIN_ONLY_GRANTS, CreateOAuth2ClientSchema
+from service.caller import Principal, is_admin
+from service.context import Context
+from service.crypto import hash_secret, new_token, secret_matches
+from service.db import Database, utcnow
+from service.errors import Forbidden
+
+POLICIES = ("closed", "token", "open")
+REGISTER_PATH = "/auth/oauth2/register"
+DEFAULT_SCOPE = "openid"
+INDEXES: dict[str, list[IndexModel]] = {
+    "oauth2_registration_tokens": [
+        IndexModel("token_hash", unique=True),
+        IndexModel("expires_at", expireAfterSeconds=0),  # a token with no expiry has no expires_at
+    ],
+}
+CREATE_SCHEMA = CreateOAuth2ClientSchema()
+# The RFC 7591 metadata a client may send (anything else is ignored, RFC 7591 2).
+_URI_FIELDS = ("redirect_uris", "post_logout_redirect_uris")
+
+
+class RegistrationError(OAuth2Error):  # type: ignore[misc]  # authlib is untyped
+    """An RFC 7591 3.2.2 / RFC 6750 error in RFC 6749 JSON."""
+
+    def __init__(self, error: str, description: str, status_code: int = 400) -> None:
+        printable = re.sub(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]", "'", description)
+        super().__init__(description=printable, status_code=status_code, error=error)
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers = super().get_headers()
+        if self.status_code == 401:
+            headers.append(("WWW-Authenticate", f'Bearer error="{self.error}"'))
+        return cast(list[tuple[str, str]], headers)
+
+
+def _invalid_token() -> RegistrationError:
+    return RegistrationError("invalid_token", "A valid registration access token is required.", 401)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+# --- initial access tokens ---------------------------------------------------------------------
+
+
+async def create_initial_token(
+    ctx: Context, creator_id: ObjectId | None, expires_in: int | None, max_uses: int | None
+) -> tuple[str, dict[str, Any]]:
+    """A new initial access token: returned once, stored hashed; `creator_id` (an admin, or None from the
+    command line) will own the clients registered with it."""
+    token = new_token(32)
+    now = utcnow()
+    document: dict[str, Any] = {
+        "token_hash": hash_secret(token),
+        "created_by": creator_id,
+        "created": now,
+        "max_uses": max_uses,
+        "remaining": max_uses,  # None: unlimited
+    }
+    if expires_in is not None:
+        document["expires_at"] = now + timedelta(seconds=expires_in)
+    result = await ctx.db.oauth2_registration_tokens.insert_one(document)
+    audit.record(
+        "registration_token.created",
+        actor_id=creator_id,
+        token_id=str(result.inserted_id),
+        expires_in=expires_in,
+        max_uses=max_uses,
+    )
+    return token, {**document, "_id": result.inserted_id}
+
+
+async def create_initial_token_as(
+    ctx: Context, caller: Principal, expires_in: int | None, max_uses: int | None
+) -> tuple[str, dict[str, Any]]:
+    if not is_admin(caller.user):
+        raise Forbidden("Only administrators may create initial access tokens.")
+    return await create_initial_token(ctx, caller.user_id, expires_in, max_uses)
+
+
+async def _consume_initial_token(db: Database, token: str) -> dict[str, Any]:
+    """One use of a live initial access token, taken in a single conditional write (concurrent
+    registrations never exceed max_uses); 401 invalid_token when none is left."""
+    now = utcnow()
+    query = {
+        "token_hash": hash_secret(token),
+        "$and": [
+            {"$or": [{"expires_at": {"$exists": False}}, {"expires_at": {"$gt": now}}]},
+            {"$or": [{"remaining": None}, {"remaining": {"$gt": 0}}]},
+        ],
+    }
+    found = await db.oauth2_registration_tokens.find_one(query)
+    if found is None:
+        raise RegistrationError("invalid_token", "The initial access token is unknown, expired or used up.", 401)
+    if found.get("remaining") is None:
+        return found
+    taken = await db.oauth2_registration_tokens.find_one_and_update(
+        query, {"$inc": {"remaining": -1}}, return_document=ReturnDocument.AFTER
+    )
+    if taken is None:
+        raise RegistrationError("invalid_token", "The initial access token is unknown, expired or used up.", 401)
+    return taken
+
+
+# --- the request's metadata --------------------------------------------------------------------
+
+
+def _metadata_error(description: str) -> RegistrationError:
+    return RegistrationError("invalid_client_metadata", description)
+
+
+def client_data(body: Any, policy: str, client_type: str | None = None) -> dict[str, Any]:
+    """RFC 7591 2 metadata -> the clients API's validated registration data."""
+    if not isinstance(body, dict):
+        raise _metadata_error("The body must be a JSON object of client metadata.")
+    if "first_party" in body:
+        raise _metadata_error("first_party cannot be registered dynamically.")
+    grants = body.get("grant_types")
+    if isinstance(grants, list) and set(grants) & ADMIN_ONLY_GRANTS:
+        raise _metadata_error("The password grant cannot be registered dynamically.")
+    response_types = body.get("response_types", ["code"])
+    if not isinstance(response_types, list) or any(kind != "code" for kind in response_types):
+        raise _metadata_error("Only the response type code is supported.")
+    method = body.get("token_endpoint_auth_method", "none" if policy == "open" else "client_secret_basic")
+    if method not in ("none", "client_secret_basic", "client_secret_post"):
+        raise _metadata_error("token_endpoint_auth_method: none, client_secret_basic or client_secret_post.")
+    if policy == "open" and method != "none":
+        raise _metadata_error("Open registration accepts public clients only (token_endpoint_auth_method none).")
+    kind = "public" if method == "none" else "confidential"
+    if client_type is not None and kind != client_type:
+        raise _metadata_error("A client cannot change between public and confidential.")
+    scope = body.get("scope", DEFAULT_SCOPE)
+    if not isinstance(scope, str) or not scope.split():
+        raise _metadata_error("scope must be a space-separated string of scopes.")
+    scopes = list(dict.fromkeys(scope.split()))
+    data = {
+        name: body[name]
+        for name in ("redirect_uris", "post_logout_redirect_uris", "client_name", "backchannel_logout_uri")
+        if name in body
+    }
+    data.update(
+        client_type=kind,
+        token_endpoint_auth_method=method,
+        allowed_scopes=scopes,
+        default_scopes=scopes,
+        dpop_bound_access_tokens=body.get("dpop_bound_access_tokens", False),
+    )
+    if grants is not None:
+        data["grant_types"] = grants
+    try:
+        return cast(dict[str, Any], CREATE_SCHEMA.load(data))
+    except ValidationError as exc:
+        messages = cast(dict[str, Any], exc.messages)
+        described = "; ".join(f"{field}: {message}" for field, message in sorted(messages.items(), key=str))
+        if "redirect_uris" in messages:
+            raise RegistrationError("invalid_redirect_uri", described) from None
+        raise _metadata_error(described) from None
+
+
+def _timestamp(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def client_metadata(client: ClientDocument, issuer: str) -> dict[str, Any]:
+    """The RFC 7591 3.2.1 / RFC 7592 3 view of a registered client (no secrets)."""
+    method = client.get("token_endpoint_auth_method") or (
+        "none" if client["client_type"] == "public" else "client_secret_basic"
+    )
+    shown: dict[str, Any] = {
+        "client_id": client["_id"],
+        "client_id_issued_at": _timestamp(client["created"]),
+        "client_name": client.get("client_name"),
+        "redirect_uris": client["redirect_uris"],
+        "post_logout_redirect_uris": client.get("post_logout_redirect_uris", []),
+        "backchannel_logout_uri": client.get("backchannel_logout_uri"),
+        "grant_types": client["grant_types"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": method,
+        "scope": " ".join(client["allowed_scopes"]),
+        "dpop_bound_access_tokens": bool(client.get("dpop_bound_access_tokens", False)),
+        "registration_client_uri": f"{issuer}{REGISTER_PATH}/{client['_id']}",
+    }
+    if client["client_type"] == "confidential":
+        shown["client_secret_expires_at"] = 0
+    return {name: value for name, value in shown.items() if value is not None}
+
+
+# --- registration and management ---------------------------------------------------------------
+
+
+async def register(ctx: Context, body: Any, authorization: str | None) -> dict[str, Any]:
+    """RFC 7591 3: the policy, then the metadata; 201's body with the secrets shown once."""
+    policy = ctx.settings.registration
+    if policy == "closed":
+        raise RegistrationError("access_denied", "Dynamic client registration is closed on this server.", 403)
+    owner: ObjectId | None = None
+    data = client_data(body, policy)  # validated before a use of the initial access token is spent
+    if policy == "token":
+        token = bearer_token(authorization)
+        if token is None:
+            raise RegistrationError("invalid_token", "An initial access token (Authorization: Bearer) is needed.", 401)
+        owner = (await _consume_initial_token(ctx.db, token)).get("created_by")
+    secret = new_token(36) if data["client_type"] == "confidential" else None
+    access_token = new_token(32)
+    document = new_client_document(new_token(24), data, secret, cast(ObjectId, owner))
+    document["registration_token_hash"] = hash_secret(access_token)
+    client = await repository.insert_client(ctx.db, document)
+    audit.record("client.registered", actor_id=owner, subject_id=owner, client_id=client["_id"], policy=policy)
+    shown = client_metadata(client, ctx.issuer)
+    if secret:
+        shown["client_secret"] = secret
+    return {**shown, "registration_access_token": access_token}
+
+
+async def registered_client(ctx: Context, client_id: str, authorization: str | None) -> ClientDocument:
+    """The client whose registration access token the request carries; 401 invalid_token otherwise."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise _invalid_token()
+    client = await repository.get_client(ctx.db, client_id)
+    stored = client.get("registration_token_hash") if client else None
+    if client is None or not stored or not secret_matches(token, stored):
+        raise _invalid_token()
+    return client
+
+
+async def update(ctx: Context, client_id: str, body: Any, authorization: str | None) -> dict[str, Any]:
+    """RFC 7592 2.2: the request replaces the client's metadata (omitted fields take their defaults);
+    client_id must be the client's, a client_secret sent must be the current one; the secret and the
+    registration access token stay as they are."""
+    client = await registered_client(ctx, client_id, authorization)
+    if not isinstance(body, dict) or body.get("client_id") != client["_id"]:
+        raise _metadata_error("The body must carry the client's client_id.")
+    sent_secret = body.get("client_secret")
+    if sent_secret is not None and not (
+        isinstance(sent_secret, str) and client["secret_hash"] and secret_matches(sent_secret, client["secret_hash"])
+    ):
+        raise _metadata_error("client_secret is not the client's current secret; it cannot be changed here.")
+    data = client_data(body, ctx.settings.registration, client["client_type"])
+    changes = {
+        name: data[name]
+        for name in (
+            "client_name",
+            "redirect_uris",
+            "post_logout_redirect_uris",
+            "backchannel_logout_uri",
+            "dpop_bound_access_tokens",
+            "allowed_scopes",
+            "default_scopes",
+            "token_endpoint_auth_method",
+        )
+    }
+    changes["grant_types"] = new_client_document(client["_id"], data, None, client["user_id"])["grant_types"]
+    updated = await repository.update_client(ctx.db, client["_id"], None, changes)
+    if updated is None:  # deleted meanwhile
+        raise _invalid_token()
+    ctx.cache.invalidate()  # its new rules apply at once (other processes follow the change stream)
+    audit.record(
+        "client.registration_updated", subject_id=client["user_id"], client_id=client["_id"], fields=sorted(changes)
+    )
+    return client_metadata(updated, ctx.issuer)
+
+
+async def delete(ctx: Context, client_id: str, authorization: str | None) -> None:
+    """RFC 7592 2.3: the client and its tokens go; the principal cache forgets them."""
+    client = await registered_client(ctx, client_id, authorization)
+    await repository.delete_client(ctx.db, client["_id"])  # its tokens and codes with it
+    ctx.cache.invalidate()
+    audit.record("client.registration_deleted", subject_id=client["user_id"], client_id=client["_id"])
