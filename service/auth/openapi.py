@@ -26,6 +26,7 @@ _RETRY_AFTER = {"Retry-After": {"schema": _STRING, "description": "Seconds to wa
 _LOCATION = {"Location": {"schema": _STRING, "description": "The client's redirect URI with the answer."}}
 _CHALLENGE = {"WWW-Authenticate": {"schema": _STRING, "description": "RFC 6750 challenge (Bearer ...)."}}
 # RFC 7636 4.1: code verifiers and challenges alike.
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 PKCE_PATTERN = r"^[A-Za-z0-9._~-]{43,128}$"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PORT = r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
@@ -63,7 +64,7 @@ def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
         name: {**schema, "minLength": max(1, schema.get("minLength", 1))} if name in required else schema
         for name, schema in properties.items()
     }
-    schema = {"type": "object", "properties": properties, "required": required}
+    schema = {"type": "object", "properties": properties, **({"required": required} if required else {})}
     return {
         "required": True,
         "content": {"application/x-www-form-urlencoded": {"schema": schema}, "multipart/form-data": {"schema": schema}},
@@ -160,6 +161,18 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["token_type", "access_token", "expires_in", "scope"],
     },
+    "DeviceAuthorization": {
+        "type": "object",
+        "properties": {
+            "device_code": _STRING,
+            "user_code": {"type": "string", "pattern": "^[B-DF-HJ-NP-TV-XZ]{4}-[B-DF-HJ-NP-TV-XZ]{4}$"},
+            "verification_uri": _STRING,
+            "verification_uri_complete": _STRING,
+            "expires_in": {"type": "integer"},
+            "interval": {"type": "integer"},
+        },
+        "required": ["device_code", "user_code", "verification_uri", "verification_uri_complete", "expires_in"],
+    },
 }
 
 PATHS: dict[str, Any] = {
@@ -167,17 +180,22 @@ PATHS: dict[str, Any] = {
         "servers": ROOT,
         "post": {
             "tags": ["oauth2"],
-            "summary": "Get tokens (password, client_credentials, refresh_token, authorization_code + PKCE)",
+            "summary": "Get tokens (password, client_credentials, refresh_token, authorization_code + PKCE, "
+            "device_code)",
             "description": "`grant_type`, `client_id` and `scope` may also come in the query string; a secret "
-            "there is invalid_request.",
+            "there is invalid_request. A client may use only the grants it is registered for (unauthorized_client). "
+            f"The device grant (`{DEVICE_GRANT}`, RFC 8628) polls with `device_code`: 400 authorization_pending "
+            "until the user decides, slow_down (the interval grows by 5 s) when polled faster than the interval, "
+            "expired_token, access_denied, and invalid_grant once the code gave tokens.",
             "operationId": "token",
             "security": _CLIENT_AUTH,
             "requestBody": _form(
                 {
                     "grant_type": {
                         "type": "string",
-                        "enum": ["password", "client_credentials", "refresh_token", "authorization_code"],
+                        "enum": ["password", "client_credentials", "refresh_token", "authorization_code", DEVICE_GRANT],
                     },
+                    "device_code": {"type": "string", "description": f"With {DEVICE_GRANT}."},
                     "username": _STRING,
                     "password": {"type": "string", "format": "password"},
                     "scope": {"type": "string", "description": "Space-separated; default: the client's default."},
@@ -195,6 +213,83 @@ PATHS: dict[str, Any] = {
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenResponse"}}},
                 },
                 **_REFUSALS,
+            },
+        },
+    },
+    "/auth/oauth2/device_authorization": {
+        "servers": ROOT,
+        "post": {
+            "tags": ["oauth2"],
+            "summary": "Start a device sign-in (RFC 8628): a device code to poll with, a user code to show",
+            "description": "For clients registered for the device grant (else unauthorized_client). The user opens "
+            "`verification_uri` (/auth/device), enters the user code (XXXX-XXXX), signs in and decides; the client "
+            "polls the token endpoint every `interval` seconds.",
+            "operationId": "deviceAuthorization",
+            "security": _CLIENT_AUTH,
+            "requestBody": _form({"scope": {"type": "string", "description": "Space-separated."}, **_CLIENT}, []),
+            "responses": {
+                "200": {
+                    "description": "The codes (Cache-Control: no-store).",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeviceAuthorization"}}},
+                },
+                **_REFUSALS,
+            },
+        },
+    },
+    "/auth/device": {
+        "servers": ROOT,
+        "get": {
+            "tags": ["oauth2"],
+            "summary": "The device sign-in page: the user code field (prefilled from `user_code`)",
+            "operationId": "devicePage",
+            "security": [],
+            "parameters": [{"in": "query", "name": "user_code", "required": False, "schema": _STRING}],
+            "responses": {"200": {"description": "The page.", "content": _HTML}},
+        },
+        "post": {
+            "tags": ["oauth2"],
+            "summary": "The device page's form (CSRF-protected): the code, then sign-in and consent",
+            "description": "With `user_code` alone: the consent and sign-in form. With `username`, `password` and "
+            "`action`: approve (or deny) the device's request, then the page that says to return to the device. "
+            "Accounts with a second factor are refused here (403).",
+            "operationId": "deviceDecision",
+            "security": [],
+            "parameters": [
+                {
+                    "in": "cookie",
+                    "name": "device_csrf",
+                    "required": False,
+                    "schema": _STRING,
+                    "description": "Set by the page; must equal the form's csrf_token (else 403).",
+                }
+            ],
+            "requestBody": _form(
+                {
+                    "csrf_token": _STRING,
+                    "user_code": {"type": "string", "description": "Any case; dashes and spaces ignored."},
+                    "username": _STRING,
+                    "password": {"type": "string", "format": "password"},
+                    "action": {"type": "string", "enum": ["approve", "deny"]},
+                },
+                ["csrf_token"],
+            ),
+            "responses": {
+                "200": {
+                    "description": "The next step, or the page that says to return to the device.",
+                    "content": _HTML,
+                },
+                "400": {
+                    "description": "A wrong, expired or used user code, or a wrong password (the page again).",
+                    "content": _HTML,
+                },
+                "403": {
+                    "description": "Missing or wrong CSRF token, or an account with a second factor.",
+                    "content": _HTML,
+                },
+                "429": {
+                    "description": "10 wrong user codes from your address in 15 minutes, or too many failed sign-ins.",
+                    "content": _HTML,
+                },
             },
         },
     },

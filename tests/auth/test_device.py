@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from service.auth.device import COLLECTION, GRANT_TYPE
 from service.crypto import hash_secret
 from service.db import utcnow
-from tests.helpers import hidden_field
+from tests.helpers import enroll_totp, hidden_field
 
 DEVICE_AUTHORIZATION = "/auth/oauth2/device_authorization"
 TOKEN = "/auth/oauth2/token"
@@ -268,3 +268,26 @@ def hidden_or_typed(html: str) -> str:
     found = re.search(r'id="user_code" name="user_code" value="([^"]*)"', html)
     assert found, "no prefilled user code"
     return found.group(1)
+
+
+async def test_openapi_documents_the_device_endpoints(client: TestClient) -> None:
+    from openapi_spec_validator import validate
+
+    document = await (await client.get("/api/v1/openapi.json")).json()
+    validate(document)
+    assert "post" in document["paths"]["/auth/oauth2/device_authorization"]
+    assert {"get", "post"} <= set(document["paths"]["/auth/device"])
+    token_form = document["paths"]["/auth/oauth2/token"]["post"]["requestBody"]["content"]
+    grant_types = token_form["application/x-www-form-urlencoded"]["schema"]["properties"]["grant_type"]["enum"]
+    assert GRANT_TYPE in grant_types
+
+
+async def test_second_factor_accounts_are_refused_on_the_page(client: TestClient, device_client, bearer) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    await enroll_totp(client, await bearer("user"))
+    refused = await decide(client, started["user_code"])
+    assert refused.status == 403
+    assert "second factor" in await refused.text()
+    status, body = await poll(client, tv["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "authorization_pending")
