@@ -103,9 +103,9 @@ async def create_initial_token_as(
     return await create_initial_token(ctx, caller.user_id, expires_in, max_uses)
 
 
-async def _consume_initial_token(db: Database, token: str) -> dict[str, Any]:
+async def _consume_initial_token(db: Database, token: str, *, take: bool = True) -> dict[str, Any]:
     """One use of a live initial access token, taken in a single conditional write (concurrent
-    registrations never exceed max_uses); 401 invalid_token when none is left."""
+    registrations never exceed max_uses); 401 invalid_token when none is left. `take=False` only checks."""
     now = utcnow()
     query = {
         "token_hash": hash_secret(token),
@@ -117,7 +117,7 @@ async def _consume_initial_token(db: Database, token: str) -> dict[str, Any]:
     found = await db.oauth2_registration_tokens.find_one(query)
     if found is None:
         raise RegistrationError("invalid_token", "The initial access token is unknown, expired or used up.", 401)
-    if found.get("remaining") is None:
+    if not take or found.get("remaining") is None:
         return found
     taken = await db.oauth2_registration_tokens.find_one_and_update(
         query, {"$inc": {"remaining": -1}}, return_document=ReturnDocument.AFTER
@@ -134,8 +134,9 @@ def _metadata_error(description: str) -> RegistrationError:
     return RegistrationError("invalid_client_metadata", description)
 
 
-def client_data(body: Any, policy: str, client_type: str | None = None) -> dict[str, Any]:
-    """RFC 7591 2 metadata -> the clients API's validated registration data."""
+def client_data(body: Any, policy: str, client: ClientDocument | None = None) -> dict[str, Any]:
+    """RFC 7591 2 metadata -> the clients API's validated registration data; `client` when an existing
+    registration is replaced (RFC 7592: it keeps its type, whatever the policy now is)."""
     if not isinstance(body, dict):
         raise _metadata_error("The body must be a JSON object of client metadata.")
     if "first_party" in body:
@@ -146,13 +147,17 @@ def client_data(body: Any, policy: str, client_type: str | None = None) -> dict[
     response_types = body.get("response_types", ["code"])
     if not isinstance(response_types, list) or any(kind != "code" for kind in response_types):
         raise _metadata_error("Only the response type code is supported.")
-    method = body.get("token_endpoint_auth_method", "none" if policy == "open" else "client_secret_basic")
+    if client is None:
+        default_method = "none" if policy == "open" else "client_secret_basic"
+    else:
+        default_method = "none" if client["client_type"] == "public" else "client_secret_basic"
+    method = body.get("token_endpoint_auth_method", default_method)
     if method not in ("none", "client_secret_basic", "client_secret_post"):
         raise _metadata_error("token_endpoint_auth_method: none, client_secret_basic or client_secret_post.")
-    if policy == "open" and method != "none":
+    if client is None and policy == "open" and method != "none":
         raise _metadata_error("Open registration accepts public clients only (token_endpoint_auth_method none).")
     kind = "public" if method == "none" else "confidential"
-    if client_type is not None and kind != client_type:
+    if client is not None and kind != client["client_type"]:
         raise _metadata_error("A client cannot change between public and confidential.")
     scope = body.get("scope", DEFAULT_SCOPE)
     if not isinstance(scope, str) or not scope.split():
@@ -219,11 +224,13 @@ async def register(ctx: Context, body: Any, authorization: str | None) -> dict[s
     if policy == "closed":
         raise RegistrationError("access_denied", "Dynamic client registration is closed on this server.", 403)
     owner: ObjectId | None = None
-    data = client_data(body, policy)  # validated before a use of the initial access token is spent
+    token = bearer_token(authorization)
     if policy == "token":
-        token = bearer_token(authorization)
         if token is None:
             raise RegistrationError("invalid_token", "An initial access token (Authorization: Bearer) is needed.", 401)
+        await _consume_initial_token(ctx.db, token, take=False)  # 401 before anything about the metadata
+    data = client_data(body, policy)  # validated before a use of the initial access token is spent
+    if policy == "token" and token is not None:
         owner = (await _consume_initial_token(ctx.db, token)).get("created_by")
     secret = new_token(36) if data["client_type"] == "confidential" else None
     access_token = new_token(32)
@@ -261,7 +268,7 @@ async def update(ctx: Context, client_id: str, body: Any, authorization: str | N
         isinstance(sent_secret, str) and client["secret_hash"] and secret_matches(sent_secret, client["secret_hash"])
     ):
         raise _metadata_error("client_secret is not the client's current secret; it cannot be changed here.")
-    data = client_data(body, ctx.settings.registration, client["client_type"])
+    data = client_data(body, ctx.settings.registration, client)
     changes = {
         name: data[name]
         for name in (

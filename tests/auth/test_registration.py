@@ -136,6 +136,16 @@ async def test_open_registration_takes_public_clients_only_and_gives_no_owner(cl
     assert response.status == 201
     assert body["token_endpoint_auth_method"] == "none"
     assert await db.oauth2_clients.count_documents({}) == 3
+    # Its registration access token replaces its metadata; it stays public without saying so again.
+    path = body["registration_client_uri"][body["registration_client_uri"].index("/auth/") :]
+    replaced = await client.put(
+        path,
+        json={"client_id": body["client_id"], "redirect_uris": [REDIRECT], "client_name": "Renamed"},
+        headers=auth(body["registration_access_token"]),
+    )
+    assert replaced.status == 200, await replaced.text()
+    assert (await replaced.json())["token_endpoint_auth_method"] == "none"
+    assert (await db.oauth2_clients.find_one({"_id": body["client_id"]}))["client_name"] == "Renamed"
 
 
 # --- initial access tokens: expiry and use count -------------------------------------------------
@@ -157,6 +167,16 @@ async def test_concurrent_registrations_never_exceed_max_uses(client: TestClient
     assert statuses == [201] * 3 + [401] * 5
     assert await db.oauth2_clients.count_documents({"registration_token_hash": {"$exists": True}}) == 3
     assert (await db.oauth2_registration_tokens.find_one({}))["remaining"] == 0
+
+
+async def test_without_a_live_initial_access_token_the_metadata_is_not_judged(
+    client: TestClient, seeded, bearer, db
+) -> None:
+    for token in (None, "unknown"):
+        response, body = await register(client, token, **{**PUBLIC, "grant_types": ["password"]})
+        assert response.status == 401
+        assert body["error"] == "invalid_token"
+    assert await db.oauth2_clients.count_documents({}) == 1
 
 
 async def test_invalid_metadata_spends_no_use(client: TestClient, seeded, bearer, db) -> None:
