@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from service.app import create_app
 from service.crypto import hash_secret
 from service.db import utcnow
 from tests.helpers import REDIRECT, basic, decide, exchange_form, open_page, pkce, query, redirect_params
@@ -410,3 +411,17 @@ async def test_cli_prints_a_usable_initial_access_token(
     again, body = await register(client, token, **PUBLIC)  # its one use is spent
     assert again.status == 401
     assert body["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("policy", ["open"])
+async def test_registration_is_under_the_per_address_oauth2_rate_limit(
+    aiohttp_client, settings, mongo_client, db
+) -> None:
+    limited = dataclasses.replace(settings, oauth_rate_burst=3, oauth_rate_limit=0.01)
+    http: TestClient = await aiohttp_client(create_app(limited, mongo_client=mongo_client))
+    statuses = [(await http.post(REGISTER, json=PUBLIC)).status for _ in range(3)]
+    assert statuses == [201] * 3
+    refused = await http.post(REGISTER, json=PUBLIC)
+    assert refused.status == 429
+    assert (await refused.json())["error"] == "slow_down"
+    assert await db.oauth2_clients.count_documents({}) == 3
