@@ -425,3 +425,28 @@ async def test_registration_is_under_the_per_address_oauth2_rate_limit(
     assert refused.status == 429
     assert (await refused.json())["error"] == "slow_down"
     assert await db.oauth2_clients.count_documents({}) == 3
+
+
+async def test_authlib_accepts_the_metadata_and_the_registered_client_metadata(
+    client: TestClient, seeded, bearer
+) -> None:
+    """Shapes checked by software nobody here wrote: authlib's RFC 8414 / OpenID discovery metadata
+    classes (with registration_endpoint) and its RFC 7591 client metadata claims."""
+    from authlib.oauth2.rfc7591 import ClientMetadataClaims
+    from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+    from authlib.oidc.discovery import OpenIDProviderMetadata
+
+    server = await (await client.get("/.well-known/oauth-authorization-server")).json()
+    AuthorizationServerMetadata(server).validate()
+    discovery = await (await client.get("/.well-known/openid-configuration")).json()
+    OpenIDProviderMetadata(discovery).validate()
+    assert discovery["registration_endpoint"] == server["registration_endpoint"]
+    metadata = {**PUBLIC, "token_endpoint_auth_method": "client_secret_post", "scope": "openid users:read"}
+    response, made = await register(client, await initial_token(client, bearer), **metadata)
+    assert response.status == 201
+    registered = {name: value for name, value in made.items() if name in ClientMetadataClaims.REGISTERED_CLAIMS}
+    ClientMetadataClaims(registered, {}).validate()
+    path = made["registration_client_uri"][made["registration_client_uri"].index("/auth/") :]
+    read = await (await client.get(path, headers=auth(made["registration_access_token"]))).json()
+    ClientMetadataClaims({k: v for k, v in read.items() if k in ClientMetadataClaims.REGISTERED_CLAIMS}, {}).validate()
+    assert {k: read[k] for k in registered} == registered
