@@ -8,6 +8,7 @@ gives tokens once."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NotRequired, TypedDict, cast
 
@@ -189,3 +190,14 @@ async def decide(ctx: Context, found: DeviceDocument, user: UserDocument | None)
 
 
 grants.GRANTS[GRANT_TYPE] = device_code_grant  # the token endpoint's grants (and the metadata's list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSignIn:
+    """A device authorization as what a pending sign-in (second factor) is bound to."""
+
+    client: dict[str, Any]
+    device_id: str  # the device code's digest
+
+    def as_form(self) -> dict[str, str]:
+        return {"device": self.device_id, "client_id": str(self.client["_id"])}

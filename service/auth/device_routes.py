@@ -10,23 +10,18 @@ from collections.abc import Mapping
 from aiohttp import web
 from authlib.oauth2.base import OAuth2Error
 
-from service.auth import device, grants, principals
+from service.auth import device, grants, principals, second_factor
 from service.auth.routes import NO_STORE, _error_page, _page, form_parameters, oauth_endpoint
 from service.bodies import BodyError, read_form
 from service.context import Context
-from service.errors import ServiceUnavailable, TooManyRequests
+from service.errors import Conflict, ServiceUnavailable, TooManyRequests
 from service.ratelimit import client_address
 from service.responses import json_response
 from service.scopes import SCOPES
-from service.users import mfa
 
 device_routes = web.RouteTableDef()
 CSRF_COOKIE = "device_csrf"
 PAGE = "/auth/device"
-SECOND_FACTOR_REFUSED = (
-    "This account signs in with a second factor, which this page does not ask for yet: "
-    "sign the device in with another account, or use the application's browser sign-in."
-)
 
 
 @device_routes.post("/auth/oauth2/device_authorization")
@@ -69,25 +64,52 @@ async def device_decision(request: web.Request) -> web.Response:
         error = "That code is wrong, expired or already used; check your device."
         return _device_page(request, cookie, {"user_code": typed, "error": error}, 400)
     client = await principals.client(ctx.cache, ctx.db, found["client_id"])
-    consent = {
+    consent: dict[str, object] = {
         "step": "consent",
         "user_code": device.display(device.normalize(typed) or typed),
         "client_name": (client.get("client_name") if client else None) or found["client_id"],
         "scopes": [(scope, SCOPES.get(scope, scope)) for scope in found["scopes"]],
     }
-    if "username" not in form:  # the code was entered: now sign-in and consent
+    if "username" not in form and "signin_token" not in form:  # the code was entered: sign-in and consent
         return _device_page(request, cookie, consent)
     if form.get("action") != "approve":
         await device.decide(ctx, found, None)
         return _done(request, approved=False)
+    binding = device.DeviceSignIn(dict(client or {"_id": found["client_id"]}), found["_id"])
+    if "signin_token" in form:  # the second step: a code after a right password
+        return await _second_step(request, cookie, consent, binding, (found, form))
     try:
         user = await grants.authenticate_user(ctx, form["username"], form.get("password", ""), found["client_id"])
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _device_page(request, cookie, {**consent, "error": exc.detail or "Try again later."}, exc.status)
     except OAuth2Error as exc:
         return _device_page(request, cookie, {**consent, "error": exc.description}, 400)
-    if mfa.is_active(user):
-        return _device_page(request, cookie, {**consent, "error": SECOND_FACTOR_REFUSED}, 403)
+    if second_factor.required(user):  # the password was right; a code completes the sign-in
+        pending = await second_factor.start(ctx, binding, user)
+        return _device_page(request, cookie, {**consent, "step": "otp", "signin_token": pending})
+    if not await device.decide(ctx, found, user):
+        return _error_page(request, "This request was already decided or has expired; start again on your device.")
+    return _done(request, approved=True)
+
+
+async def _second_step(
+    request: web.Request,
+    cookie: str,
+    consent: dict[str, object],
+    binding: device.DeviceSignIn,
+    sent: tuple[device.DeviceDocument, dict[str, str]],
+) -> web.Response:
+    """The pending sign-in from the form and a right TOTP or recovery code approve the device."""
+    (found, form), ctx, pending = sent, Context.of(request), sent[1]["signin_token"]
+    otp_page = {**consent, "step": "otp", "signin_token": pending}
+    try:
+        user = await second_factor.finish(ctx, binding, pending, form.get("otp", ""))
+    except second_factor.StartAgain as exc:
+        return _device_page(request, cookie, {**consent, "error": str(exc)}, 400)
+    except (TooManyRequests, ServiceUnavailable, Conflict) as exc:
+        return _device_page(request, cookie, {**otp_page, "error": exc.detail or "Try again later."}, exc.status)
+    if user is None:
+        return _device_page(request, cookie, {**otp_page, "error": "The code is wrong or was already used."}, 400)
     if not await device.decide(ctx, found, user):
         return _error_page(request, "This request was already decided or has expired; start again on your device.")
     return _done(request, approved=True)

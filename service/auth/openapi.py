@@ -251,7 +251,7 @@ PATHS: dict[str, Any] = {
             "summary": "The device page's form (CSRF-protected): the code, then sign-in and consent",
             "description": "With `user_code` alone: the consent and sign-in form. With `username`, `password` and "
             "`action`: approve (or deny) the device's request, then the page that says to return to the device. "
-            "Accounts with a second factor are refused here (403).",
+            "Accounts with a second factor then send `signin_token` (the pending sign-in) and `otp` instead.",
             "operationId": "deviceDecision",
             "security": [],
             "parameters": [
@@ -270,6 +270,8 @@ PATHS: dict[str, Any] = {
                     "username": _STRING,
                     "password": {"type": "string", "format": "password"},
                     "action": {"type": "string", "enum": ["approve", "deny"]},
+                    "signin_token": {"type": "string", "description": "The second step: the pending sign-in."},
+                    "otp": {"type": "string", "description": "With signin_token: a TOTP code or a recovery code."},
                 },
                 ["csrf_token"],
             ),
@@ -279,11 +281,17 @@ PATHS: dict[str, Any] = {
                     "content": _HTML,
                 },
                 "400": {
-                    "description": "A wrong, expired or used user code, or a wrong password (the page again).",
+                    "description": "A wrong, expired or used user code, a wrong password or second-factor code, "
+                    "or an expired pending sign-in (the page again).",
                     "content": _HTML,
                 },
                 "403": {
-                    "description": "Missing or wrong CSRF token, or an account with a second factor.",
+                    "description": "Missing or wrong CSRF token and cookie.",
+                    "content": _HTML,
+                },
+                "409": {
+                    "description": "The account's TOTP secret cannot be read (its DATA_ENCRYPTION_KEY is gone): "
+                    "the code form again, which still takes a recovery code.",
                     "content": _HTML,
                 },
                 "429": {

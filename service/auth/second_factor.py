@@ -13,13 +13,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, Protocol, TypedDict, cast
 
 import orjson
 from bson import ObjectId
 from pymongo import IndexModel
 
-from service.auth.authorize import AuthorizationRequest
 from service.auth.repository import is_current
 from service.context import Context
 from service.crypto import hash_secret, new_token
@@ -42,6 +41,16 @@ class PendingSignIn(TypedDict):
     expires_at: datetime
 
 
+class SignInRequest(Protocol):
+    """What a pending sign-in is bound to: an authorization request, or a device authorization (its form
+    fields name it; `client` is the client that asks)."""
+
+    @property
+    def client(self) -> Mapping[str, Any]: ...
+
+    def as_form(self) -> dict[str, str]: ...
+
+
 class StartAgain(Exception):
     """The pending sign-in is unknown, expired, used, for another request, or its user changed: the page
     asks for the password again (the message says so)."""
@@ -52,7 +61,7 @@ def required(user: Mapping[str, Any]) -> bool:
     return mfa.is_active(user)
 
 
-def _request_digest(request: AuthorizationRequest) -> str:
+def _request_digest(request: SignInRequest) -> str:
     return hash_secret(orjson.dumps(request.as_form(), option=orjson.OPT_SORT_KEYS).decode())
 
 
@@ -71,7 +80,7 @@ async def _use(db: Database, digest: str) -> bool:
     return result.deleted_count == 1
 
 
-async def start(ctx: Context, request: AuthorizationRequest, user: UserDocument) -> str:
+async def start(ctx: Context, request: SignInRequest, user: UserDocument) -> str:
     """After a right password: the opaque value the code form carries to `finish`."""
     value = new_token()
     await _insert(
@@ -87,7 +96,7 @@ async def start(ctx: Context, request: AuthorizationRequest, user: UserDocument)
     return value
 
 
-async def finish(ctx: Context, request: AuthorizationRequest, value: str, code: str) -> UserDocument | None:
+async def finish(ctx: Context, request: SignInRequest, value: str, code: str) -> UserDocument | None:
     """The user the pending sign-in `value` is for, once `code` is right (and used up); None for a wrong
     code (the form may try again). StartAgain when the pending sign-in cannot be used; 429 from the
     user's sign-in budget."""

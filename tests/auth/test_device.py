@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from service.auth.device import COLLECTION, GRANT_TYPE
 from service.crypto import hash_secret
 from service.db import utcnow
-from tests.helpers import enroll_totp, hidden_field
+from tests.helpers import enroll_totp, hidden_field, steady_step, totp_code
 
 DEVICE_AUTHORIZATION = "/auth/oauth2/device_authorization"
 TOKEN = "/auth/oauth2/token"
@@ -282,12 +282,30 @@ async def test_openapi_documents_the_device_endpoints(client: TestClient) -> Non
     assert GRANT_TYPE in grant_types
 
 
-async def test_second_factor_accounts_are_refused_on_the_page(client: TestClient, device_client, bearer) -> None:
+async def test_second_factor_accounts_give_their_code_on_the_page(
+    client: TestClient, device_client, bearer, db
+) -> None:
     tv = await device_client()
     started = await start(client, tv["client_id"])
-    await enroll_totp(client, await bearer("user"))
-    refused = await decide(client, started["user_code"])
-    assert refused.status == 403
-    assert "second factor" in await refused.text()
+    secret, _ = await enroll_totp(client, await bearer("user"))
+    code_page = await decide(client, started["user_code"])
+    assert code_page.status == 200
+    html = await code_page.text()
+    assert 'id="otp"' in html
+    assert 'type="password"' not in html  # the code step carries a pending sign-in, not the password
+    form = {
+        "csrf_token": hidden_field(html, "csrf_token"),
+        "user_code": hidden_field(html, "user_code"),
+        "signin_token": hidden_field(html, "signin_token"),
+        "action": "approve",
+    }
+    wrong = await client.post("/auth/device", data={**form, "otp": "000000" if totp_code(secret) != "000000" else "1"})
+    assert wrong.status == 400
     status, body = await poll(client, tv["client_id"], started["device_code"])
     assert (status, body["error"]) == (400, "authorization_pending")
+    await steady_step()
+    done = await client.post("/auth/device", data={**form, "otp": totp_code(secret)})
+    assert "return to your device" in await done.text()
+    await allow_poll_now(db, started["device_code"])
+    status, tokens = await poll(client, tv["client_id"], started["device_code"])
+    assert status == 200, tokens
