@@ -309,3 +309,15 @@ async def test_second_factor_accounts_give_their_code_on_the_page(
     await allow_poll_now(db, started["device_code"])
     status, tokens = await poll(client, tv["client_id"], started["device_code"])
     assert status == 200, tokens
+
+
+async def test_another_clients_device_code_and_unallowed_scopes_are_refused(client: TestClient, device_client) -> None:
+    tv, other = await device_client(), await device_client()
+    started = await start(client, tv["client_id"])
+    status, body = await poll(client, other["client_id"], started["device_code"])
+    assert (status, body["error"]) == (400, "invalid_grant")
+    response = await client.post(DEVICE_AUTHORIZATION, data={"client_id": tv["client_id"], "scope": "users:write"})
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_scope"
+    status, body = await poll(client, tv["client_id"], started["device_code"])  # untouched by the other client
+    assert (status, body["error"]) == (400, "authorization_pending")
