@@ -153,6 +153,8 @@ def _parse_multipart(content_type: str, raw: bytes) -> list[tuple[str, str]]:
     boundary = message.get_boundary()
     if not boundary or len(boundary) > 70:  # RFC 2046 5.1.1: 1 to 70 characters
         raise malformed("A multipart/form-data body needs a boundary of 1 to 70 characters.")
+    if raw.strip() == f"--{boundary}--".encode("latin-1", "replace"):
+        return []  # a form with no fields: only the close delimiter (RFC 2046 5.1.1)
     if message.defects or not message.is_multipart():
         raise malformed("The multipart/form-data body is malformed.")
     fields: list[tuple[str, str]] = []

@@ -245,3 +245,13 @@ async def test_a_part_with_an_empty_name_is_an_unknown_parameter_and_ignored(cli
         "/auth/oauth2/revoke", data=body, headers={"Content-Type": "multipart/form-data; boundary=b0undary"}
     )
     assert response.status == 200, await response.text()
+
+
+async def test_a_multipart_form_with_no_fields_is_an_empty_form(client: TestClient, seeded) -> None:
+    response = await client.post(
+        "/auth/oauth2/token",
+        data=b"--b0undary--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert response.status == 400
+    assert (await response.json())["error_description"] == "Missing parameter: grant_type."
