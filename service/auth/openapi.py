@@ -46,7 +46,8 @@ LOGOUT_URI_PATTERN = (
 _PROMPT = r"^\s*((none|login|consent|select_account)(\s+|$))*$"
 
 
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def oauth_error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response object for an RFC 6749 5.2 error."""
     response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuth2Error"}}},
@@ -54,6 +55,9 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     if headers:
         response["headers"] = headers
     return response
+
+
+_error = oauth_error
 
 
 def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from marshmallow import Schema, fields, validate
 
 from service import keys
 from service.auth import registration
+from service.auth.openapi import oauth_error as _error
 from service.auth.routes import NO_STORE, oauth_endpoint
 from service.bodies import read_json
 from service.context import Context
@@ -116,16 +117,6 @@ _ROOT = [{"url": "/", "description": "OAuth2 and OpenID Connect live at the site
 _STRING = {"type": "string"}
 _URIS = {"type": "array", "items": _STRING}
 _CHALLENGE = {"WWW-Authenticate": {"schema": _STRING, "description": 'Bearer error="invalid_token"'}}
-
-
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuth2Error"}}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
 
 
 _METADATA = {
