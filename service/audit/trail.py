@@ -51,6 +51,7 @@ EVENTS = (
     "client.deleted",
     "client.registered",
     "client.registration_updated",
+    "client.registration_token_rotated",
     "client.registration_deleted",
     "registration_token.created",
     "device.authorization_started",

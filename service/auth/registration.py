@@ -1,7 +1,8 @@
 """Dynamic client registration (RFC 7591) and its management (RFC 7592): the REGISTRATION policy,
 initial access tokens (admins create them; hashed; optional expiry and use count), and the client
-configuration endpoint behind a registration access token (hashed). Registered clients are ordinary
-OAuth2 client documents (service/auth/clients.py), validated by the clients API's schema."""
+configuration endpoint behind a registration access token (hashed, replaced on every read and update).
+Registered clients are ordinary OAuth2 client documents (service/auth/clients.py), validated by the
+clients API's schema."""
 
 from __future__ import annotations
 
@@ -256,10 +257,42 @@ async def registered_client(ctx: Context, client_id: str, authorization: str | N
     return client
 
 
+async def _take_token(
+    ctx: Context, client: ClientDocument, changes: dict[str, Any] | None = None
+) -> tuple[ClientDocument, str]:
+    """Replace the registration access token the request proved by a new one (RFC 7592 3 and 2.2: a read
+    or update response may carry a new one, and the old one is then invalid), together with `changes` to
+    the metadata, in ONE conditional write on the proven token's hash: of two requests carrying the same
+    token only one gets a new token (and makes its changes); the other is 401 invalid_token and changes
+    nothing. The new token is returned once and stored hashed."""
+    token = new_token(32)
+    update: dict[str, Any] = {"$set": {**(changes or {}), "registration_token_hash": hash_secret(token)}}
+    if changes:  # a metadata change is a new version (ETag) of the client; a bare rotation is not
+        update["$set"]["updated"] = utcnow()
+        update["$inc"] = {"version": 1}
+    taken = await ctx.db.oauth2_clients.find_one_and_update(
+        {"_id": client["_id"], "registration_token_hash": client.get("registration_token_hash")},
+        update,
+        return_document=ReturnDocument.AFTER,
+    )
+    if taken is None:  # another request rotated it (or deleted the client) since this one proved it
+        raise _invalid_token()
+    return cast(ClientDocument, taken), token
+
+
+async def read(ctx: Context, client_id: str, authorization: str | None) -> dict[str, Any]:
+    """RFC 7592 2.1: the client's metadata, with a new registration access token (the one sent stops
+    working at once: a copied token is good for one use by whoever is first, and the client notices)."""
+    client, token = await _take_token(ctx, await registered_client(ctx, client_id, authorization))
+    audit.record("client.registration_token_rotated", subject_id=client["user_id"], client_id=client["_id"], via="read")
+    return {**client_metadata(client, ctx.issuer), "registration_access_token": token}
+
+
 async def update(ctx: Context, client_id: str, body: Any, authorization: str | None) -> dict[str, Any]:
     """RFC 7592 2.2: the request replaces the client's metadata (omitted fields take their defaults);
-    client_id must be the client's, a client_secret sent must be the current one; the secret and the
-    registration access token stay as they are."""
+    client_id must be the client's, a client_secret sent must be the current one; the secret stays, the
+    registration access token is replaced (in the same conditional write as the metadata) and the
+    response carries the new one. A refused request changes neither."""
     client = await registered_client(ctx, client_id, authorization)
     if not isinstance(body, dict) or body.get("client_id") != client["_id"]:
         raise _metadata_error("The body must carry the client's client_id.")
@@ -283,19 +316,22 @@ async def update(ctx: Context, client_id: str, body: Any, authorization: str | N
         )
     }
     changes["grant_types"] = new_client_document(client["_id"], data, None, client["user_id"])["grant_types"]
-    updated = await repository.update_client(ctx.db, client["_id"], None, changes)
-    if updated is None:  # deleted meanwhile
-        raise _invalid_token()
+    updated, token = await _take_token(ctx, client, changes)
     ctx.cache.invalidate()  # its new rules apply at once (other processes follow the change stream)
     audit.record(
         "client.registration_updated", subject_id=client["user_id"], client_id=client["_id"], fields=sorted(changes)
     )
-    return client_metadata(updated, ctx.issuer)
+    audit.record(
+        "client.registration_token_rotated", subject_id=client["user_id"], client_id=client["_id"], via="update"
+    )
+    return {**client_metadata(updated, ctx.issuer), "registration_access_token": token}
 
 
 async def delete(ctx: Context, client_id: str, authorization: str | None) -> None:
-    """RFC 7592 2.3: the client and its tokens go; the principal cache forgets them."""
-    client = await registered_client(ctx, client_id, authorization)
+    """RFC 7592 2.3: the client and its tokens go; the principal cache forgets them. The token is first
+    taken by the same conditional write as a rotation (its replacement shown to nobody), so a token that a
+    concurrent read or update has just rotated cannot delete the client."""
+    client, _ = await _take_token(ctx, await registered_client(ctx, client_id, authorization))
     await repository.delete_client(ctx.db, client["_id"])  # its tokens and codes with it
     ctx.cache.invalidate()
     audit.record("client.registration_deleted", subject_id=client["user_id"], client_id=client["_id"])

@@ -34,11 +34,10 @@ async def register(request: web.Request) -> web.Response:
 @registration_routes.get(registration.REGISTER_PATH + "/{client_id}", allow_head=False)
 @oauth_endpoint
 async def read_registration(request: web.Request) -> web.Response:
-    ctx = Context.of(request)
-    client = await registration.registered_client(
-        ctx, request.match_info["client_id"], request.headers.get("Authorization")
+    result = await registration.read(
+        Context.of(request), request.match_info["client_id"], request.headers.get("Authorization")
     )
-    return json_response(registration.client_metadata(client, ctx.issuer))
+    return json_response(result)
 
 
 @registration_routes.put(registration.REGISTER_PATH + "/{client_id}")
@@ -144,14 +143,22 @@ _REGISTERED = {
         "client_secret": {**_STRING, "description": "Confidential clients, at registration only."},
         "client_secret_expires_at": {"type": "integer", "description": "0: never."},
         "client_id_issued_at": {"type": "integer"},
-        "registration_access_token": {**_STRING, "description": "At registration only (stored hashed)."},
+        "registration_access_token": {
+            **_STRING,
+            "description": "A new one in every registration, read and update response (stored hashed); the "
+            "one sent stops working at once.",
+        },
         "registration_client_uri": _STRING,
     },
 }
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": _METADATA}}}
 _ANSWER = {"application/json": {"schema": _REGISTERED}}
 _COMMON = {
-    "401": _error("invalid_token: a missing or wrong registration access token.", _CHALLENGE),
+    "401": _error(
+        "invalid_token: a missing or wrong registration access token, or one already replaced by a read or"
+        " update (of concurrent requests with one token, only the first succeeds).",
+        _CHALLENGE,
+    ),
     "429": _error("slow_down: too many requests from your address."),
     "503": _error("temporarily_unavailable: the database is unavailable."),
 }
@@ -182,19 +189,32 @@ PATHS: dict[str, Any] = {
         "parameters": _CLIENT_ID,
         "get": {
             "tags": ["oauth2"],
-            "summary": "Read a registered client's metadata (RFC 7592)",
+            "summary": "Read a registered client's metadata (RFC 7592); rotates the registration access token",
+            "description": "The response carries a new registration_access_token (RFC 7592 3); the one sent "
+            "stops working at once. Only one of concurrent requests with the same token succeeds.",
             "operationId": "readClientRegistration",
             "security": _TOKEN,
-            "responses": {"200": {"description": "The client's metadata.", "content": _ANSWER}, **_COMMON},
+            "responses": {
+                "200": {
+                    "description": "The client's metadata and its new registration_access_token.",
+                    "content": _ANSWER,
+                },
+                **_COMMON,
+            },
         },
         "put": {
             "tags": ["oauth2"],
-            "summary": "Replace a registered client's metadata (RFC 7592); the secret stays",
+            "summary": "Replace a registered client's metadata (RFC 7592); the secret stays, the token rotates",
+            "description": "The response carries a new registration_access_token (RFC 7592 2.2); the one sent "
+            "stops working at once. A refused update changes neither the metadata nor the token.",
             "operationId": "updateClientRegistration",
             "security": _TOKEN,
             "requestBody": _JSON_BODY,
             "responses": {
-                "200": {"description": "The client's new metadata.", "content": _ANSWER},
+                "200": {
+                    "description": "The client's new metadata and its new registration_access_token.",
+                    "content": _ANSWER,
+                },
                 "400": _error("invalid_client_metadata or invalid_redirect_uri; invalid_request for a bad body."),
                 **_COMMON,
             },

@@ -261,16 +261,17 @@ async def test_read_update_delete_with_the_registration_access_token(
             assert (await denied.json())["error"] == "invalid_token"
             assert denied.headers["WWW-Authenticate"].startswith("Bearer")
 
-    token = made["registration_access_token"]
-    read = await client.get(path, headers=auth(token))
+    read = await client.get(path, headers=auth(made["registration_access_token"]))
     assert read.status == 200
+    assert read.headers["Cache-Control"] == "no-store"
     shown = await read.json()
     assert shown["client_id"] == made["client_id"]
     assert shown["scope"] == "users:read openid"
     assert "client_secret" not in shown
-    assert "registration_access_token" not in shown
+    token = shown["registration_access_token"]  # the read rotated it
+    assert token != made["registration_access_token"]
 
-    # PUT replaces the metadata; the secret and the registration access token stay.
+    # PUT replaces the metadata; the secret stays, the registration access token is replaced.
     new = {
         "client_id": made["client_id"],
         "client_secret": made["client_secret"],
@@ -287,7 +288,9 @@ async def test_read_update_delete_with_the_registration_access_token(
     assert body["client_name"] == "Renamed"
     assert body["grant_types"] == ["client_credentials"]
     assert body["token_endpoint_auth_method"] == "client_secret_post"
+    token = body["registration_access_token"]
     stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["registration_token_hash"] == hash_secret(token)
     assert stored["secret_hash"] == hash_secret(made["client_secret"])
     assert stored["allowed_scopes"] == ["users:read"]
     assert await recorded(db, "client.registration_updated", client_id=made["client_id"])
@@ -304,7 +307,9 @@ async def test_read_update_delete_with_the_registration_access_token(
         assert (await refused.json())["error"] == "invalid_client_metadata"
     bad_uri = await client.put(path, json={**new, "redirect_uris": ["http://x.example/"]}, headers=auth(token))
     assert (await bad_uri.json())["error"] == "invalid_redirect_uri"
-    assert (await db.oauth2_clients.find_one({"_id": made["client_id"]}))["version"] == stored["version"]
+    unchanged = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert unchanged["version"] == stored["version"]
+    assert unchanged["registration_token_hash"] == stored["registration_token_hash"]  # refused: no rotation
 
     # client_credentials with the (kept) secret, sent in the form as now registered; then DELETE.
     form = {
@@ -323,6 +328,157 @@ async def test_read_update_delete_with_the_registration_access_token(
     assert (await client.get("/api/v1/users/me", headers=auth(access))).status == 401  # the cache forgot it
     assert (await client.get(path, headers=auth(token))).status == 401
     assert await recorded(db, "client.registration_deleted", client_id=made["client_id"])
+
+
+# --- RFC 7592 3: a new registration access token on every read and update ------------------------
+
+
+def config_path(made: dict[str, Any]) -> str:
+    uri = str(made["registration_client_uri"])
+    return uri[uri.index("/auth/") :]
+
+
+async def stolen_token_changes_nothing(client: TestClient, db: Any, made: dict[str, Any], stolen: str) -> None:
+    """A replaced token is 401 invalid_token for GET, PUT and DELETE, and the client stays as it was."""
+    before = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    path = config_path(made)
+    attempts = {
+        "GET": None,
+        "PUT": {"client_id": made["client_id"], "redirect_uris": ["https://thief.example.com/cb"], "client_name": "X"},
+        "DELETE": None,
+    }
+    for method, body in attempts.items():
+        denied = await client.request(method, path, json=body, headers=auth(stolen))
+        assert denied.status == 401, method
+        assert (await denied.json())["error"] == "invalid_token"
+        assert denied.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert await db.oauth2_clients.find_one({"_id": made["client_id"]}) == before
+
+
+async def test_a_read_rotates_the_token_and_the_previous_one_is_refused(client: TestClient, seeded, bearer, db) -> None:
+    response, made = await register(client, await initial_token(client, bearer), **PUBLIC)
+    assert response.status == 201, made
+    first = made["registration_access_token"]
+    read = await client.get(config_path(made), headers=auth(first))
+    assert read.status == 200, await read.text()
+    shown = await read.json()
+    second = shown["registration_access_token"]
+    assert second != first
+    assert {k: v for k, v in shown.items() if k != "registration_access_token"} == {
+        k: v for k, v in made.items() if k != "registration_access_token"
+    }
+    stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["registration_token_hash"] == hash_secret(second)  # hashed, as at registration
+    assert second not in str(stored)
+    assert stored["version"] == 1  # a bare rotation is not a new version (ETag) of the client
+    event = await recorded(db, "client.registration_token_rotated", client_id=made["client_id"], via="read")
+    assert event is not None
+    assert first not in str(event)
+    assert second not in str(event)
+
+    await stolen_token_changes_nothing(client, db, made, first)
+    again = await client.get(config_path(made), headers=auth(second))  # the new one works (once)
+    assert again.status == 200
+    third = (await again.json())["registration_access_token"]
+    assert len({first, second, third}) == 3
+    await stolen_token_changes_nothing(client, db, made, second)
+
+
+async def test_an_update_rotates_the_token_and_the_previous_one_is_refused(
+    client: TestClient, seeded, bearer, db
+) -> None:
+    response, made = await register(client, await initial_token(client, bearer), **PUBLIC)
+    assert response.status == 201, made
+    first = made["registration_access_token"]
+    body = {"client_id": made["client_id"], "redirect_uris": [REDIRECT], "client_name": "Renamed", "scope": "openid"}
+    updated = await client.put(config_path(made), json=body, headers=auth(first))
+    assert updated.status == 200, await updated.text()
+    assert updated.headers["Cache-Control"] == "no-store"
+    answer = await updated.json()
+    assert answer["client_name"] == "Renamed"
+    second = answer["registration_access_token"]
+    assert second != first
+    stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["registration_token_hash"] == hash_secret(second)
+    assert stored["client_name"] == "Renamed"
+    assert await recorded(db, "client.registration_token_rotated", client_id=made["client_id"], via="update")
+
+    await stolen_token_changes_nothing(client, db, made, first)
+    assert (await db.oauth2_clients.find_one({"_id": made["client_id"]}))["client_name"] == "Renamed"
+    read = await client.get(config_path(made), headers=auth(second))
+    assert read.status == 200
+    third = (await read.json())["registration_access_token"]
+    deleted = await client.delete(config_path(made), headers=auth(third))
+    assert deleted.status == 204
+    assert await db.oauth2_clients.find_one({"_id": made["client_id"]}) is None
+
+
+@pytest.fixture
+def all_read_the_client(monkeypatch: pytest.MonkeyPatch):
+    """Hold every request at its client lookup until `n` have looked (the race, made certain): each has
+    proven the same token before any of them writes."""
+    from service.auth import repository
+
+    def hold(n: int) -> None:
+        barrier = asyncio.Barrier(n)
+        original = repository.get_client
+
+        async def get_client(db: Any, client_id: str) -> Any:
+            found = await original(db, client_id)
+            await asyncio.wait_for(barrier.wait(), timeout=10)
+            return found
+
+        monkeypatch.setattr(repository, "get_client", get_client)
+
+    return hold
+
+
+async def test_concurrent_reads_with_one_token_rotate_it_exactly_once(
+    client: TestClient, seeded, bearer, db, all_read_the_client
+) -> None:
+    response, made = await register(client, await initial_token(client, bearer), **PUBLIC)
+    assert response.status == 201, made
+    all_read_the_client(6)
+    answers = await asyncio.gather(
+        *(client.get(config_path(made), headers=auth(made["registration_access_token"])) for _ in range(6))
+    )
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [200] + [401] * 5
+    winner = next(answer for answer in answers if answer.status == 200)
+    new = (await winner.json())["registration_access_token"]
+    for answer in answers:
+        if answer.status == 401:
+            assert (await answer.json())["error"] == "invalid_token"
+    stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["registration_token_hash"] == hash_secret(new)
+    assert await recorded(db, "client.registration_token_rotated", client_id=made["client_id"])
+    await asyncio.sleep(0.1)
+    assert await db.audit_events.count_documents({"event": "client.registration_token_rotated"}) == 1
+
+
+async def test_concurrent_updates_with_one_token_make_exactly_one_change(
+    client: TestClient, seeded, bearer, db, all_read_the_client
+) -> None:
+    response, made = await register(client, await initial_token(client, bearer), **PUBLIC)
+    assert response.status == 201, made
+    all_read_the_client(4)  # twice: the route looks the client up before the body, then update() again
+    names = ["A", "B", "C", "D"]
+    answers = await asyncio.gather(
+        *(
+            client.put(
+                config_path(made),
+                json={"client_id": made["client_id"], "redirect_uris": [REDIRECT], "client_name": name},
+                headers=auth(made["registration_access_token"]),
+            )
+            for name in names
+        )
+    )
+    assert sorted(answer.status for answer in answers) == [200, 401, 401, 401]
+    winner = await next(answer for answer in answers if answer.status == 200).json()
+    stored = await db.oauth2_clients.find_one({"_id": made["client_id"]})
+    assert stored["client_name"] == winner["client_name"]
+    assert stored["version"] == 2  # one change
+    assert stored["registration_token_hash"] == hash_secret(winner["registration_access_token"])
 
 
 # --- registered clients at the token endpoint ----------------------------------------------------
