@@ -56,6 +56,11 @@ CACHE_EVICTIONS = Counter("principal_cache_evictions_total", "Principal cache en
 MAIL_SENT = Counter("mail_sent_total", "Mail messages handed to the SMTP server (or, in development, to a file).")
 MAIL_FAILED = Counter("mail_failed_total", "Mail messages given up on (out of attempts, or refused for good).")
 MAIL_DEFERRED = Counter("mail_deferred_total", "Mail delivery attempts that failed and will be retried.")
+BACKCHANNEL_LOGOUTS = Counter(
+    "backchannel_logout_total",
+    "Back-channel logout deliveries, by outcome: delivered, deferred (an attempt failed) or failed (given up).",
+    ["outcome"],
+)
 CHANGE_STREAM_LAG = Histogram(
     "change_stream_lag_seconds", "From a write to its change event reaching this process.", buckets=_LATENCY
 )

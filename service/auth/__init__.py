@@ -10,6 +10,7 @@ from aiohttp import web
 
 from service import scopes
 from service.auth import (
+    backchannel,
     device,
     device_routes,
     registration,
@@ -44,9 +45,11 @@ def setup(root: web.Application, api: web.Application) -> None:
     indexes = {**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES, **device.INDEXES}
     root[STORAGE].declare(indexes, MIGRATIONS)
     root[STORAGE].declare(registration.INDEXES)
+    root[STORAGE].declare(backchannel.INDEXES)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
     root.cleanup_ctx.append(_keyring_ctx)
+    root.cleanup_ctx.append(backchannel.deliverer_ctx)  # signs with the key ring; stops before the database
     root.cleanup_ctx.append(follower_ctx(repository.watch_principal_changes))
     root[TOKENS_REVOKED].append(_mark_revoked)
     root.add_routes(routes.oauth_routes)

@@ -1,0 +1,354 @@
+"""OpenID Connect Back-Channel Logout 1.0: when a sign-in session ends, every client it signed in to
+that registered a `backchannel_logout_uri` is told so by a signed logout token POSTed to that URI.
+
+Like mail (service/mail.py), a logout never waits on a client: `enqueue` writes one durable message
+per (session, client) to the `logout_outbox` collection, and a deliverer per process sends them.
+
+- Claims: one conditional write (queued and due, or `sending` with an expired lease -> `sending` until
+  `claimed_until`), so processes sharing the database never send one message at the same time, and a
+  process that dies holding a claim leaves the message to the next one after LEASE.
+- The logout token (§2.4) is signed at each attempt with the ID-token key ring (RS256, the key's
+  `kid`, `typ: logout+jwt` as §2.4 recommends): `iss`, `aud` (the client), `iat`, `exp` (iat +
+  TOKEN_LIFETIME), a fresh `jti`, `sid`, `sub`, `events` with the back-channel logout event; never a
+  `nonce` (§2.4 forbids it). It is POSTed as `application/x-www-form-urlencoded` `logout_token=...`
+  (§2.5), with REQUEST_TIMEOUT, following no redirect.
+- A 2xx answer is delivered (§2.8 says 200; some frameworks answer 204). A refused connection, a
+  timeout or any other status is retried with jittered exponential backoff: FIRST_RETRY_SECONDS, then
+  doubling (x0.75 to x1.25), at most MAX_ATTEMPTS attempts, so a client that stays away is given up on
+  about an hour (63 minutes before jitter) after the logout; a message older than MAX_AGE (its
+  deliverers were down) is given up on at its next claim. Delivered and failed messages stay KEEP_DONE
+  for inspection, then a TTL index removes them. Outcomes are counted (`backchannel_logout_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+
+from service.auth.jose import jwt
+from service.auth.signing import ALGORITHM, KEYRING, KeyRing
+from service.config import SETTINGS
+from service.context import Context
+from service.db import MONGO, Database, aware, utcnow
+from service.metrics import BACKCHANNEL_LOGOUTS
+
+log = logging.getLogger(__name__)
+
+EVENT = "http://schemas.openid.net/event/backchannel-logout"
+INDEXES: dict[str, list[IndexModel]] = {
+    "logout_outbox": [
+        IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
+        IndexModel("expires_at", expireAfterSeconds=0),  # set once a message is delivered or has failed
+    ]
+}
+MAX_ATTEMPTS = 8
+FIRST_RETRY_SECONDS = 30.0  # 30, 60, 120, ... 1920 s between the 8 attempts: about an hour in all
+MAX_RETRY_DELAY = 1920.0
+MAX_AGE = timedelta(hours=2)  # a logout this late is given up on, whatever its attempts
+KEEP_DONE = timedelta(days=7)  # how long a delivered or failed message stays for inspection
+TOKEN_LIFETIME = 120  # seconds: the logout token's `exp` after its `iat`
+REQUEST_TIMEOUT = 10.0  # seconds for one POST, connection included
+LEASE = timedelta(seconds=REQUEST_TIMEOUT + 50)  # a claim outlives its attempt
+CONCURRENCY = 8  # messages one deliverer sends at the same time: one slow client does not hold the rest
+STOP_GRACE = 5.0  # seconds deliveries under way get to finish at shutdown; then they are released
+
+
+async def enqueue(ctx: Context, sessions: Iterable[Mapping[str, Any]]) -> int:
+    """Queue a logout token for every client of every ended session that registered a
+    `backchannel_logout_uri`; how many were queued. This process's deliverer wakes at once."""
+    wanted = {
+        (str(session["sid"]), str(session["user_id"]), client_id): None
+        for session in sessions
+        for client_id in session.get("clients", [])
+    }
+    if not wanted:
+        return 0
+    uris = await _logout_uris(ctx.db, {client_id for _, _, client_id in wanted})
+    now = utcnow()
+    messages = [
+        {
+            "iss": ctx.issuer,
+            "sub": sub,
+            "sid": sid,
+            "client_id": client_id,
+            "uri": uris[client_id],
+            "state": "queued",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created": now,
+        }
+        for sid, sub, client_id in wanted
+        if client_id in uris
+    ]
+    if messages:
+        await ctx.db.logout_outbox.insert_many(messages)
+        _wake(ctx.db)
+    return len(messages)
+
+
+async def _logout_uris(db: Database, client_ids: set[str]) -> dict[str, str]:
+    """client_id -> backchannel_logout_uri for those of `client_ids` that registered one (the
+    oauth2_clients collection is keyed by client_id: no index to add)."""
+    found = db.oauth2_clients.find(
+        {"_id": {"$in": sorted(client_ids)}, "backchannel_logout_uri": {"$nin": [None, ""]}},
+        {"backchannel_logout_uri": 1},
+    )
+    return {client["_id"]: client["backchannel_logout_uri"] async for client in found}
+
+
+async def logout_token(keyring: KeyRing, message: Mapping[str, Any]) -> str:
+    """The Back-Channel Logout 1.0 §2.4 logout token for `message`, signed off the event loop."""
+    key = await keyring.signing_key()
+    now = int(time.time())
+    payload = {
+        "iss": message["iss"],
+        "aud": message["client_id"],
+        "iat": now,
+        "exp": now + TOKEN_LIFETIME,
+        "jti": secrets.token_urlsafe(16),
+        "sid": message["sid"],
+        "sub": message["sub"],
+        "events": {EVENT: {}},
+    }
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": "logout+jwt"}
+    signed = await asyncio.get_running_loop().run_in_executor(None, jwt.encode, header, payload, key.key)
+    return bytes(signed).decode()
+
+
+# --- the deliverer -------------------------------------------------------------------------------
+
+_LIVE: set[Deliverer] = set()  # the deliverers running in this process, woken by `enqueue`
+
+
+def _wake(db: Database) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for deliverer in _LIVE:
+        if deliverer.loop is loop and deliverer.db.name == db.name:
+            deliverer.wake()
+
+
+class _Refused(Exception):
+    """The client answered, but not with a 2xx."""
+
+
+class Deliverer:
+    """Delivers the logout outbox of one database until `stop`; `drain` delivers what is due now."""
+
+    def __init__(self, db: Database, keyring: KeyRing, poll_seconds: float) -> None:
+        self.db, self.keyring, self.poll_seconds = db, keyring, poll_seconds
+        self.loop = asyncio.get_running_loop()
+        self._http: aiohttp.ClientSession | None = None
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        _LIVE.add(self)
+        self._task = asyncio.create_task(self._run(), name="backchannel-logout")
+
+    async def stop(self) -> None:
+        """Finish the deliveries under way (STOP_GRACE at most; else release them for another process)."""
+        _LIVE.discard(self)
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
+            except TimeoutError:
+                self._task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._task
+        await self.close()
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def http(self) -> aiohttp.ClientSession:
+        """The one HTTP client session of this deliverer (its connection pool), opened on first use."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        return self._http
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.drain()
+            except Exception as exc:  # noqa: BLE001 - the database may be away: the next poll tries again
+                log.warning("back-channel logout: %s; trying again in %g s", type(exc).__name__, self.poll_seconds)
+            if self._stopping:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+
+    async def drain(self) -> int:
+        """Deliver every message that is due (CONCURRENCY at a time); how many were claimed. An idle
+        poll costs one query: the other lanes start only once a message was found."""
+        first = None if self._stopping else await self.claim()
+        if first is None:
+            return 0
+        lanes = [self._lane(first), *(self._lane(None) for _ in range(CONCURRENCY - 1))]
+        return sum(await asyncio.gather(*lanes))
+
+    async def _lane(self, message: dict[str, Any] | None) -> int:
+        claimed = 0
+        if message is not None:
+            claimed += 1
+            await self._deliver(message)
+        while not self._stopping and (message := await self.claim()) is not None:
+            claimed += 1
+            await self._deliver(message)
+        return claimed
+
+    async def claim(self) -> dict[str, Any] | None:
+        """One conditional write: a due message (or one whose claim expired) becomes this deliverer's."""
+        now = utcnow()
+        return await self.db.logout_outbox.find_one_and_update(
+            {
+                "$or": [
+                    {"state": "queued", "next_attempt_at": {"$lte": now}},
+                    {"state": "sending", "claimed_until": {"$lte": now}},
+                ]
+            },
+            {"$set": {"state": "sending", "claimed_until": now + LEASE}, "$inc": {"attempts": 1}},
+            sort=[("next_attempt_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        attempt = int(message["attempts"])
+        if attempt > MAX_ATTEMPTS:  # only claims that expired (crashes) get here
+            await self._give_up(message, "no attempt left (earlier claims expired)")
+            return
+        if utcnow() - aware(message["created"]) > MAX_AGE:
+            await self._give_up(message, "too old to deliver")
+            return
+        try:
+            token = await logout_token(self.keyring, message)
+            await self._post(message["uri"], token)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(message))
+            raise
+        except (_Refused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            reason = _describe(exc)
+            if attempt >= MAX_ATTEMPTS:
+                await self._give_up(message, reason)
+            else:
+                await self._defer(message, reason)
+            return
+        now = utcnow()
+        done = await self.db.logout_outbox.update_one(
+            _claimed(message),
+            {
+                "$set": {"state": "delivered", "delivered_at": now, "expires_at": now + KEEP_DONE},
+                "$unset": {"claimed_until": "", "last_error": ""},
+            },
+        )
+        BACKCHANNEL_LOGOUTS.labels(outcome="delivered").inc()
+        if done.modified_count == 0:
+            log.warning("logout %s was delivered after its claim expired (it may be delivered again)", message["_id"])
+
+    async def _post(self, uri: str, token: str) -> None:
+        """§2.5: a form POST; no redirect is followed (a 3xx is a failure like any non-2xx)."""
+        async with self.http().post(
+            uri, data={"logout_token": token}, allow_redirects=False, headers={"Cache-Control": "no-store"}
+        ) as response:
+            if not 200 <= response.status < 300:
+                raise _Refused(f"HTTP {response.status}")
+
+    async def _defer(self, message: dict[str, Any], reason: str) -> None:
+        attempt = int(message["attempts"])
+        delay = min(FIRST_RETRY_SECONDS * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+        delay *= 0.75 + secrets.randbelow(501) / 1000  # jitter: x0.75 to x1.25, so retries do not bunch
+        await self.db.logout_outbox.update_one(
+            _claimed(message),
+            {
+                "$set": {
+                    "state": "queued",
+                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
+                    "last_error": reason,
+                },
+                "$unset": {"claimed_until": ""},
+            },
+        )
+        BACKCHANNEL_LOGOUTS.labels(outcome="deferred").inc()
+        log.info(
+            "logout %s to client %s: attempt %d failed (%s); next in %.0f s",
+            message["_id"],
+            message["client_id"],
+            attempt,
+            reason,
+            delay,
+        )
+
+    async def _give_up(self, message: dict[str, Any], reason: str) -> None:
+        now = utcnow()
+        await self.db.logout_outbox.update_one(
+            _claimed(message),
+            {
+                "$set": {"state": "failed", "failed_at": now, "expires_at": now + KEEP_DONE, "last_error": reason},
+                "$unset": {"claimed_until": ""},
+            },
+        )
+        BACKCHANNEL_LOGOUTS.labels(outcome="failed").inc()
+        log.warning(
+            "logout %s to client %s given up after %d attempts: %s",
+            message["_id"],
+            message["client_id"],
+            message["attempts"],
+            reason,
+        )
+
+    async def _release(self, message: dict[str, Any]) -> None:
+        """Shutdown interrupted the attempt: the message is due again at once, and the attempt is not counted."""
+        with suppress(Exception):
+            await self.db.logout_outbox.update_one(
+                _claimed(message),
+                {
+                    "$set": {"state": "queued", "next_attempt_at": utcnow()},
+                    "$inc": {"attempts": -1},
+                    "$unset": {"claimed_until": ""},
+                },
+            )
+
+
+def _claimed(message: dict[str, Any]) -> dict[str, Any]:
+    """The filter that matches `message` only while this claim holds."""
+    return {"_id": message["_id"], "state": "sending", "attempts": message["attempts"]}
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, for the log and the outbox: the error's kind and its words, short."""
+    detail = str(exc).replace("\r", " ").replace("\n", " ").strip()
+    return f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+
+
+DELIVERER: web.AppKey[Deliverer] = web.AppKey("service.auth.backchannel.deliverer", Deliverer)
+
+
+async def deliverer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The auth domain's cleanup context (after the key ring's): this process's deliverer runs while the
+    app does, polling for other processes' messages as often as the mail sender does."""
+    deliverer = Deliverer(app[MONGO].db, app[KEYRING], app[SETTINGS].mail_poll_seconds)
+    app[DELIVERER] = deliverer
+    deliverer.start()
+    yield
+    await deliverer.stop()
