@@ -54,6 +54,7 @@ EVENTS = (
     "client.registration_token_rotated",
     "client.registration_deleted",
     "registration_token.created",
+    "consent.revoked",
     "device.authorization_started",
     "device.wrong_user_code",
     "device.approved",

@@ -11,6 +11,8 @@ from aiohttp import web
 from service import scopes
 from service.auth import (
     backchannel,
+    connected_routes,
+    consent,
     device,
     device_routes,
     registration,
@@ -45,6 +47,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     indexes = {**repository.INDEXES, **signing.INDEXES, **second_factor.INDEXES, **device.INDEXES}
     root[STORAGE].declare(indexes, MIGRATIONS)
     root[STORAGE].declare(registration.INDEXES)
+    root[STORAGE].declare(consent.INDEXES)
     root[STORAGE].declare(backchannel.INDEXES)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
@@ -55,6 +58,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     root.add_routes(routes.oauth_routes)
     root.add_routes(device_routes.device_routes)
     api.router.add_routes(routes.routes)
+    api.router.add_routes(connected_routes.routes)  # /users/me/authorizations: the caller's connected apps
     root.add_routes(registration_routes.registration_routes)
     api.router.add_routes(registration_routes.routes)
     add_parts(

@@ -51,3 +51,12 @@ def forget_tokens(cache: PrincipalCache, query: dict[str, Any]) -> None:
     """Evict the cached tokens a write selected by `query` (see TOKEN_GROUPS) just changed."""
     for field, value in query.items():
         cache.evict(TOKEN_GROUPS[field], value)
+
+
+async def revoke_grant(cache: PrincipalCache, db: Any, user_id: Any, client_id: str) -> int:
+    """Revoke every token `client_id` holds for `user_id` in one write, and forget the user's cached
+    tokens here at once: a cached token names its user and its client but not the pair, so the user's
+    other tokens are read again once (other processes hear of the revoked ones through the change stream)."""
+    revoked = await tokens.revoke_tokens(db, {"user_id": user_id, "client_id": client_id})
+    cache.evict("users", user_id)
+    return revoked

@@ -148,6 +148,20 @@ class RotatedSecretSchema(Schema):
     )
 
 
+class ConnectedAppSchema(Schema):
+    """A client the user authorized (GET /users/me/authorizations)."""
+
+    client_id = fields.String(dump_only=True)
+    client_name = fields.String(
+        dump_only=True, allow_none=True, metadata={"description": "The client's current name; null if it has none."}
+    )
+    scopes = fields.List(
+        fields.String(), dump_only=True, metadata={"description": "Every scope the user granted it (a union)."}
+    )
+    first_used = fields.AwareDateTime(dump_only=True, metadata={"description": "Its first authorization."})
+    last_used = fields.AwareDateTime(dump_only=True, metadata={"description": "The last code it was given."})
+
+
 def _uris(*, max_items: int = MAX_REDIRECT_URIS) -> fields.List:
     return fields.List(
         fields.String(
