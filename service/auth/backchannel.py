@@ -167,13 +167,14 @@ class Deliverer:
         _LIVE.discard(self)
         self._stopping = True
         self._wakeup.set()
-        if self._task is not None:
+        task, self._task = self._task, None  # stopping twice (tests, then the app's cleanup) is harmless
+        if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
             except TimeoutError:
-                self._task.cancel()
+                task.cancel()
                 with suppress(asyncio.CancelledError):
-                    await self._task
+                    await task
         await self.close()
 
     async def close(self) -> None:
@@ -184,7 +185,10 @@ class Deliverer:
     def http(self) -> aiohttp.ClientSession:
         """The one HTTP client session of this deliverer (its connection pool), opened on first use."""
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+            # No cookie jar: what one client's endpoint sets is never sent back, to it or to another.
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._http
 
     async def _run(self) -> None:
@@ -205,6 +209,8 @@ class Deliverer:
         first = None if self._stopping else await self.claim()
         if first is None:
             return 0
+        # The key ring loads once before the lanes sign (on a new database the first load makes a key).
+        await self.keyring.signing_key()
         lanes = [self._lane(first), *(self._lane(None) for _ in range(CONCURRENCY - 1))]
         return sum(await asyncio.gather(*lanes))
 

@@ -36,18 +36,21 @@ class Receiver:
         self.uri = f"http://127.0.0.1:{self.port}/logout"
         self.status = 200
         self.delay = 0.0
+        self.hold: asyncio.Event | None = None  # set: every answer waits for it
         self.posts: list[dict[str, Any]] = []
         self.redirected: list[str] = []
         self._server: TestServer | None = None
 
     async def logout(self, request: web.Request) -> web.Response:
         form = await request.post()
-        self.posts.append({"content_type": request.content_type, "form": dict(form)})
+        self.posts.append({"content_type": request.content_type, "form": dict(form), "cookies": dict(request.cookies)})
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.status in (302, 307):
             raise web.HTTPTemporaryRedirect("/elsewhere") if self.status == 307 else web.HTTPFound("/elsewhere")
-        return web.Response(status=self.status)
+        return web.Response(status=self.status, headers={"Set-Cookie": "rp=1; Path=/"})
 
     async def elsewhere(self, request: web.Request) -> web.Response:
         self.redirected.append(request.method)
@@ -291,7 +294,9 @@ async def test_two_deliverers_never_deliver_one_message_twice(
     assert second > 0
     sids = [jwt_claims(token)["sid"] for token in receiver.tokens]
     assert sorted(sids) == sorted(item["sid"] for item in ended)
-    assert await db.logout_outbox.count_documents({"state": "delivered", "attempts": 1}) == 30
+    assert await db.signing_keys.count_documents({}) <= 2  # each deliverer's first drain, at most
+    states = [(m["state"], m["attempts"], m.get("last_error")) for m in await db.logout_outbox.find({}).to_list(None)]
+    assert states == [("delivered", 1, None)] * 30
 
 
 async def test_a_claim_whose_lease_expired_is_taken_over_and_a_stale_message_given_up(
@@ -328,3 +333,32 @@ async def test_stopping_the_app_deliverer_stops_its_polling(client: TestClient, 
     await asyncio.sleep(0.2)
     assert receiver.posts == []
     assert (await db.logout_outbox.find_one({}))["state"] == "queued"
+
+
+async def test_a_deliverer_stopping_mid_delivery_puts_the_message_back_uncounted(
+    client: TestClient, db, bearer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backchannel, "STOP_GRACE", 0.1)
+    receiver.hold = asyncio.Event()  # the client never answers while the deliverer stops
+    client_id = await register(client, await bearer("user"), receiver.uri)
+    running = client.app[DELIVERER]
+    await backchannel.enqueue(context_of(client), [session(await user_id(db), client_id)])
+    await receiver.wait_for(1)
+    await running.stop()
+    receiver.hold.set()
+    stored = await db.logout_outbox.find_one({})
+    assert (stored["state"], stored["attempts"]) == ("queued", 0)
+    assert aware(stored["next_attempt_at"]) <= utcnow()  # due again at once, for any process
+    assert "claimed_until" not in stored
+
+
+async def test_cookies_an_endpoint_sets_are_never_sent_back(
+    client: TestClient, db, bearer, deliverer: Deliverer, receiver: Receiver
+) -> None:
+    client_id = await register(client, await bearer("user"), receiver.uri)
+    user = await user_id(db)
+    await backchannel.enqueue(context_of(client), [session(user, client_id)])
+    assert await deliverer.drain() == 1
+    await backchannel.enqueue(context_of(client), [session(user, client_id)])
+    assert await deliverer.drain() == 1
+    assert [post["cookies"] for post in receiver.posts] == [{}, {}]
