@@ -5,13 +5,15 @@ nothing else does), the route next to the users domain's, the consent page templ
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from typing import Any
 
 import aiohttp_jinja2
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from service.app import create_app
 from service.audit import AUDITOR
 from service.auth import consent
 from service.cache import PRINCIPAL_CACHE
@@ -212,6 +214,29 @@ async def test_revoking_stops_that_clients_tokens_for_that_user_only(backend, cl
     # Signing in again gives a working token (the revocation was of the tokens, not of the client).
     again = await tokens(client, "user", "w", other_app)
     assert (await client.get(ME, headers=auth(again))).status == 200
+
+
+async def test_the_revocation_reaches_another_instance_within_100_ms(
+    backend, client, settings, mongo_client, db, seeded, other_app
+) -> None:
+    if backend != "secantus":
+        pytest.skip("change streams need the real wire-protocol server (--backend=secantus)")
+    mine = await tokens(client, "user", "w", other_app)
+    await consent.remember(context_of(client), await user_id(db, "user"), other_app, ["users:read"])
+    async with TestClient(TestServer(create_app(settings, mongo_client=mongo_client))) as other:
+        cache = other.app[PRINCIPAL_CACHE]
+        for _ in range(200):  # until the other instance serves the token from its cache
+            hits = cache.hits
+            assert (await other.get(ME, headers=auth(mine))).status == 200
+            if cache.hits > hits:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the other instance never served the token from its cache")
+        started = time.monotonic()
+        assert (await client.delete(f"{LIST}/{other_app}", headers=auth(mine))).status == 204
+        while (await other.get(ME, headers=auth(mine))).status != 401:
+            assert time.monotonic() - started < 0.1, "the other instance still takes the token"
 
 
 async def test_nobody_revokes_someone_elses_authorization(client, db, seeded, bearer, other_app) -> None:
