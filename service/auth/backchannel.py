@@ -60,6 +60,7 @@ TOKEN_LIFETIME = 120  # seconds: the logout token's `exp` after its `iat`
 REQUEST_TIMEOUT = 10.0  # seconds for one POST, connection included
 LEASE = timedelta(seconds=REQUEST_TIMEOUT + 50)  # a claim outlives its attempt
 CONCURRENCY = 8  # messages one deliverer sends at the same time: one slow client does not hold the rest
+MIN_POLL_SECONDS = 5.0  # an idle deliverer asks the database at most this often
 STOP_GRACE = 5.0  # seconds deliveries under way get to finish at shutdown; then they are released
 
 
@@ -352,8 +353,10 @@ DELIVERER: web.AppKey[Deliverer] = web.AppKey("service.auth.backchannel.delivere
 
 async def deliverer_ctx(app: web.Application) -> AsyncIterator[None]:
     """The auth domain's cleanup context (after the key ring's): this process's deliverer runs while the
-    app does, polling for other processes' messages as often as the mail sender does."""
-    deliverer = Deliverer(app[MONGO].db, app[KEYRING], app[SETTINGS].mail_poll_seconds)
+    app does, polling for other processes' messages and for retries as often as the mail sender does
+    (MAIL_POLL_SECONDS), but not more than every MIN_POLL_SECONDS: the first retry waits 30 s anyway."""
+    poll_seconds = max(app[SETTINGS].mail_poll_seconds, MIN_POLL_SECONDS)
+    deliverer = Deliverer(app[MONGO].db, app[KEYRING], poll_seconds)
     app[DELIVERER] = deliverer
     deliverer.start()
     yield

@@ -6,6 +6,7 @@ returns; one that keeps failing is given up on after MAX_ATTEMPTS. Time passes b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,10 +18,12 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from bson import ObjectId
 from prometheus_client import REGISTRY
 
+from service.app import create_app
 from service.auth import backchannel
 from service.auth.backchannel import DELIVERER, EVENT, MAX_ATTEMPTS, Deliverer
 from service.auth.jose import JsonWebKey, jwt
 from service.auth.signing import KEYRING
+from service.config import Settings
 from service.context import Context
 from service.db import aware, utcnow
 from tests.helpers import jwt_claims
@@ -362,3 +365,15 @@ async def test_cookies_an_endpoint_sets_are_never_sent_back(
     await backchannel.enqueue(context_of(client), [session(user, client_id)])
     assert await deliverer.drain() == 1
     assert [post["cookies"] for post in receiver.posts] == [{}, {}]
+
+
+async def test_an_idle_deliverer_polls_at_most_every_few_seconds(
+    aiohttp_client, settings: Settings, mongo_client
+) -> None:
+    """Retries wait 30 s at least: a mail sender told to poll twenty times a second does not make this one."""
+    app = create_app(dataclasses.replace(settings, mail_poll_seconds=0.05), mongo_client=mongo_client)
+    await aiohttp_client(app)
+    assert app[DELIVERER].poll_seconds == backchannel.MIN_POLL_SECONDS == 5.0
+    slow = create_app(dataclasses.replace(settings, mail_poll_seconds=60.0), mongo_client=mongo_client)
+    await aiohttp_client(slow)
+    assert slow[DELIVERER].poll_seconds == 60.0
