@@ -198,7 +198,9 @@ class Deliverer:
             try:
                 await self.drain()
             except Exception as exc:  # noqa: BLE001 - the database may be away: the next poll tries again
-                log.warning("back-channel logout: %s; trying again in %g s", type(exc).__name__, self.poll_seconds)
+                errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+                kinds = ", ".join(sorted({type(error).__name__ for error in errors}))
+                log.warning("back-channel logout: %s; trying again in %g s", kinds, self.poll_seconds)
             if self._stopping:
                 break
             with suppress(TimeoutError):
@@ -211,9 +213,19 @@ class Deliverer:
         if first is None:
             return 0
         # The key ring loads once before the lanes sign (on a new database the first load makes a key).
-        await self.keyring.signing_key()
-        lanes = [self._lane(first), *(self._lane(None) for _ in range(CONCURRENCY - 1))]
-        return sum(await asyncio.gather(*lanes))
+        try:
+            await self.keyring.signing_key()
+        except BaseException:
+            await asyncio.shield(self._release(first))
+            raise
+        # A lane that fails (the database went away) has put its message back; the others are not
+        # cancelled (one cancelled while its claim is on the wire would leave a message to its lease).
+        lanes = (self._lane(message) for message in (first, *[None] * (CONCURRENCY - 1)))
+        results = await asyncio.gather(*lanes, return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise BaseExceptionGroup("back-channel logout deliveries failed", errors)
+        return sum(result for result in results if isinstance(result, int))
 
     async def _lane(self, message: dict[str, Any] | None) -> int:
         claimed = 0
@@ -251,16 +263,16 @@ class Deliverer:
         try:
             token = await logout_token(self.keyring, message)
             await self._post(message["uri"], token)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._release(message))
-            raise
-        except (_Refused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        except (_Refused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # the client's doing
             reason = _describe(exc)
             if attempt >= MAX_ATTEMPTS:
                 await self._give_up(message, reason)
             else:
                 await self._defer(message, reason)
             return
+        except BaseException:  # shutdown, or ours (the database went away while signing): not an attempt
+            await asyncio.shield(self._release(message))
+            raise
         now = utcnow()
         done = await self.db.logout_outbox.update_one(
             _claimed(message),
@@ -325,7 +337,8 @@ class Deliverer:
         )
 
     async def _release(self, message: dict[str, Any]) -> None:
-        """Shutdown interrupted the attempt: the message is due again at once, and the attempt is not counted."""
+        """Shutdown (or a failure of ours) interrupted the attempt: the message is due again at once, and
+        the attempt is not counted."""
         with suppress(Exception):
             await self.db.logout_outbox.update_one(
                 _claimed(message),

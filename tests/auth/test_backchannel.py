@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 from bson import ObjectId
 from prometheus_client import REGISTRY
+from pymongo.errors import ServerSelectionTimeoutError
 
 from service.app import create_app
 from service.auth import backchannel
@@ -377,3 +378,39 @@ async def test_an_idle_deliverer_polls_at_most_every_few_seconds(
     slow = create_app(dataclasses.replace(settings, mail_poll_seconds=60.0), mongo_client=mongo_client)
     await aiohttp_client(slow)
     assert slow[DELIVERER].poll_seconds == 60.0
+
+
+async def test_a_failure_of_the_server_puts_its_messages_back_without_counting_an_attempt(
+    client: TestClient, db, bearer, deliverer: Deliverer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client_id = await register(client, await bearer("user"), receiver.uri)
+    user = await user_id(db)
+    await backchannel.enqueue(context_of(client), [session(user, client_id) for _ in range(3)])
+    keyring, loads = client.app[KEYRING], 0
+    working = keyring.signing_key
+
+    async def away(fail_after: int) -> Any:
+        nonlocal loads
+        loads += 1
+        if loads > fail_after:
+            raise ServerSelectionTimeoutError("the database is away")
+        return await working()
+
+    monkeypatch.setattr(keyring, "signing_key", lambda: away(0))  # before any lane starts
+    with pytest.raises(ServerSelectionTimeoutError):
+        await deliverer.drain()
+    stored = await db.logout_outbox.find({}).to_list(None)
+    assert [(message["state"], message["attempts"]) for message in stored] == [("queued", 0)] * 3
+
+    loads = 0
+    monkeypatch.setattr(keyring, "signing_key", lambda: away(1))  # while the lanes sign
+    with pytest.raises(ExceptionGroup) as failed:
+        await deliverer.drain()
+    assert {type(error) for error in failed.value.exceptions} == {ServerSelectionTimeoutError}
+    stored = await db.logout_outbox.find({}).to_list(None)
+    assert [(message["state"], message["attempts"]) for message in stored] == [("queued", 0)] * 3
+    assert receiver.posts == []
+
+    monkeypatch.setattr(keyring, "signing_key", working)
+    assert await deliverer.drain() == 3
+    assert len(receiver.posts) == 3
