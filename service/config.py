@@ -42,6 +42,8 @@ class Settings:
     registration: str = "closed"  # dynamic client registration (RFC 7591): closed, token or open
     auth_code_ttl: int = 60
     device_code_ttl: int = 600  # RFC 8628 device and user code lifetime, seconds
+    session_idle_ttl: int = 8 * 3600  # a sign-in session unused this long ends, seconds
+    session_max_ttl: int = 30 * 24 * 3600  # and ends this long after the sign-in, used or not
     signup_enabled: bool = True
     max_body_size: int = 64 * 1024
     max_json_depth: int = 32
@@ -262,6 +264,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REGISTRATION": ("registration", _choice(("closed", "token", "open"))),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
     "DEVICE_CODE_TTL": ("device_code_ttl", _int(60, 3600)),
+    "SESSION_IDLE_TTL": ("session_idle_ttl", _int(60, 365 * 24 * 3600)),
+    "SESSION_MAX_TTL": ("session_max_ttl", _int(60, 365 * 24 * 3600)),
     "SIGNUP_ENABLED": ("signup_enabled", _bool),
     "MAX_BODY_SIZE": ("max_body_size", _int(1024)),
     "BODY_READ_TIMEOUT": ("body_read_timeout", _float(0.1, 3600)),

@@ -131,15 +131,20 @@ async def decide(
 
 
 def redirect_params(response) -> dict[str, str]:
+    """The parameters of a redirect back to the client, but `iss` (RFC 9207), checked to name this server."""
     location = response.headers["Location"]
     assert location.startswith(REDIRECT)
-    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    assert params.pop("iss") == f"http://{urlsplit(str(response.url)).netloc}", location
+    return params
 
 
 async def get_code(client: TestClient, challenge: str) -> str:
+    """A code from a fresh sign-in on the page (any earlier session of this test client is dropped)."""
+    client.session.cookie_jar.clear()
     _, html = await open_page(client, query(challenge))
     response = await decide(client, html)
-    assert response.status == 302
+    assert response.status == 303  # after the form's POST (the browser follows with a GET)
     params = redirect_params(response)
     assert params["state"] == "xyz"
     return params["code"]

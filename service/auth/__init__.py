@@ -20,12 +20,15 @@ from service.auth import (
     repository,
     routes,
     second_factor,
+    session_routes,
+    sessions,
     signing,
 )
 from service.auth import openapi as auth_openapi
 from service.auth import schemas as auth_schemas
 from service.cache import follower_ctx
-from service.db import MONGO, STORAGE, Database
+from service.context import Context
+from service.db import MONGO, STORAGE
 from service.openapi import add_parts
 from service.users.service import TOKENS_REVOKED
 
@@ -39,6 +42,7 @@ SCOPES = {
 MIGRATIONS = (
     ("0002_documentation_client_oidc_scopes", repository.documentation_client_may_sign_in),
     ("0008_client_grant_types", repository.clients_keep_their_grants),
+    ("0009_documentation_client_first_party", repository.documentation_client_is_first_party),
 )
 
 
@@ -48,6 +52,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     root[STORAGE].declare(indexes, MIGRATIONS)
     root[STORAGE].declare(registration.INDEXES)
     root[STORAGE].declare(consent.INDEXES)
+    root[STORAGE].declare(sessions.INDEXES)
     root[STORAGE].declare(backchannel.INDEXES)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
@@ -59,6 +64,8 @@ def setup(root: web.Application, api: web.Application) -> None:
     root.add_routes(device_routes.device_routes)
     api.router.add_routes(routes.routes)
     api.router.add_routes(connected_routes.routes)  # /users/me/authorizations: the caller's connected apps
+    root.add_routes(session_routes.logout_routes)
+    api.router.add_routes(session_routes.routes)  # /users/me/sessions
     root.add_routes(registration_routes.registration_routes)
     api.router.add_routes(registration_routes.routes)
     add_parts(
@@ -72,5 +79,8 @@ async def _keyring_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _mark_revoked(db: Database, user_id: object) -> None:
-    await repository.revoke_tokens(db, {"user_id": user_id})
+async def _mark_revoked(ctx: Context, user_id: object) -> None:
+    """A password change or reset, or a deactivation: the user's tokens are marked revoked and their
+    sign-in sessions end (their clients get back-channel logout)."""
+    await repository.revoke_tokens(ctx.db, {"user_id": user_id})
+    await sessions.end_for_user(ctx, user_id)

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import enum
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oidc.core import errors as oidc_errors
 from marshmallow import ValidationError
 
-from service.auth import repository
+from service.auth import consent, oidc, repository, sessions
 from service.auth.grants import PKCE_VALUE, parse_scope
 from service.auth.repository import ClientDocument
 from service.auth.schemas import validate_redirect_uri
+from service.auth.signing import KEYRING
 from service.context import Context
 from service.crypto import hash_secret, new_token
 from service.db import Database, utcnow
+from service.users.repository import UserDocument
+
+SignedIn = tuple[sessions.SessionDocument, UserDocument]
 
 # --- authorization endpoint (RFC 6749 4.1 + RFC 7636) -----------------------------------------
+
+PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+MAX_AGE = re.compile(r"[0-9]{1,9}")
+HINT_MAX = 4096  # an ID token of ours is about 1 KB; a longer "hint" is not one (and fits in a URL)
 
 
 class AuthorizePageError(Exception):
@@ -35,6 +44,9 @@ class AuthorizationRequest:
     state: str | None
     code_challenge: str | None
     nonce: str | None = None
+    prompts: frozenset[str] = frozenset()  # OpenID Connect `prompt`: none, login, consent, select_account
+    max_age: int | None = None  # seconds since the last password sign-in beyond which it is asked again
+    id_token_hint: str | None = None  # the ID token of who the client expects (checked in `next_step`)
 
     def as_form(self) -> dict[str, str]:
         """The request as hidden form fields, re-validated when the form comes back."""
@@ -86,11 +98,17 @@ async def check_authorization_request(
         raise oidc_errors.RequestNotSupportedError("Request objects are not supported.", **where)
     if "request_uri" in params:
         raise oidc_errors.RequestURINotSupportedError("request_uri is not supported.", **where)
-    prompts = set(params.get("prompt", "").split())
-    if "none" in prompts:  # the sign-in page keeps no session, so it can never sign in silently
-        raise oidc_errors.LoginRequiredError("This server always asks the user to sign in.", **where)
-    if not prompts <= {"login", "consent", "select_account"}:
+    prompts = frozenset(params.get("prompt", "").split())
+    if not prompts <= PROMPTS:
         raise oauth.InvalidRequestError("prompt must be none, login, consent or select_account.", **where)
+    if "none" in prompts and len(prompts) > 1:  # OpenID Connect Core 3.1.2.1
+        raise oauth.InvalidRequestError("prompt=none cannot be combined with other values.", **where)
+    max_age = params.get("max_age")
+    if max_age is not None and not MAX_AGE.fullmatch(max_age):
+        raise oauth.InvalidRequestError("max_age must be a number of seconds.", **where)
+    hint = params.get("id_token_hint") or None
+    if hint is not None and len(hint) > HINT_MAX:
+        raise oauth.InvalidRequestError("id_token_hint is too long.", **where)
     nonce = params.get("nonce") or None
     if nonce is not None and len(nonce) > 512:
         raise oauth.InvalidRequestError("nonce is too long.", **where)
@@ -106,14 +124,63 @@ async def check_authorization_request(
             raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
     elif client["client_type"] == "public":
         raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
-    return AuthorizationRequest(client, redirect_uri, scopes, state, challenge or None, nonce)
+    return AuthorizationRequest(
+        client,
+        redirect_uri,
+        scopes,
+        state,
+        challenge or None,
+        nonce,
+        prompts,
+        int(max_age) if max_age is not None else None,
+        hint,
+    )
 
 
-async def issue_code(
-    ctx: Context, request: AuthorizationRequest, user: Mapping[str, Any], amr: tuple[str, ...] = ("pwd",)
-) -> str:
+class Step(enum.Enum):
+    """What an authorization request needs before its code."""
+
+    SIGN_IN = "sign_in"
+    CONSENT = "consent"
+    CODE = "code"
+
+
+async def next_step(ctx: Context, auth: AuthorizationRequest, signed: SignedIn | None) -> Step:
+    """The sign-in form, the consent screen, or nothing (single sign-on) (OpenID Connect Core 3.1.2.3);
+    with `prompt=none`, the error that says which was needed (3.1.2.6) instead."""
+    where = {"redirect_uri": auth.redirect_uri, "state": auth.state}
+    hinted = None
+    if auth.id_token_hint is not None:
+        claims = await oidc.verified_id_token(ctx[KEYRING], ctx.issuer, auth.id_token_hint)
+        if claims is None:
+            raise oauth.InvalidRequestError("id_token_hint is not an ID token this server issued.", **where)
+        hinted = claims["sub"]
+    if signed is None or _must_sign_in(auth, signed, hinted):
+        if "none" in auth.prompts:
+            raise oidc_errors.LoginRequiredError("The user must sign in.", **where)
+        return Step.SIGN_IN
+    missing = await consent.missing(ctx, signed[1]["_id"], auth.client, auth.scopes)
+    if "consent" in auth.prompts or missing:
+        if "none" in auth.prompts:
+            raise oidc_errors.ConsentRequiredError("The user has not allowed this client these scopes.", **where)
+        return Step.CONSENT
+    return Step.CODE
+
+
+def _must_sign_in(auth: AuthorizationRequest, signed: SignedIn, hinted: str | None) -> bool:
+    session, user = signed
+    if auth.prompts & {"login", "select_account"}:  # no account chooser: choosing is signing in again
+        return True
+    if auth.max_age is not None and time.time() - session["auth_time"] > auth.max_age:
+        return True
+    return hinted is not None and hinted != str(user["_id"])
+
+
+async def issue_code(ctx: Context, request: AuthorizationRequest, signed: SignedIn) -> str:
     """A single-use, short-lived code bound to client, redirect URI, scopes, user and challenge; stored hashed.
-    `amr` records how the user signed in, for the ID tokens the code and its refreshes give."""
+    It carries the session's sign-in (`auth_time`, `amr`, `sid`) into the ID tokens it and its refreshes
+    give; the session notes the client (for logout) and the grant is remembered (consent)."""
+    session, user = signed
     code = new_token()
     await repository.insert_code(
         ctx.db,
@@ -126,10 +193,13 @@ async def issue_code(
             "generation": user.get("token_generation", 0),
             "code_challenge": request.code_challenge,
             "nonce": request.nonce,
-            "auth_time": int(time.time()),  # the user signed in just now, on the page
-            "amr": list(amr),
+            "auth_time": session["auth_time"],
+            "amr": session["amr"],
+            "sid": session["sid"],
             "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
             "used": False,
         },
     )
+    await sessions.signed_in_to(ctx, session, request.client["_id"])
+    await consent.remember(ctx, user["_id"], request.client["_id"], request.scopes)
     return code

@@ -11,18 +11,24 @@ from service.cache import PRINCIPAL_CACHE
 from service.caller import CALLER, Principal
 from service.crypto import hash_secret
 from service.db import MONGO
-from service.errors import Forbidden, InsufficientScope, Unauthorized
+from service.errors import BadRequest, Forbidden, InsufficientScope, Unauthorized
 from service.security import Requirement
 
 
-async def authenticate(request: web.Request) -> Principal | None:
-    """Resolve the bearer token, if any, into a Principal; 401 for a bad one."""
+async def authenticate(request: web.Request, form_token: str | None = None) -> Principal | None:
+    """Resolve the bearer token, if any, into a Principal; 401 for a bad one. `form_token`: one sent in a
+    form body (RFC 6750 2.2, where an endpoint accepts it); sending it both ways is refused (RFC 6750 2)."""
     header = request.headers.get("Authorization")
-    if header is None:
+    if header is None and form_token is None:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    if header is not None and form_token is not None:
+        raise BadRequest("Send the access token one way only (RFC 6750 2).")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    else:
+        token = form_token or ""
     digest = hash_secret(token.strip())
     state = request.config_dict  # two keys, not a whole Context: this runs on every API request
     found = await live_token(state[PRINCIPAL_CACHE], state[MONGO].db, digest)

@@ -52,6 +52,8 @@ DEFINED_PARAMETERS = frozenset(
         *("code_challenge", "code_challenge_method", "nonce", "prompt", "max_age", "id_token_hint", "login_hint"),
         *("display", "ui_locales", "acr_values", "claims", "request", "request_uri", "csrf_token", "action"),
         *("signin_token", "otp"),  # the sign-in page's second step (a pending sign-in and its code)
+        "step",  # the consent screen's form
+        *("post_logout_redirect_uri", "logout_hint"),  # RP-Initiated Logout 1.0
         "user_code",  # the device page (RFC 8628)
     }
 )
@@ -169,6 +171,7 @@ class Issue:
     auth_time: int | None = None
     nonce: str | None = None
     amr: tuple[str, ...] = ("pwd",)  # how the user signed in (RFC 8176), carried like auth_time
+    sid: str | None = None  # the sign-in session a code came from, carried like auth_time
 
 
 async def issue_token(
@@ -200,6 +203,8 @@ async def issue_token(
         "auth_time": auth_time,
         "amr": list(issue.amr),
     }
+    if issue.sid:
+        document["sid"] = issue.sid
     if refresh_token:
         document["refresh_hash"] = hash_secret(refresh_token)
     await repository.insert_token(ctx.db, document)
@@ -216,7 +221,7 @@ async def issue_token(
     if refresh_token:
         response["refresh_token"] = refresh_token
     if "openid" in scopes and grant != "client_credentials":
-        sign_in = oidc.SignIn(client["_id"], user, scopes, auth_time, issue.nonce, issue.amr)
+        sign_in = oidc.SignIn(client["_id"], user, scopes, auth_time, issue.nonce, issue.amr, issue.sid)
         response["id_token"] = await oidc.id_token(
             ctx[KEYRING], ctx.issuer, sign_in, access_token, ctx.settings.access_token_ttl
         )
@@ -333,6 +338,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
             code_id=claimed.get("code_id"),
             auth_time=claimed.get("auth_time"),
             amr=tuple(claimed.get("amr", ("pwd",))),
+            sid=claimed.get("sid"),
         ),
     )
     if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest):
@@ -391,6 +397,7 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
             auth_time=stored.get("auth_time"),
             nonce=stored.get("nonce"),
             amr=tuple(stored.get("amr", ("pwd",))),
+            sid=stored.get("sid"),
         ),
     )
     if await repository.replayed_since_claimed(ctx.db, code_digest=digest):

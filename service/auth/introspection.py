@@ -88,6 +88,7 @@ def metadata(issuer: str, registration: bool = False) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,  # RFC 9207
         "service_documentation": f"{issuer}/api/v1/",
         **registration_endpoint,
     }

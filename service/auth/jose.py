@@ -13,5 +13,6 @@ import authlib.deprecate  # noqa: F401 - importing it installs an "always" filte
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
     from authlib.jose import JsonWebKey, JsonWebToken, RSAKey, jwt
+    from authlib.jose.errors import JoseError
 
-__all__ = ["JsonWebKey", "JsonWebToken", "RSAKey", "jwt"]
+__all__ = ["JoseError", "JsonWebKey", "JsonWebToken", "RSAKey", "jwt"]

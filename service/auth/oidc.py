@@ -14,7 +14,7 @@ from typing import Any
 
 from authlib.oidc.core.util import create_half_hash
 
-from service.auth.jose import jwt
+from service.auth.jose import JoseError, JsonWebKey, jwt
 from service.auth.signing import ALGORITHM, KeyRing
 
 PROFILE_CLAIMS = ("name", "given_name", "middle_name", "family_name", "preferred_username", "updated_at")
@@ -29,6 +29,7 @@ CLAIMS_SUPPORTED = (
     "at_hash",
     "amr",
     "acr",
+    "sid",
     *PROFILE_CLAIMS,
     "email",
     "email_verified",
@@ -64,6 +65,7 @@ class SignIn:
     auth_time: int
     nonce: str | None = None
     amr: tuple[str, ...] = ("pwd",)  # RFC 8176: how the user proved who they are
+    sid: str | None = None  # the sign-in session (Front/Back-Channel Logout 1.0), absent for the password grant
 
 
 # `acr`: "1" for a password alone, "2" for a password and a second factor (a one-time code).
@@ -91,9 +93,24 @@ async def id_token(keyring: KeyRing, issuer: str, sign_in: SignIn, access_token:
     }
     if sign_in.nonce:
         payload["nonce"] = sign_in.nonce
+    if sign_in.sid:
+        payload["sid"] = sign_in.sid
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}
     signed = await asyncio.get_running_loop().run_in_executor(None, jwt.encode, header, payload, key.key)
     return bytes(signed).decode()
+
+
+async def verified_id_token(keyring: KeyRing, issuer: str, token: str) -> dict[str, Any] | None:
+    """The claims of an ID token this server signed, or None. An expired one is fine: a hint names who the
+    client last saw signed in, however long ago (OpenID Connect Core 3.1.2.1, RP-Initiated Logout 2)."""
+    keys = JsonWebKey.import_key_set({"keys": [key.public_jwk() for key in await keyring.keys()]})
+    try:
+        claims = jwt.decode(token, keys)
+    except (JoseError, ValueError, TypeError, KeyError):  # not a JWT, another signer, garbage
+        return None
+    if claims.get("iss") != issuer or not isinstance(claims.get("sub"), str):
+        return None
+    return dict(claims)
 
 
 def discovery(oauth_metadata: dict[str, Any], issuer: str) -> dict[str, Any]:
@@ -102,6 +119,9 @@ def discovery(oauth_metadata: dict[str, Any], issuer: str) -> dict[str, Any]:
         **oauth_metadata,
         "userinfo_endpoint": f"{issuer}/auth/oauth2/userinfo",
         "jwks_uri": f"{issuer}/auth/oauth2/jwks",
+        "end_session_endpoint": f"{issuer}/auth/oauth2/logout",  # RP-Initiated Logout 1.0
+        "backchannel_logout_supported": True,  # Back-Channel Logout 1.0, with `sid` in the logout token
+        "backchannel_logout_session_supported": True,
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "claims_supported": list(CLAIMS_SUPPORTED),

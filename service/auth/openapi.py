@@ -119,9 +119,33 @@ _AUTHORIZATION_REQUEST = {
     "prompt": {
         "type": "string",
         "pattern": _PROMPT,
-        "description": "Space-separated; `none` always answers login_required (there is no silent sign-in).",
+        "description": "Space-separated. `none`: a code from the sign-in session without any page, else "
+        "login_required or consent_required (it cannot be combined with other values); `login`, "
+        "`select_account`: the password again; `consent`: the consent screen again.",
+    },
+    "max_age": {
+        "type": "string",
+        "pattern": r"^[0-9]{1,9}$",
+        "description": "Seconds: a session whose last password sign-in is older asks for the password again.",
+    },
+    "id_token_hint": {
+        "type": "string",
+        "maxLength": 4096,
+        "description": "An ID token this server issued (expired ones too): a session of another user is not "
+        "used (prompt=none: login_required).",
     },
     "response_mode": {"type": "string", "enum": ["query"]},
+}
+_LOGOUT_REQUEST = {
+    "id_token_hint": {"type": "string", "maxLength": 4096},
+    "client_id": _STRING,
+    "post_logout_redirect_uri": _STRING,
+    "state": {"type": "string", "maxLength": 1024},
+    "logout_hint": _STRING,
+}
+_LOGOUT_FORM = {
+    "action": {"type": "string", "enum": ["logout", "stay"], "description": "The confirmation page's answer."},
+    "csrf_token": {"type": "string", "description": "The confirmation page's (with its `logout_csrf` cookie)."},
 }
 _PAGE_ERRORS = {
     "400": {
@@ -335,8 +359,10 @@ PATHS: dict[str, Any] = {
         "get": {
             "tags": ["oauth2"],
             "summary": "Sign-in and consent page of the authorization-code flow (PKCE S256 for public clients)",
-            "description": "Each parameter once: a repeated client_id or redirect_uri is the error page, any "
-            "other repeated parameter an invalid_request redirect.",
+            "description": "With a live sign-in session (the `session` cookie, `__Host-session` over https) and "
+            "consent, straight back to the client with a code (single sign-on); else the sign-in page, or the "
+            "consent screen for a client that is not first-party. Each parameter once: a repeated client_id or "
+            "redirect_uri is the error page, any other repeated parameter an invalid_request redirect.",
             "operationId": "authorize",
             "security": [],
             "parameters": [
@@ -344,7 +370,7 @@ PATHS: dict[str, Any] = {
                 for name, schema in _AUTHORIZATION_REQUEST.items()
             ],
             "responses": {
-                "200": {"description": "The sign-in page.", "content": _HTML},
+                "200": {"description": "The sign-in page, or the consent screen.", "content": _HTML},
                 "302": _REDIRECT,
                 **_PAGE_ERRORS,
             },
@@ -376,11 +402,12 @@ PATHS: dict[str, Any] = {
                         "the code form carries (instead of username and password).",
                     },
                     "otp": {"type": "string", "description": "With signin_token: a TOTP code or a recovery code."},
+                    "step": {"type": "string", "enum": ["consent"], "description": "The consent screen's form."},
                 },
                 ["csrf_token"],
             ),
             "responses": {
-                "302": _REDIRECT,
+                "303": {**_REDIRECT, "description": f"{_REDIRECT['description']} Sets the session cookie."},
                 **_PAGE_ERRORS,
                 "400": {
                     "description": "Wrong username or password, or a wrong or used code (the page again); an "
@@ -411,11 +438,35 @@ PATHS: dict[str, Any] = {
                 "summary": "OpenID Connect UserInfo: the claims your token's scopes allow",
                 "operationId": f"userinfo{method.title()}",
                 "security": [{"oauth2": ["openid"]}, {"openIdConnect": ["openid"]}],
+                **(
+                    {
+                        "requestBody": {
+                            "required": False,
+                            "content": {
+                                "application/x-www-form-urlencoded": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "access_token": {
+                                                "type": "string",
+                                                "description": "RFC 6750 2.2: instead of the Authorization header, "
+                                                "never with it.",
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                    }
+                    if method == "post"
+                    else {}
+                ),
                 "responses": {
                     "200": {
                         "description": f"Claims: {', '.join(CLAIMS_SUPPORTED[:1] + CLAIMS_SUPPORTED[10:])}.",
                         "content": _JSON_OBJECT,
                     },
+                    "400": {"description": "The token sent both in the header and the body.", "content": _PROBLEM},
                     "401": {
                         "description": "No, invalid or expired bearer token.",
                         "content": _PROBLEM,
@@ -426,6 +477,43 @@ PATHS: dict[str, Any] = {
                         "content": _PROBLEM,
                         "headers": _CHALLENGE,
                     },
+                    "429": _ADDRESS_LIMIT,
+                    "503": _UNAVAILABLE,
+                },
+            }
+            for method in ("get", "post")
+        },
+    },
+    "/auth/oauth2/logout": {
+        "servers": ROOT,
+        **{
+            method: {
+                "tags": ["oauth2"],
+                "summary": "RP-Initiated Logout 1.0 (the end_session_endpoint)",
+                "description": "A valid `id_token_hint` for the signed-in user ends the session at once; anything "
+                "else shows a confirmation page (a cross-site link signs no one out). Back to "
+                "`post_logout_redirect_uri` (registered for the client, exact match) with `state`, or a page.",
+                "operationId": f"endSession{method.title()}",
+                "security": [],
+                **(
+                    {"parameters": [{"in": "query", "name": n, "schema": v} for n, v in _LOGOUT_REQUEST.items()]}
+                    if method == "get"
+                    else {"requestBody": {**_form({**_LOGOUT_REQUEST, **_LOGOUT_FORM}, []), "required": False}}
+                ),
+                "responses": {
+                    "200": {"description": "The confirmation page, or the signed-out page.", "content": _HTML},
+                    ("302" if method == "get" else "303"): {
+                        "description": "Signed out: back to post_logout_redirect_uri with state.",
+                        "headers": _LOCATION,
+                    },
+                    "400": {
+                        "description": "An id_token_hint this server did not issue, an unknown client or a "
+                        "post_logout_redirect_uri not registered for it: an error page, never a redirect.",
+                        "content": _HTML,
+                    },
+                    "403": {"description": "A confirmation without its CSRF cookie and field.", "content": _HTML},
+                    "413": {"description": "The form is too large.", "content": _HTML},
+                    "415": {"description": "Not a form.", "content": _HTML},
                     "429": _ADDRESS_LIMIT,
                     "503": _UNAVAILABLE,
                 },

@@ -124,6 +124,7 @@ class TokenDocument(TypedDict):
     created: datetime
     auth_time: int  # when the user last signed in (Unix time), for ID tokens
     amr: NotRequired[list[str]]  # how they signed in (RFC 8176), kept through refreshes; absent: ["pwd"]
+    sid: NotRequired[str]  # the sign-in session it came from (authorization code grant), for ID tokens
 
 
 async def insert_token(db: Database, document: TokenDocument) -> None:
@@ -226,6 +227,7 @@ class CodeDocument(TypedDict):
     nonce: str | None  # OpenID Connect, echoed in the ID token
     auth_time: int
     amr: NotRequired[list[str]]  # how the user signed in on the page (RFC 8176): ["pwd"] or ["pwd", "otp"]
+    sid: NotRequired[str]  # the sign-in session that approved it
     expires_at: datetime
     used: bool
     replays: NotRequired[int]  # presentations after it was used (see note_replay)
@@ -290,6 +292,13 @@ async def clients_keep_their_grants(db: Database) -> None:
             {"client_type": client_type, "grant_types": {"$exists": False}},
             {"$set": {"grant_types": grants}, "$inc": {"version": 1}},
         )
+
+
+async def documentation_client_is_first_party(db: Database) -> None:
+    """The docs page is the service's own application: it signs users in without a consent screen."""
+    await db.oauth2_clients.update_one(
+        {"_id": "documentation", "first_party": {"$ne": True}}, {"$set": {"first_party": True}, "$inc": {"version": 1}}
+    )
 
 
 async def documentation_client_may_sign_in(db: Database) -> None:

@@ -14,7 +14,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.base import OAuth2Error
 
 from service import keys, metrics
-from service.auth import authorize, clients, grants, introspection, oidc, second_factor
+from service.auth import authorize, clients, grants, introspection, oidc, second_factor, sessions
 from service.auth.bearer import authenticate
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
@@ -35,6 +35,7 @@ from service.pagination import PageRequest
 from service.responses import if_match_version, json_response, page, with_etag
 from service.scopes import SCOPES
 from service.security import principal, requires
+from service.users.repository import UserDocument
 
 oauth_routes = web.RouteTableDef()
 routes = web.RouteTableDef()
@@ -135,10 +136,14 @@ async def jwks(request: web.Request) -> web.Response:
 
 @oauth_routes.route("*", "/auth/oauth2/userinfo")
 async def userinfo(request: web.Request) -> web.Response:
-    """OpenID Connect UserInfo (GET or POST): the claims the bearer token's scopes allow; RFC 6750 errors."""
+    """OpenID Connect UserInfo (GET or POST): the claims the bearer token's scopes allow; RFC 6750 errors.
+    The token comes in the Authorization header or, on a POST, as `access_token` in a form body."""
     if request.method not in ("GET", "POST"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
-    caller = await authenticate(request)
+    form_token = None
+    if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+        form_token = dict(await read_form(request)).get("access_token") or None  # RFC 6750 2.2
+    caller = await authenticate(request, form_token)
     if caller is None:
         raise Unauthorized("A bearer token is required.", error=None)
     if "openid" not in caller.scopes:
@@ -279,6 +284,7 @@ def _consent_page(
 ) -> web.Response:
     context = {
         "client_id": auth.client["_id"],
+        "client_name": auth.client.get("client_name") or auth.client["_id"],
         "scopes": [(scope, SCOPES.get(scope, scope)) for scope in auth.scopes],
         "hidden": list(auth.as_form().items()),
         "csrf": csrf,
@@ -286,14 +292,15 @@ def _consent_page(
         "unverified": unverified,  # REQUIRE_VERIFIED_EMAIL refused a right password: offer the mail again
     }
     response = _page(request, "authorize.html", context, status=status, form_target=auth.redirect_uri)
-    response.set_cookie(
-        CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path="/auth/oauth2/authorize", max_age=1800
-    )
+    _set_csrf(response, csrf)
     return response
 
 
-def _redirect(uri: str, params: list[tuple[str, str]]) -> web.Response:
-    response = web.Response(status=302, headers={"Location": add_params_to_uri(uri, params), **NO_STORE})
+def _redirect(request: web.Request, uri: str, params: list[tuple[str, str]]) -> web.Response:
+    """Back to the client, always with `iss` (RFC 9207); 303 after a POST so the browser GETs the client."""
+    location = add_params_to_uri(uri, [*params, ("iss", Context.of(request).issuer)])
+    status = 303 if request.method == "POST" else 302
+    response = web.Response(status=status, headers={"Location": location, **NO_STORE})
     response.del_cookie(CSRF_COOKIE, path="/auth/oauth2/authorize")
     return response
 
@@ -308,15 +315,27 @@ async def _checked_request(
     except authorize.AuthorizePageError as exc:
         return _error_page(request, str(exc))
     except OAuth2Error as exc:
-        return _redirect(exc.redirect_uri, exc.get_body())
+        return _redirect(request, exc.redirect_uri, exc.get_body())
 
 
 @oauth_routes.get("/auth/oauth2/authorize")
 async def authorize_page(request: web.Request) -> web.Response:
+    """With a live session and consent, straight back to the client (single sign-on); else the sign-in
+    page or the consent screen; `prompt`, `max_age` and `id_token_hint` decide (authorize.next_step)."""
     checked = await _checked_request(request, request.query.items())
     if isinstance(checked, web.Response):
         return checked
-    return _consent_page(request, checked, secrets.token_urlsafe(32))
+    ctx, csrf = Context.of(request), secrets.token_urlsafe(32)
+    signed = await sessions.signed_in(ctx, request)
+    try:
+        step = await authorize.next_step(ctx, checked, signed)
+    except OAuth2Error as exc:  # prompt=none could not be honoured, or a bad id_token_hint
+        return _redirect(request, exc.redirect_uri, exc.get_body())
+    if signed is None or step is authorize.Step.SIGN_IN:
+        return _consent_page(request, checked, csrf)
+    if step is authorize.Step.CONSENT:
+        return _consent_screen(request, checked, csrf)
+    return await _issue(request, checked, signed)
 
 
 @oauth_routes.post("/auth/oauth2/authorize")
@@ -334,12 +353,18 @@ async def authorize_decision(request: web.Request) -> web.Response:
         return checked
     state = [("state", checked.state)] if checked.state is not None else []
     if form.get("action") != "approve":
-        return _redirect(checked.redirect_uri, [("error", "access_denied"), *state])
+        return _redirect(request, checked.redirect_uri, [("error", "access_denied"), *state])
+    ctx = Context.of(request)
+    if form.get("step") == "consent":  # the consent screen of a signed-in user
+        signed = await sessions.signed_in(ctx, request)
+        if signed is None:  # the session ended meanwhile
+            return _consent_page(request, checked, cookie, "Your session has ended; sign in again.", 400)
+        return await _issue(request, checked, signed)
     if form.get("signin_token"):  # the second step: a code after a right password
         return await _second_step(request, checked, form, cookie)
     try:
         user = await grants.authenticate_user(
-            Context.of(request), form.get("username", ""), form.get("password", ""), checked.client["_id"]
+            ctx, form.get("username", ""), form.get("password", ""), checked.client["_id"]
         )
     except (TooManyRequests, ServiceUnavailable) as exc:
         return _consent_page(request, checked, cookie, exc.detail or "Try again later.", exc.status)
@@ -348,10 +373,49 @@ async def authorize_decision(request: web.Request) -> web.Response:
     except OAuth2Error as exc:
         return _consent_page(request, checked, cookie, exc.description, 400)
     if second_factor.required(user):  # the password was right; a code completes the sign-in
-        pending = await second_factor.start(Context.of(request), checked, user)
+        pending = await second_factor.start(ctx, checked, user)
         return _code_page(request, checked, cookie, pending)
-    code = await authorize.issue_code(Context.of(request), checked, user, second_factor.PASSWORD)
-    return _redirect(checked.redirect_uri, [("code", code), *state])
+    return await _sign_in(request, checked, user, second_factor.PASSWORD)
+
+
+async def _sign_in(
+    request: web.Request, checked: authorize.AuthorizationRequest, user: UserDocument, amr: tuple[str, ...]
+) -> web.Response:
+    """A completed sign-in on the page (which showed the scopes: approving it is consent): a new session,
+    its cookie, and the code."""
+    ctx = Context.of(request)
+    value, session = await sessions.start(ctx, request, user, amr)
+    response = await _issue(request, checked, (session, user))
+    sessions.set_cookie(ctx, response, value)
+    return response
+
+
+async def _issue(
+    request: web.Request, checked: authorize.AuthorizationRequest, signed: authorize.SignedIn
+) -> web.Response:
+    code = await authorize.issue_code(Context.of(request), checked, signed)
+    state = [("state", checked.state)] if checked.state is not None else []
+    return _redirect(request, checked.redirect_uri, [("code", code), *state])
+
+
+def _consent_screen(request: web.Request, auth: authorize.AuthorizationRequest, csrf: str) -> web.Response:
+    """A signed-in user is asked to allow a client (not first-party) scopes it was not yet granted."""
+    context = {
+        "client_id": auth.client["_id"],
+        "client_name": auth.client.get("client_name") or auth.client["_id"],
+        "scopes": [(scope, SCOPES.get(scope, scope)) for scope in auth.scopes],
+        "hidden": [*auth.as_form().items(), ("step", "consent")],
+        "csrf": csrf,
+    }
+    response = _page(request, "consent.html", context, form_target=auth.redirect_uri)
+    _set_csrf(response, csrf)
+    return response
+
+
+def _set_csrf(response: web.Response, csrf: str) -> None:
+    response.set_cookie(
+        CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path="/auth/oauth2/authorize", max_age=1800
+    )
 
 
 def _code_page(
@@ -365,6 +429,7 @@ def _code_page(
     the form; `error` is a message and the page's status."""
     context = {
         "client_id": auth.client["_id"],
+        "client_name": auth.client.get("client_name") or auth.client["_id"],
         "scopes": [(scope, SCOPES.get(scope, scope)) for scope in auth.scopes],
         "hidden": [*auth.as_form().items(), ("signin_token", signin_token)],
         "csrf": csrf,
@@ -373,9 +438,7 @@ def _code_page(
     }
     status = error[1] if error else 200
     response = _page(request, "authorize.html", context, status=status, form_target=auth.redirect_uri)
-    response.set_cookie(
-        CSRF_COOKIE, csrf, httponly=True, samesite="Strict", path="/auth/oauth2/authorize", max_age=1800
-    )
+    _set_csrf(response, csrf)
     return response
 
 
@@ -392,6 +455,4 @@ async def _second_step(
         return _code_page(request, checked, cookie, pending, (exc.detail or "Try again later.", exc.status))
     if user is None:
         return _code_page(request, checked, cookie, pending, ("The code is wrong or was already used.", 400))
-    code = await authorize.issue_code(ctx, checked, user, second_factor.PASSWORD_AND_OTP)
-    state = [("state", checked.state)] if checked.state is not None else []
-    return _redirect(checked.redirect_uri, [("code", code), *state])
+    return await _sign_in(request, checked, user, second_factor.PASSWORD_AND_OTP)

@@ -162,6 +162,20 @@ class ConnectedAppSchema(Schema):
     last_used = fields.AwareDateTime(dump_only=True, metadata={"description": "The last code it was given."})
 
 
+class SessionSchema(Schema):
+    """A sign-in session at the authorization server (GET /users/me/sessions)."""
+
+    id = fields.String(dump_only=True, attribute="sid", metadata={"description": "The session's `sid`."})
+    created = fields.AwareDateTime(dump_only=True, metadata={"description": "The browser's first sign-in."})
+    last_seen = fields.AwareDateTime(dump_only=True, metadata={"description": "Its last use (to the minute)."})
+    user_agent = fields.String(dump_only=True, metadata={"description": "The browser that signed in."})
+    address = fields.String(dump_only=True, metadata={"description": "The address it signed in from."})
+    current = fields.Boolean(dump_only=True, metadata={"description": "The session this call comes from."})
+    clients = fields.List(
+        fields.String(), dump_only=True, metadata={"description": "The clients it signed in to (client_id)."}
+    )
+
+
 def _uris(*, max_items: int = MAX_REDIRECT_URIS) -> fields.List:
     return fields.List(
         fields.String(

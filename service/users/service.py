@@ -12,7 +12,7 @@ from service import patch
 from service.audit import trail as audit
 from service.caller import Principal, is_admin, visible_or_404
 from service.context import Context
-from service.db import Database, is_unavailable_error
+from service.db import is_unavailable_error
 from service.errors import Forbidden, ValidationFailed, check_version
 from service.pagination import Page, PageRequest
 from service.schemas import load
@@ -65,8 +65,9 @@ def _editable(user: UserDocument) -> dict[str, Any]:
 
 
 # Told when a user's tokens were made useless (a password change, a deactivation), so the domain that
-# stores tokens (auth, which registers here in its setup) can mark them revoked: users knows no tokens.
-TokensRevoked = Callable[[Database, Any], Awaitable[object]]
+# stores tokens and sessions (auth, which registers here in its setup) can mark them revoked and end the
+# sessions: users knows neither.
+TokensRevoked = Callable[[Context, Any], Awaitable[object]]
 TOKENS_REVOKED: web.AppKey[list[TokensRevoked]] = web.AppKey("service.users.tokens_revoked", list)
 
 
@@ -75,7 +76,7 @@ async def _mark_tokens_revoked(ctx: Context, user_id: Any) -> None:
     so a failure here must not turn a successful change into an error."""
     try:
         for mark in ctx[TOKENS_REVOKED]:
-            await mark(ctx.db, user_id)
+            await mark(ctx, user_id)
     except Exception as exc:
         if not is_unavailable_error(exc):
             raise

@@ -100,7 +100,7 @@ async def test_deny_redirects_with_access_denied(client: TestClient, seeded, db)
     _, challenge = pkce()
     _, html = await open_page(client, query(challenge))
     response = await decide(client, html, action="deny")
-    assert response.status == 302
+    assert response.status == 303
     assert redirect_params(response) == {"error": "access_denied", "state": "xyz"}
     assert await db.oauth2_codes.count_documents({}) == 0
 

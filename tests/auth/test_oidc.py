@@ -89,7 +89,7 @@ async def test_authlib_client_signs_in_with_code_pkce_and_nonce(live_server: str
             data={**form, "action": "approve", "username": "user", "password": "w"},
             withhold_token=True,
         )
-        assert signed_in.status_code == 302
+        assert signed_in.status_code == 303
         location = signed_in.headers["Location"]
         assert parse_qs(urlsplit(location).query)["state"] == [state]
         token = await oauth.fetch_token(

@@ -490,7 +490,7 @@ async def test_a_registered_public_client_completes_the_code_flow_with_pkce(clie
     verifier, challenge = pkce()
     _, html = await open_page(client, query(challenge, client_id=made["client_id"]))
     approved = await decide(client, html)
-    assert approved.status == 302, await approved.text()
+    assert approved.status == 303, await approved.text()
     code = redirect_params(approved)["code"]
     answer = await client.post("/auth/oauth2/token", data=exchange_form(code, verifier, client_id=made["client_id"]))
     assert answer.status == 200, await answer.text()

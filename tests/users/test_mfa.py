@@ -52,7 +52,9 @@ async def audit_events(client: TestClient, db, event: str) -> list[dict]:
 
 
 async def password_step(client: TestClient, challenge: str, username: str = "user", password: str = "w"):
-    """The sign-in page's first step for an account with a second factor: the code form."""
+    """The sign-in page's first step for an account with a second factor: the code form (in a browser
+    without a session: no single sign-on)."""
+    client.session.cookie_jar.clear()
     _, html = await open_page(client, query(challenge, scope="openid users:read", nonce="n-1"))
     response = await decide(client, html, username=username, password=password)
     return response, await response.text()
@@ -69,7 +71,7 @@ async def sign_in_with_code(client: TestClient, code: str) -> dict:
     response, html = await password_step(client, challenge)
     assert response.status == 200, html
     done = await code_step(client, html, code)
-    assert done.status == 302, await done.text()
+    assert done.status == 303, await done.text()
     tokens = await exchange(client, redirect_params(done)["code"], verifier)
     assert tokens.status == 200, await tokens.text()
     return await tokens.json()
@@ -138,7 +140,7 @@ async def test_sign_in_with_password_then_code_gives_amr_otp(client: TestClient,
     assert await db.oauth2_pending_signins.find_one({"_id": fields["signin_token"]}) is None  # stored hashed
     assert await db.oauth2_pending_signins.find_one({"_id": hash_secret(fields["signin_token"])}) is not None
     done = await code_step(client, html, totp_code(secret))
-    assert done.status == 302, await done.text()
+    assert done.status == 303, await done.text()
     params = redirect_params(done)
     assert params["state"] == "xyz"
     tokens = await (await exchange(client, params["code"], verifier)).json()
@@ -315,8 +317,9 @@ async def test_a_pending_sign_in_is_bound_to_its_request_and_used_once(client: T
     assert forged.status == 400
     assert "enter your username and password again" in await forged.text()
     done = await code_step(client, html, totp_code(secret))
-    assert done.status == 302
-    # (the redirect ended the page's CSRF cookie: a new page sets another)
+    assert done.status == 303
+    # (the redirect ended the page's CSRF cookie: a new page, in a browser without the session, sets another)
+    client.session.cookie_jar.clear()
     _, fresh = await open_page(client, query(challenge, scope="openid users:read", nonce="n-1"))
     reused = await code_step(client, html.replace(form_of(html)["csrf_token"], form_of(fresh)["csrf_token"]), codes[1])
     assert reused.status == 400

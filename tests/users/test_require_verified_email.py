@@ -62,7 +62,7 @@ async def test_the_sign_in_page_says_why_and_offers_the_mail_again(client: TestC
     newest = token_in((await mail_to(db, "jane@example.com"))[0])
     assert (await client.post("/api/v1/auth/email-verification", json={"token": newest})).status == 204
     approved = await decide(client, html, username="jane", password="long enough pw")
-    assert approved.status == 302
+    assert approved.status == 303
     assert "code=" in approved.headers["Location"]
 
 
