@@ -18,7 +18,17 @@ from service.audit import AUDITOR
 from service.auth import consent
 from service.cache import PRINCIPAL_CACHE
 from service.context import Context
-from tests.helpers import decide, exchange, open_page, pkce, query, redirect_params
+from tests.helpers import (
+    AUTHORIZE,
+    REDIRECT,
+    exchange,
+    form_of,
+    get_code,
+    open_page,
+    pkce,
+    query,
+    redirect_params,
+)
 
 LIST = "/api/v1/users/me/authorizations"
 ME = "/api/v1/users/me"
@@ -61,14 +71,6 @@ async def tokens(client: TestClient, username: str, password: str, client_id: st
 
 def auth(token: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token['access_token']}"}
-
-
-async def signed_in_code(client: TestClient, challenge: str) -> str:
-    """A code from a sign-in on the authorization page (the documentation client, as user/w)."""
-    _, html = await open_page(client, query(challenge))
-    response = await decide(client, html)
-    assert response.status in (302, 303), await response.text()
-    return redirect_params(response)["code"]
 
 
 async def refresh(client: TestClient, token: dict[str, Any], client_id: str) -> tuple[int, dict[str, Any]]:
@@ -138,7 +140,7 @@ async def test_forget_removes_the_consent_and_says_whether_there_was_anything(cl
 
 async def test_forget_drops_the_clients_unexchanged_codes(client, db, seeded) -> None:
     verifier, challenge = pkce()
-    code = await signed_in_code(client, challenge)
+    code = await get_code(client, challenge)
     ctx, user = context_of(client), await user_id(db, "user")
     assert await consent.forget(ctx, user, "documentation") is True
     response = await exchange(client, code, verifier)
@@ -175,6 +177,39 @@ async def test_the_list_shows_remembered_clients_with_their_names(client, db, be
     assert deleted.status == 204
     after = await (await client.get(LIST, headers=headers)).json()
     assert [app["client_id"] for app in after] == ["documentation"]
+
+
+async def test_sign_ins_through_the_authorization_page_are_listed_and_a_revoked_one_asks_again(
+    client, db, bearer
+) -> None:
+    created = await client.post(
+        "/api/v1/auth/oauth2_clients/",
+        json={"client_type": "public", "client_name": "Photo Printer", "redirect_uris": [REDIRECT]}
+        | {"default_scopes": ["users:read"], "allowed_scopes": ["users:read"]},
+        headers=await bearer("root"),
+    )
+    other = (await created.json())["client_id"]
+    await get_code(client, pkce()[1])  # signs in at the first-party client: no consent screen, but remembered
+    headers = await bearer("user")
+    listed = await (await client.get(LIST, headers=headers)).json()
+    assert [(app["client_id"], app["scopes"]) for app in listed] == [("documentation", ["users:read"])]
+    _, html = await open_page(client, query(pkce()[1], client_id=other))  # the session signs in; consent asks
+    assert "Photo Printer" in html
+    assert 'name="password"' not in html
+    allowed = await client.post(AUTHORIZE, data={**form_of(html), "action": "approve"}, allow_redirects=False)
+    assert "code" in redirect_params(allowed)
+    listed = await (await client.get(LIST, headers=headers)).json()
+    assert {app["client_id"]: app["client_name"] for app in listed} == {
+        "documentation": "API documentation (Swagger UI)",
+        other: "Photo Printer",
+    }
+    assert (await client.delete(f"{LIST}/{other}", headers=headers)).status == 204
+    silent, _ = await open_page(client, query(pkce()[1], client_id=other, prompt="none"))
+    assert redirect_params(silent)["error"] == "consent_required"  # asked again
+    _, html = await open_page(client, query(pkce()[1], client_id=other))
+    assert "Photo Printer" in html
+    listed = await (await client.get(LIST, headers=headers)).json()
+    assert [app["client_id"] for app in listed] == ["documentation"]
 
 
 async def test_revoking_stops_that_clients_tokens_for_that_user_only(backend, client, db, seeded, other_app) -> None:
