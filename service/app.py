@@ -25,7 +25,14 @@ from service.metrics import metrics_middleware
 from service.middlewares import edge_middleware, harden_error_pages, validation_middleware
 from service.pagination import CURSORS, Cursors
 from service.passwords import HASHER, hasher_ctx
-from service.ratelimit import RATE_LIMITER, TokenBuckets, oauth_rate_limit_middleware
+from service.ratelimit import (
+    API_RATE_LIMITER,
+    RATE_LIMITER,
+    TokenBuckets,
+    advertise_rate_limits,
+    api_rate_limit_middleware,
+    oauth_rate_limit_middleware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,8 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
         app, loader=jinja2.PackageLoader("service", "templates"), autoescape=True, default_helpers=False
     )
     app[RATE_LIMITER] = TokenBuckets(settings.oauth_rate_limit, settings.oauth_rate_burst)
+    app[API_RATE_LIMITER] = TokenBuckets(settings.api_rate_limit, settings.api_rate_burst, name="api")
+    app.on_response_prepare.append(advertise_rate_limits)
     app[MONGO] = Mongo(settings, client=mongo_client, owns_client=mongo_client is None)
     app[STORAGE] = Storage()
     app[STORAGE].declare(migrations=[("0001_backfill_versions", _backfill_versions)])
@@ -88,7 +97,8 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app.router.add_get("/readyz", readyz)
     app.router.add_get(openapi.API_PREFIX, openapi.swagger_ui)
     # The API: authentication runs before validation, so an anonymous caller never gets a body parsed.
-    api = web.Application(middlewares=[bearer_middleware, validation_middleware])
+    # The per-token limit needs the caller, and refuses before anything costs a database operation.
+    api = web.Application(middlewares=[bearer_middleware, api_rate_limit_middleware, validation_middleware])
     # Each domain adds its state, cleanup contexts, routes, indexes, migrations and scopes. Order: a
     # domain after those it builds on (auth lists every domain's scopes in its OAuth2 scheme).
     for domain in (audit, users, teams, auth):

@@ -58,6 +58,8 @@ class Settings:
     hash_queue_wait_ms: int = 250
     oauth_rate_limit: float = 20.0
     oauth_rate_burst: int = 100
+    api_rate_limit: float = 50.0  # per access token, requests/s, per process
+    api_rate_burst: int = 200
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     audit_ttl: int = 90 * 24 * 3600
     metrics_port: int | None = None
@@ -279,6 +281,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HASH_QUEUE_WAIT_MS": ("hash_queue_wait_ms", _int(1, 60_000)),
     "OAUTH_RATE_LIMIT": ("oauth_rate_limit", _float(0.01, 1_000_000)),
     "OAUTH_RATE_BURST": ("oauth_rate_burst", _int(1, 1_000_000)),
+    "API_RATE_LIMIT": ("api_rate_limit", _float(0.01, 1_000_000)),
+    "API_RATE_BURST": ("api_rate_burst", _int(1, 1_000_000)),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "AUDIT_TTL": ("audit_ttl", _int(60)),
     "METRICS_PORT": ("metrics_port", _int(1, 65535)),

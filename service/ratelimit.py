@@ -6,6 +6,14 @@ limit stops one address from flooding the sign-in endpoints with cheap requests 
 process memory on purpose: it is a first line that costs no database round trip, each process enforces
 it for its share of the traffic, and the reverse proxy (ops/nginx.conf.template `limit_req`) holds the same line
 for the whole deployment.
+
+The per-token limit on the API (`API_RATE_LIMIT`, `API_RATE_BURST`) is the same kind of bucket, keyed by
+the caller's access token, for the same reasons: no database round trip per request, per process.
+
+Every response of a limited request says where its caller stands, in the structured-field syntax of
+draft-ietf-httpapi-ratelimit-headers-10 (section 3 and 4): `RateLimit-Policy: "api";q=200;w=4` (q: the
+burst, w: seconds an empty bucket takes to refill) and `RateLimit: "api";r=199;t=1` (r: requests left now,
+t: seconds until the bucket is full again).
 """
 
 from __future__ import annotations
@@ -16,11 +24,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.caller import CALLER
 from service.config import SETTINGS
 from service.errors import problem_response
 from service.responses import json_response
@@ -34,18 +43,34 @@ OAUTH_PREFIX = "/auth/oauth2/"
 TARPIT_SECONDS = 0.25
 
 
+class Spent(NamedTuple):
+    """What one request's spending left: `wait` 0.0 when allowed, else the seconds until a token is
+    available; `remaining` whole tokens left; `reset` whole seconds until the bucket is full again."""
+
+    wait: float
+    remaining: int
+    reset: int
+
+
 class TokenBuckets:
     """`rate` requests a second per key, with bursts of up to `burst`; at most `max_keys` remembered
-    (the least recently seen key is forgotten first, so memory stays bounded under spoofed addresses)."""
+    (the least recently seen key is forgotten first, so memory stays bounded under spoofed addresses).
+    `name` is the policy's name in the RateLimit headers."""
 
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000, *, name: str = "oauth") -> None:
         self.rate = rate
         self.burst = float(burst)
         self.max_keys = max_keys
+        self.name = name
+        self.policy = f'"{name}";q={burst};w={max(1, math.ceil(burst / rate))}'
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def take(self, key: str) -> float:
         """Spend one token: 0.0 when allowed, else the seconds until one is available."""
+        return self.spend(key).wait
+
+    def spend(self, key: str) -> Spent:
+        """Spend one token, and say what is left (for the RateLimit header)."""
         now = time.monotonic()
         tokens, last = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -57,7 +82,7 @@ class TokenBuckets:
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
-        return wait
+        return Spent(wait, math.floor(tokens), math.ceil((self.burst - tokens) / self.rate))
 
 
 def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
@@ -97,7 +122,8 @@ async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) ->
     if not oauth and not getattr(request.match_info.handler, "__rate_limited__", False):
         return await handler(request)
     settings = request.config_dict[SETTINGS]
-    wait = request.config_dict[RATE_LIMITER].take(client_address(request, settings.trusted_proxies))
+    limiter = request.config_dict[RATE_LIMITER]
+    wait = _spend(request, limiter, client_address(request, settings.trusted_proxies))
     if wait:
         await asyncio.sleep(TARPIT_SECONDS)
         detail = "Too many requests from your address; slow down."
@@ -108,4 +134,44 @@ async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) ->
     return await handler(request)
 
 
+@web.middleware
+async def api_rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The per-token budget of the API (after the bearer middleware, so only authenticated requests
+    spend it, keyed by the access token): 429 problem details with Retry-After once it is spent.
+    Anonymous requests are the per-address limit's (`per_address_limit`)."""
+    caller = request.get(CALLER)
+    if caller is None:
+        return await handler(request)
+    wait = _spend(request, request.config_dict[API_RATE_LIMITER], caller.token_id)
+    if wait:
+        headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
+        return problem_response(429, "Too many requests with this access token; slow down.", headers=headers)
+    return await handler(request)
+
+
+def _spend(request: web.Request, limiter: TokenBuckets, key: str) -> float:
+    """Spend from `limiter` for `key`, noting the result for the response's RateLimit headers."""
+    spent = limiter.spend(key)
+    noted = request.get(RATE_LIMITS)
+    if noted is None:
+        request[RATE_LIMITS] = noted = []
+    noted.append((limiter, spent))
+    return spent.wait
+
+
+async def advertise_rate_limits(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the RateLimit-Policy and RateLimit headers (draft-ietf-httpapi-ratelimit-
+    headers-10 sections 3 and 4, Lists of Items) of every budget the request spent from, on whatever
+    answers it (a success, a problem from any layer, the 429 itself)."""
+    noted = request.get(RATE_LIMITS)
+    if not noted:
+        return
+    response.headers["RateLimit-Policy"] = ", ".join(limiter.policy for limiter, _ in noted)
+    response.headers["RateLimit"] = ", ".join(
+        f'"{limiter.name}";r={spent.remaining};t={spent.reset}' for limiter, spent in noted
+    )
+
+
 RATE_LIMITER: web.AppKey[TokenBuckets] = web.AppKey("service.rate_limiter", TokenBuckets)
+API_RATE_LIMITER: web.AppKey[TokenBuckets] = web.AppKey("service.api_rate_limiter", TokenBuckets)
+RATE_LIMITS: web.RequestKey[list[tuple[TokenBuckets, Spent]]] = web.RequestKey("service.rate_limits", list)

@@ -21,9 +21,16 @@ FIXTURE_PASSWORDS = {"root": "q", "user": "w"}
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """The per-address limit on /auth/oauth2/ would answer most of the fuzzer's requests with 429 (documented,
-    and tested elsewhere); lifted here so that the OAuth2 operations are fuzzed, not rate limited."""
-    return dataclasses.replace(settings, oauth_rate_limit=1_000_000.0, oauth_rate_burst=1_000_000)
+    """The per-address limit on /auth/oauth2/ and the per-token limit on the API would answer most of the
+    fuzzer's requests with 429 (documented, and tested elsewhere); lifted here so that the operations are
+    fuzzed, not rate limited."""
+    return dataclasses.replace(
+        settings,
+        oauth_rate_limit=1_000_000.0,
+        oauth_rate_burst=1_000_000,
+        api_rate_limit=1_000_000.0,
+        api_rate_burst=1_000_000,
+    )
 
 
 async def run(*command: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str]:
