@@ -38,6 +38,7 @@ class Settings:
     log_format: str = "text"
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 14 * 24 * 3600
+    refresh_reuse_grace: int = 10  # seconds a rotated-out refresh token may be presented again (0: never)
     client_secret_overlap: int = 24 * 3600  # seconds a rotated-out client secret keeps working
     registration: str = "closed"  # dynamic client registration (RFC 7591): closed, token or open
     auth_code_ttl: int = 60
@@ -262,6 +263,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "ACCESS_TOKEN_TTL": ("access_token_ttl", _int(1)),
     "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
+    "REFRESH_REUSE_GRACE": ("refresh_reuse_grace", _int(0, 300)),
     "CLIENT_SECRET_OVERLAP": ("client_secret_overlap", _int(0, 30 * 24 * 3600)),
     "REGISTRATION": ("registration", _choice(("closed", "token", "open"))),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),

@@ -232,3 +232,64 @@ def hidden_field(html: str, name: str) -> str:
     found = re.search(rf'<input type="hidden" name="{re.escape(name)}" value="([^"]*)">', html)
     assert found, f"no hidden field {name}"
     return found.group(1)
+
+
+async def past_refresh_grace(db: Any, refresh_token: str, seconds: int = 60) -> None:
+    """Make a rotated-out refresh token's rotation `seconds` older: past REFRESH_REUSE_GRACE (default 10 s),
+    where presenting it again is a replay, without sleeping."""
+    from datetime import timedelta
+
+    from service.crypto import hash_secret
+
+    found = await db.oauth2_tokens.find_one({"refresh_hash": hash_secret(refresh_token), "rotated": True})
+    assert found is not None, "the refresh token was not rotated out"
+    await db.oauth2_tokens.update_one(
+        {"_id": found["_id"]}, {"$set": {"revoked_at": found["revoked_at"] - timedelta(seconds=seconds)}}
+    )
+
+
+# --- DPoP (RFC 9449): a client's key and its proofs ------------------------------------------------
+
+
+class DPoPKey:
+    """A client's DPoP key (ES256 unless another joserfc key is given) and the proofs it signs.
+
+    `proof(method, url)` is a valid proof for that request; `access_token` adds `ath`, `nonce` the server's
+    nonce; `header` and `claims` override or (as None) remove members, to make malformed proofs."""
+
+    def __init__(self, key: Any = None, alg: str = "ES256") -> None:
+        from joserfc import jwk
+
+        self.key = key if key is not None else jwk.ECKey.generate_key("P-256")
+        self.alg = alg
+
+    @property
+    def jkt(self) -> str:
+        return str(self.key.thumbprint())
+
+    def public_jwk(self) -> dict[str, Any]:
+        return dict(self.key.as_dict(private=False))
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        access_token: str | None = None,
+        nonce: str | None = None,
+        header: dict[str, Any] | None = None,
+        claims: dict[str, Any] | None = None,
+    ) -> str:
+        from joserfc import jws
+
+        protected = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.public_jwk(), **(header or {})}
+        payload: dict[str, Any] = {"jti": secrets.token_urlsafe(16), "htm": method, "htu": url, "iat": int(time.time())}
+        if access_token is not None:
+            payload["ath"] = (
+                base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
+            )
+        if nonce is not None:
+            payload["nonce"] = nonce
+        payload.update(claims or {})
+        protected = {k: v for k, v in protected.items() if v is not None}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jws.serialize_compact(protected, json.dumps(payload), self.key, algorithms=[self.alg])

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.audit import AUDITOR
-from tests.helpers import basic, with_current_password
+from tests.helpers import basic, past_refresh_grace, with_current_password
 
 TOKEN = "/auth/oauth2/token"
 
@@ -70,10 +70,11 @@ async def test_account_changes_and_clients_are_recorded(client: TestClient, bear
     assert [e["client_id"] for e in clients] == [created["client_id"]]
 
 
-async def test_revocation_and_refresh_reuse_are_recorded(client: TestClient, login, bearer) -> None:
+async def test_revocation_and_refresh_reuse_are_recorded(client: TestClient, login, bearer, db) -> None:
     token = await login("user", "w")
     refresh = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": "documentation"}
     assert (await client.post(TOKEN, data=refresh)).status == 200
+    await past_refresh_grace(db, token["refresh_token"])
     assert (await client.post(TOKEN, data=refresh)).status == 400  # replayed: the family is revoked
     await client.post("/auth/oauth2/revoke", data={"token": token["access_token"], "client_id": "documentation"})
     names = [e["event"] for e in await events(client, await bearer("root"))]

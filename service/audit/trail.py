@@ -39,6 +39,7 @@ EVENTS = (
     "token.issued",
     "token.revoked",
     "token.refresh_reuse_detected",
+    "token.refresh_grace_reuse",
     "token.code_reuse_detected",
     "user.password_changed",
     "user.email_changed",

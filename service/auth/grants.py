@@ -309,7 +309,8 @@ async def _revoke_replayed(ctx: Context, issued: dict[str, Any], message: str) -
 
 
 async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
-    """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family.
+    """Rotate: the old refresh token is retired atomically; replaying a retired one revokes its family,
+    unless its own client presents it again within REFRESH_REUSE_GRACE seconds of the rotation.
 
     Writes decide whether this request won or replays (never an earlier read), and the winner looks
     again once its new token is stored: a replay racing the rotation leaves nothing working."""
@@ -321,7 +322,11 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
     scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])  # checked before the claim burns it
     family = {"family_id": old["family_id"]}
     claimed = await repository.claim_refresh_token(ctx.db, digest)
-    if claimed is None:
+    in_grace = claimed is None and await _reused_within_grace(ctx, digest)
+    if in_grace:  # rotated out a moment ago (a lost response, another tab): a fresh pair, same family
+        audit.record("token.refresh_grace_reuse", subject_id=old["user_id"], client_id=client["_id"])
+        claimed = old
+    elif claimed is None:
         if await repository.note_replay(ctx.db, refresh_digest=digest):
             audit.record("token.refresh_reuse_detected", subject_id=old["user_id"], client_id=client["_id"])
             raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
@@ -341,9 +346,18 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
             sid=claimed.get("sid"),
         ),
     )
-    if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest):
+    # Looked at again once the new token is stored: a replay (or, in the grace window, a revocation of
+    # the family) that raced this request leaves nothing working.
+    if await repository.replayed_since_claimed(ctx.db, refresh_digest=digest) or (
+        in_grace and await repository.is_void(ctx.db, digest)
+    ):
         raise await _revoke_replayed(ctx, family, REFRESH_REPLAYED)
     return response
+
+
+async def _reused_within_grace(ctx: Context, digest: str) -> bool:
+    grace = ctx.settings.refresh_reuse_grace
+    return bool(grace) and await repository.reuse_within_grace(ctx.db, digest, timedelta(seconds=grace))
 
 
 async def _still_current_user(ctx: Context, grant: TokenDocument | CodeDocument) -> UserDocument:

@@ -8,7 +8,7 @@ dead tokens on its own. Liveness is also checked on every read, since the TTL mo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict, cast
 
 from bson import ObjectId
@@ -205,10 +205,36 @@ async def replayed_since_claimed(
 
 
 async def revoke_tokens(db: Database, query: dict[str, Any]) -> int:
+    """Revoke the live tokens `query` selects; the rotated-out ones it selects are voided, which ends
+    their grace window (`reuse_within_grace`): a revoked family cannot come back through it."""
+    await db.oauth2_tokens.update_many({**query, "rotated": True, "void": {"$ne": True}}, {"$set": {"void": True}})
     result = await db.oauth2_tokens.update_many(
         {**query, "revoked": False}, {"$set": {"revoked": True, "revoked_at": utcnow()}}
     )
     return result.modified_count
+
+
+async def reuse_within_grace(db: Database, refresh_digest: str, grace: timedelta) -> bool:
+    """A refresh token rotated out less than `grace` ago, whose family was not revoked since, may be
+    presented again (REFRESH_REUSE_GRACE: a lost response, two tabs refreshing at once). One conditional
+    write decides, as for the claim."""
+    now = utcnow()
+    result = await db.oauth2_tokens.update_one(
+        {
+            "refresh_hash": refresh_digest,
+            "rotated": True,
+            "void": {"$ne": True},
+            "revoked_at": {"$gt": now - grace},
+            "refresh_expires": {"$gt": now},
+        },
+        {"$inc": {"grace_reuses": 1}},
+    )
+    return result.matched_count == 1
+
+
+async def is_void(db: Database, refresh_digest: str) -> bool:
+    """Whether the rotated-out refresh token's family was revoked since (see `revoke_tokens`)."""
+    return await db.oauth2_tokens.find_one({"refresh_hash": refresh_digest, "void": True}, {"_id": 1}) is not None
 
 
 # --- authorization codes ---------------------------------------------------------------------

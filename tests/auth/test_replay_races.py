@@ -1,8 +1,11 @@
 """Replay detection holds when the two presentations race on two real server processes.
 
-A refresh token or code presented twice at the same moment (one request to each process) must be seen
-as a replay every time: the refresh token's family revoked and the event recorded; nothing a replayed
-code issued left working, whichever request's write came first.
+A code presented twice at the same moment (one request to each process) must be seen as a replay every
+time: nothing a replayed code issued left working, whichever request's write came first. A refresh
+token presented twice at once is a replay under strict rotation (REFRESH_REUSE_GRACE=0): its family
+revoked and the event recorded; with the default grace window both presentations get a fresh pair in the
+same family (two tabs refreshing at once keep the user signed in), and a reuse after the window still
+revokes the family.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from service.config import Settings
 from service.crypto import hash_secret
-from tests.helpers import exchange_form, get_code, pkce, service_processes, wait_ready
+from tests.helpers import exchange_form, get_code, past_refresh_grace, pkce, service_processes, wait_ready
 
 TOKEN = "/auth/oauth2/token"
 PAIRS = 40
@@ -33,12 +36,16 @@ def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, oauth_rate_burst=100_000)
 
 
-@pytest.fixture
-async def servers(backend: str, settings: Settings, seeded: Any, tmp_path: Path) -> AsyncIterator[Servers]:
-    """Two `serve` processes on the test's database, ready, and a session to both."""
+@pytest.fixture(params=["0"], ids=["strict"])
+async def servers(
+    backend: str, settings: Settings, seeded: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Servers]:
+    """Two `serve` processes on the test's database, ready, and a session to both; REFRESH_REUSE_GRACE is
+    the parameter (strict rotation unless a test asks for the default window)."""
     if backend != "secantus":
         pytest.skip("two processes need a database both can reach (--backend=secantus)")
-    with service_processes(settings, 2, tmp_path, OAUTH_RATE_BURST="100000") as bases:
+    grace = {"REFRESH_REUSE_GRACE": request.param} if request.param else {}
+    with service_processes(settings, 2, tmp_path, OAUTH_RATE_BURST="100000", **grace) as bases:
         async with aiohttp.ClientSession() as http:
             for base in bases:
                 await wait_ready(http, base)
@@ -106,3 +113,25 @@ async def test_a_code_exchanged_twice_at_once_leaves_no_working_token(servers: S
         survived += bool(live or await still_works(servers, answers))
     events = await recorded(db, "token.code_reuse_detected", PAIRS)
     assert (survived, events) == (0, PAIRS), f"a token survived {survived} of {PAIRS} replays, {events} events"
+
+
+@pytest.mark.parametrize("servers", [""], ids=["default-grace"], indirect=True)
+async def test_within_the_grace_window_concurrent_refreshes_all_succeed(servers: Servers, login, db) -> None:
+    """The contract changed deliberately: with REFRESH_REUSE_GRACE (default 10 s) every presentation of a
+    just-rotated refresh token by its client gets a working pair in the same family; after the window a
+    reuse revokes the family as before."""
+    http, bases = servers
+    sessions = [await login("user", "w") for _ in range(10)]
+    for session in sessions:
+        form = {"grant_type": "refresh_token", "refresh_token": session["refresh_token"], "client_id": "documentation"}
+        answers = await at_once(servers, form)
+        assert [status for status, _ in answers] == [200, 200], answers
+        assert await still_works(servers, answers)
+    assert await recorded(db, "token.refresh_reuse_detected", 1) == 0
+    last = sessions[-1]
+    await past_refresh_grace(db, last["refresh_token"])
+    form = {"grant_type": "refresh_token", "refresh_token": last["refresh_token"], "client_id": "documentation"}
+    async with http.post(f"{bases[0]}{TOKEN}", data=form) as late:
+        assert late.status == 400
+    family = (await db.oauth2_tokens.find_one({"refresh_hash": hash_secret(last["refresh_token"])}))["family_id"]
+    assert await db.oauth2_tokens.count_documents({"family_id": family, "revoked": False}) == 0

@@ -10,7 +10,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
 from service.crypto import hash_secret
 from service.db import utcnow
-from tests.helpers import basic
+from tests.helpers import basic, past_refresh_grace
 
 TOKEN = "/auth/oauth2/token"
 DOCS = {"client_id": "documentation"}
@@ -37,9 +37,11 @@ async def test_refresh_rotates_and_the_old_token_stops_working(client: TestClien
     assert await me(client, first["access_token"]) == 401  # rotated out with its refresh token
 
 
-async def test_replaying_a_rotated_refresh_token_revokes_the_family(client: TestClient, login) -> None:
+async def test_replaying_a_rotated_refresh_token_revokes_the_family(client: TestClient, login, db) -> None:
+    """After REFRESH_REUSE_GRACE (within it, see test_refresh_grace.py)."""
     first = await login("user", "w")
     second = await (await refresh(client, first["refresh_token"])).json()
+    await past_refresh_grace(db, first["refresh_token"])
     replay = await refresh(client, first["refresh_token"])
     assert replay.status == 400
     assert (await replay.json())["error"] == "invalid_grant"
