@@ -37,18 +37,18 @@ CLAIMS_SUPPORTED = (
 
 
 def user_claims(user: Mapping[str, Any], scopes: list[str] | frozenset[str]) -> dict[str, Any]:
-    """The claims about `user` that `scopes` allow; `sub` is the user's stable id."""
+    """The claims about `user` that `scopes` allow; `sub` is the user's stable id. A name part the user
+    left empty is omitted, not an empty string (OpenID Connect Core 5.3.2)."""
     claims: dict[str, Any] = {"sub": str(user["_id"])}
     if "profile" in scopes:
         names = (user.get("first_name"), user.get("middle_name"), user.get("last_name"))
         claims.update(
             name=" ".join(part for part in names if part) or user["username"],
-            given_name=user.get("first_name", ""),
-            middle_name=user.get("middle_name", ""),
-            family_name=user.get("last_name", ""),
             preferred_username=user["username"],
             updated_at=int(user["updated"].timestamp()),
         )
+        parts = {"given_name": names[0], "middle_name": names[1], "family_name": names[2]}
+        claims.update({claim: value for claim, value in parts.items() if value})
     if "email" in scopes:
         claims["email"] = user["email"]
         claims["email_verified"] = bool(user.get("email_verified", False))

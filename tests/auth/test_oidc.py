@@ -145,6 +145,25 @@ async def test_scopes_decide_the_claims_and_userinfo_needs_openid(client: TestCl
     assert bad.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+async def test_empty_names_are_left_out_of_the_claims(client: TestClient, login) -> None:
+    """OpenID Connect Core 5.3.2: a claim with no value is omitted, never an empty string (the fixture
+    user has no middle name), in UserInfo and the ID token alike."""
+    token = await login("user", "w", "openid profile")
+    info = await (
+        await client.get("/auth/oauth2/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"})
+    ).json()
+    assert info["given_name"] == "Regular"
+    assert info["family_name"] == "User"
+    assert info["name"] == "Regular User"
+    assert "middle_name" not in info
+    assert "" not in info.values()
+    id_claims = jwt.decode(
+        token["id_token"], JsonWebKey.import_key_set(await (await client.get("/auth/oauth2/jwks")).json())
+    )
+    assert "middle_name" not in id_claims
+    assert id_claims["given_name"] == "Regular"
+
+
 @pytest.mark.parametrize(
     ("extra", "error"),
     [
