@@ -12,8 +12,10 @@ $(VENV)/.runtime: requirements.txt requirements-embedded.txt pyproject.toml
 	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt requirements-mock.txt $(VENV)/.runtime
+# The Python SDK (clients/python) too, editable: its tests and mypy run in this suite.
+$(VENV)/.dev: requirements-dev.txt requirements-mock.txt clients/python/pyproject.toml $(VENV)/.runtime
 	$(PIP) install -r requirements-dev.txt
+	$(PIP) install -e clients/python
 	touch $@
 
 ## Start the server on the embedded database (data in ./var/db); Ctrl-C stops both.
@@ -24,9 +26,10 @@ run: $(VENV)/.runtime
 test: lint test-mongomock test-secantus
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check service tests ops
-	$(VENV)/bin/ruff format --check service tests ops
+	$(VENV)/bin/ruff check service tests ops clients
+	$(VENV)/bin/ruff format --check service tests ops clients
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict --config-file clients/python/pyproject.toml clients/python/src clients/python/examples clients/python/tools
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/bandit -q -r service
 	$(VENV)/bin/hadolint ops/Dockerfile ops/podman/*.Containerfile

@@ -1,0 +1,125 @@
+"""`api.users` and `api.teams`: one method per operation, typed with the generated models.
+
+Single objects come back as the generated `TypedDict`s; at run time they are `Document`s (plain dicts
+that also remember the response's `ETag`), so `api.teams.patch(team, ops)` can send `If-Match` for the
+version the caller holds. `etag_of(obj)` reads it; items of a list carry none (the server sends no tag
+per item), so a patch of a listed object is unconditional unless the caller passes `if_match` or reads
+the object first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from restful_api_client.errors import ApiError, PreconditionFailed
+from restful_api_client.models import Membership, MembershipPatchOperation, Signup, Team, TeamPatchOperation, User
+
+if TYPE_CHECKING:
+    from restful_api_client.client import Client
+    from restful_api_client.transport import Response
+
+
+class Document(dict[str, Any]):
+    """A JSON object with the `ETag` it was served with (None when the response had none)."""
+
+    etag: str | None = None
+
+
+def etag_of(obj: Mapping[str, Any]) -> str | None:
+    """The ETag an object returned by this SDK was served with."""
+    return getattr(obj, "etag", None)
+
+
+def _document(response: Response) -> Any:
+    document = Document(response.body if isinstance(response.body, dict) else {})
+    document.etag = response.headers.get("ETag")
+    return document
+
+
+class Users:
+    def __init__(self, api: Client) -> None:
+        self._api = api
+
+    async def me(self) -> User:
+        """The signed-in user (`users:read`)."""
+        return cast(User, _document(await self._api.request("GET", self._api.url("getCurrentUser"))))
+
+    async def get(self, user_id: str) -> User:
+        """One user: the caller themself, or anyone for an admin (`users:read`)."""
+        url = self._api.url("getUser", user_id=user_id)
+        return cast(User, _document(await self._api.request("GET", url)))
+
+    async def create(self, signup: Signup) -> User:
+        """Sign-up (anonymous) or an admin creating a user."""
+        url = self._api.url("createUser")
+        return cast(User, _document(await self._api.request("POST", url, json=signup)))
+
+
+class Teams:
+    def __init__(self, api: Client) -> None:
+        self._api = api
+
+    def list(self, *, page_size: int = 100) -> AsyncIterator[Team]:
+        """`async for team in api.teams.list():` every team the caller may see (`teams:read`)."""
+        return self._api.paginate(self._api.url("listTeams"), page_size)
+
+    async def create(self, title: str, *, idempotency_key: str | None = None) -> Team:
+        """A new team led by the caller (`teams:write`). Retries reuse one `Idempotency-Key`."""
+        url = self._api.url("createTeam")
+        response = await self._api.request("POST", url, json={"title": title}, idempotency_key=idempotency_key)
+        return cast(Team, _document(response))
+
+    async def get(self, team_id: str) -> Team:
+        url = self._api.url("getTeam", team_id=team_id)
+        return cast(Team, _document(await self._api.request("GET", url)))
+
+    async def patch(self, team: Team, ops: Sequence[TeamPatchOperation], *, if_match: str | None = None) -> Team:
+        """Apply a JSON Patch (RFC 6902) to the version of `team` the caller holds: `If-Match` carries
+        its ETag (or `if_match`), so a change made meanwhile is never overwritten unseen. A stale version
+        raises `PreconditionFailed` whose `current` is the team as it is now, ready for another try."""
+        team_id = team["id"]
+        url = self._api.url("patchTeam", team_id=team_id)
+        tag = if_match or etag_of(team)
+        headers = {"Content-Type": "application/json-patch+json"}
+        if tag is not None:
+            headers["If-Match"] = tag
+        try:
+            response = await self._api.request("PATCH", url, json=list(ops), headers=headers)
+        except PreconditionFailed as error:
+            error.current = await self._fresh(team_id)
+            raise
+        return cast(Team, _document(response))
+
+    async def _fresh(self, team_id: str) -> Team | None:
+        try:
+            return await self.get(team_id)
+        except ApiError:
+            return None
+
+    async def delete(self, team: Team, *, if_match: str | None = None) -> None:
+        """Delete the team if it is still the version the caller holds (else `PreconditionFailed`)."""
+        tag = if_match or etag_of(team)
+        headers = {"If-Match": tag} if tag is not None else {}
+        await self._api.request("DELETE", self._api.url("deleteTeam", team_id=team["id"]), headers=headers)
+
+    def members(self, team_id: str, *, page_size: int = 100) -> AsyncIterator[Membership]:
+        """`async for member in api.teams.members(team_id):` every membership (`teams:read`)."""
+        return self._api.paginate(self._api.url("listTeamMembers", team_id=team_id), page_size)
+
+    async def add_member(self, team_id: str, user_id: str, *, is_leader: bool = False) -> Membership:
+        """Add a user (leaders and admins; `teams:write`); the membership carries the team's ETag."""
+        url = self._api.url("addTeamMember", team_id=team_id)
+        response = await self._api.request("POST", url, json={"user_id": user_id, "is_leader": is_leader})
+        return cast(Membership, _document(response))
+
+    async def patch_member(
+        self, team_id: str, user_id: str, ops: Sequence[MembershipPatchOperation], *, if_match: str | None = None
+    ) -> Membership:
+        """JSON Patch on `/is_leader`; `if_match` is the team's ETag (memberships carry it)."""
+        url = self._api.url("patchTeamMember", team_id=team_id, user_id=user_id)
+        headers = {"Content-Type": "application/json-patch+json", **({"If-Match": if_match} if if_match else {})}
+        return cast(Membership, _document(await self._api.request("PATCH", url, json=list(ops), headers=headers)))
+
+    async def remove_member(self, team_id: str, user_id: str) -> None:
+        await self._api.request("DELETE", self._api.url("removeTeamMember", team_id=team_id, user_id=user_id))
