@@ -1,5 +1,6 @@
 """RFC 8628 at the site root: the device authorization endpoint and the /auth/device page (user code,
-then sign-in and consent on one form, then "return to your device"). The page shares the sign-in
+then sign-in and consent on one form, or consent alone in a browser with a sign-in session, then
+"return to your device"). The page shares the sign-in
 page's rendering (CSP, no-store) and its CSRF double-submit cookie rule."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from authlib.oauth2.base import OAuth2Error
 
-from service.auth import device, grants, principals, second_factor
+from service.auth import device, grants, principals, second_factor, sessions
 from service.auth.routes import NO_STORE, _error_page, _page, form_parameters, oauth_endpoint
 from service.bodies import BodyError, read_form
 from service.context import Context
@@ -18,6 +19,7 @@ from service.errors import Conflict, ServiceUnavailable, TooManyRequests
 from service.ratelimit import client_address
 from service.responses import json_response
 from service.scopes import SCOPES
+from service.users.repository import UserDocument
 
 device_routes = web.RouteTableDef()
 CSRF_COOKIE = "device_csrf"
@@ -70,11 +72,19 @@ async def device_decision(request: web.Request) -> web.Response:
         "client_name": (client.get("client_name") if client else None) or found["client_id"],
         "scopes": [(scope, SCOPES.get(scope, scope)) for scope in found["scopes"]],
     }
-    if "username" not in form and "signin_token" not in form:  # the code was entered: sign-in and consent
-        return _device_page(request, cookie, consent)
+    signed = await sessions.signed_in(ctx, request)
+    if "username" not in form and "signin_token" not in form and form.get("step") != "session":
+        if signed is not None:  # the code was entered in a signed-in browser: consent as that user
+            return _device_page(request, cookie, {**consent, "step": "session", "username": signed[1]["username"]})
+        return _device_page(request, cookie, consent)  # sign-in and consent
     if form.get("action") != "approve":
         await device.decide(ctx, found, None)
         return _done(request, approved=False)
+    if form.get("step") == "session":
+        if signed is None:  # the session ended meanwhile
+            return _device_page(request, cookie, {**consent, "error": "Your session has ended; sign in."}, 400)
+        await sessions.signed_in_to(ctx, signed[0], found["client_id"])
+        return await _decided(request, found, signed[1])
     binding = device.DeviceSignIn(dict(client or {"_id": found["client_id"]}), found["_id"])
     if "signin_token" in form:  # the second step: a code after a right password
         return await _second_step(request, cookie, consent, binding, (found, form))
@@ -87,7 +97,24 @@ async def device_decision(request: web.Request) -> web.Response:
     if second_factor.required(user):  # the password was right; a code completes the sign-in
         pending = await second_factor.start(ctx, binding, user)
         return _device_page(request, cookie, {**consent, "step": "otp", "signin_token": pending})
-    if not await device.decide(ctx, found, user):
+    return await _signed_in(request, found, user, second_factor.PASSWORD)
+
+
+async def _signed_in(
+    request: web.Request, found: device.DeviceDocument, user: UserDocument, amr: tuple[str, ...]
+) -> web.Response:
+    """A sign-in on the page approves the device and starts a session in this browser (single sign-on
+    for what it opens next), which notes the device's client for logout."""
+    ctx = Context.of(request)
+    value, session = await sessions.start(ctx, request, user, amr)
+    await sessions.signed_in_to(ctx, session, found["client_id"])
+    response = await _decided(request, found, user)
+    sessions.set_cookie(ctx, response, value)
+    return response
+
+
+async def _decided(request: web.Request, found: device.DeviceDocument, user: UserDocument) -> web.Response:
+    if not await device.decide(Context.of(request), found, user):
         return _error_page(request, "This request was already decided or has expired; start again on your device.")
     return _done(request, approved=True)
 
@@ -110,9 +137,7 @@ async def _second_step(
         return _device_page(request, cookie, {**otp_page, "error": exc.detail or "Try again later."}, exc.status)
     if user is None:
         return _device_page(request, cookie, {**otp_page, "error": "The code is wrong or was already used."}, 400)
-    if not await device.decide(ctx, found, user):
-        return _error_page(request, "This request was already decided or has expired; start again on your device.")
-    return _done(request, approved=True)
+    return await _signed_in(request, found, user, second_factor.PASSWORD_AND_OTP)
 
 
 def _done(request: web.Request, *, approved: bool) -> web.Response:

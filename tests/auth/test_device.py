@@ -321,3 +321,59 @@ async def test_another_clients_device_code_and_unallowed_scopes_are_refused(clie
     assert (await response.json())["error"] == "invalid_scope"
     status, body = await poll(client, tv["client_id"], started["device_code"])  # untouched by the other client
     assert (status, body["error"]) == (400, "authorization_pending")
+
+
+# --- the page and the browser's sign-in session ------------------------------------------------
+
+
+async def test_a_password_sign_in_on_the_page_starts_a_session(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    done = await decide(client, started["user_code"])
+    assert done.status == 200
+    assert any(cookie.startswith("session=") for cookie in done.headers.getall("Set-Cookie"))
+    stored = await db.sessions.find_one({})
+    assert stored["clients"] == [tv["client_id"]]  # back-channel logout knows the device's client
+    second = await start(client, tv["client_id"])
+    consent = await enter_code(client, second["user_code"])
+    html = await consent.text()
+    assert 'id="signed-in"' in html
+    assert 'name="password"' not in html  # the session signs the user in
+
+
+async def test_a_signed_in_browser_approves_without_the_password(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    first = await start(client, tv["client_id"])
+    await decide(client, first["user_code"])  # signs in: a session in this browser
+    started = await start(client, tv["client_id"])
+    html = await (await enter_code(client, started["user_code"])).text()
+    assert "You are signed in as <strong>user</strong>" in html
+    form = {
+        "csrf_token": hidden_field(html, "csrf_token"),
+        "user_code": hidden_field(html, "user_code"),
+        "step": "session",
+        "action": "approve",
+    }
+    done = await client.post("/auth/device", data=form)
+    assert done.status == 200
+    assert "return to your device" in await done.text()
+    status, tokens = await poll(client, tv["client_id"], started["device_code"])
+    assert status == 200, tokens
+    me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert (await me.json())["username"] == "user"
+
+
+async def test_the_session_step_without_a_session_asks_to_sign_in(client: TestClient, device_client, db) -> None:
+    tv = await device_client()
+    started = await start(client, tv["client_id"])
+    html = await (await enter_code(client, started["user_code"])).text()
+    form = {
+        "csrf_token": hidden_field(html, "csrf_token"),
+        "user_code": hidden_field(html, "user_code"),
+        "step": "session",
+        "action": "approve",
+    }
+    refused = await client.post("/auth/device", data=form)
+    assert refused.status == 400
+    assert 'name="password"' in await refused.text()
+    assert (await db[COLLECTION].find_one({"_id": hash_secret(started["device_code"])}))["status"] == "pending"
