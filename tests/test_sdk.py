@@ -32,6 +32,7 @@ from restful_api_client import (  # noqa: E402  (the SDK's source tree, added ab
     AuthorizationCodePKCE,
     Client,
     ClientCredentials,
+    DeviceCode,
     NotFound,
     OAuthError,
     Password,
@@ -41,10 +42,13 @@ from restful_api_client import (  # noqa: E402  (the SDK's source tree, added ab
     ServiceUnavailable,
     StaticToken,
     TransportError,
+    Unauthorized,
     ValidationError,
     etag_of,
 )
+from restful_api_client.models import IDEMPOTENCY_KEYED, DeviceAuthorization  # noqa: E402
 from restful_api_client.transport import retry_after  # noqa: E402
+from yarl import URL  # noqa: E402
 
 from service.audit.trail import AUDITOR  # noqa: E402
 from tests.helpers import form_of  # noqa: E402
@@ -248,6 +252,29 @@ class TestExpiry:
             assert api.tokens.refreshes == 1
 
 
+async def test_a_revoked_refresh_token_makes_password_sign_in_again(base: str, client: TestClient, app, db) -> None:
+    async with Client(base, auth=Password("user", "w")) as api:
+        await api.users.me()
+        held = api.tokens.tokens
+        assert held is not None
+        assert held.refresh_token is not None
+        form = {"token": held.refresh_token, "token_type_hint": "refresh_token", "client_id": "documentation"}
+        assert (await client.post("/auth/oauth2/revoke", data=form)).status == 200
+        held.access_token = "refused"
+        signins = await grants(app, db, "password")
+        assert (await api.users.me())["username"] == "user"  # refresh refused (invalid_grant): signed in again
+        assert await grants(app, db, "password") == signins + 1
+        assert api.tokens.refreshes == 1
+
+
+async def test_a_refused_bare_token_is_unauthorized(base: str) -> None:
+    async with Client(base, auth=StaticToken("not-a-token")) as api:
+        with pytest.raises(Unauthorized) as refused:
+            await api.users.me()
+    assert refused.value.status == 401
+    assert api.tokens.refreshes == 0
+
+
 class FileStore:
     """A token store of the consumer's own: a JSON file."""
 
@@ -310,6 +337,55 @@ async def test_authorization_code_with_pkce_through_a_loopback_redirect(base: st
     async with Client(base, auth=strategy) as api:
         assert (await api.users.me())["username"] == "user"
     assert "code_challenge_method=S256" in opened[0]
+
+
+# --- the device authorization grant (RFC 8628) -------------------------------------------------------------
+
+
+async def test_device_flow_polls_until_the_person_approves(base: str, client: TestClient, register_client, db) -> None:
+    from service.auth.device import COLLECTION
+    from service.crypto import hash_secret
+    from service.db import utcnow
+    from tests.helpers import hidden_field
+
+    tv = await register_client(
+        "user",
+        client_type="public",
+        grant_types=["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+        allowed_scopes=["users:read"],
+    )
+    shown: list[DeviceAuthorization] = []
+    waits: list[float] = []
+
+    async def approve(user_code: str) -> None:
+        """The person, on another device: the code on /auth/device, then sign-in and consent."""
+        page = await client.get("/auth/device")
+        form = {"csrf_token": hidden_field(await page.text(), "csrf_token"), "user_code": user_code}
+        consent = await client.post("/auth/device", data=form)
+        html = await consent.text()
+        decision = {
+            "csrf_token": hidden_field(html, "csrf_token"),
+            "user_code": hidden_field(html, "user_code"),
+            "username": "user",
+            "password": "w",
+            "action": "approve",
+        }
+        assert (await client.post("/auth/device", data=decision)).status == 200
+
+    async def sleep(seconds: float) -> None:
+        """Instead of waiting `interval`: the server's clock moved on; the person approves at the 2nd poll."""
+        waits.append(seconds)
+        await db[COLLECTION].update_one(
+            {"_id": hash_secret(shown[0]["device_code"])}, {"$set": {"next_poll": utcnow()}}
+        )
+        if len(waits) == 2:
+            await approve(shown[0]["user_code"])
+
+    strategy = DeviceCode(tv["client_id"], "users:read", on_code=shown.append, sleep=sleep)
+    async with Client(base, auth=strategy) as api:
+        assert (await api.users.me())["username"] == "user"
+    assert shown[0]["verification_uri"].endswith("/auth/device")
+    assert waits == [5.0, 5.0]  # the first poll was pending, the second got the tokens
 
 
 # --- faults: 503/429 with Retry-After, dropped connections --------------------------------------------------
@@ -381,7 +457,7 @@ async def test_retries_are_bounded_and_a_long_retry_after_surfaces(stub) -> None
         assert len(sleeps.waits) == 2
 
 
-async def test_a_dropped_connection_is_retried_for_get_but_not_for_post(stub) -> None:
+async def test_a_dropped_connection_is_retried_for_get_and_keyed_post_only(stub) -> None:
     url, seen, queue = stub
     policy, sleeps = quick()
     async with Client(url, auth=StaticToken("t"), retry=policy) as api:
@@ -391,9 +467,16 @@ async def test_a_dropped_connection_is_retried_for_get_but_not_for_post(stub) ->
         assert sleeps.waits  # the SDK's own retries, after backoff
         seen.clear()
 
+        assert "createTeam" in IDEMPOTENCY_KEYED  # the document declares the header on it
         queue.append(None)
-        with pytest.raises(TransportError):
-            await api.teams.create("once")  # the server may have acted: not resent blindly
+        assert (await api.teams.create("once"))["title"] == "Stub"  # resent: the key makes it safe
+        assert len(seen) == 2
+        assert seen[0].headers["Idempotency-Key"] == seen[1].headers["Idempotency-Key"]
+        seen.clear()
+
+        queue.append(None)
+        with pytest.raises(TransportError):  # a POST without the header: the server may have acted
+            await api.request("POST", api.base_url.join(URL("api/v1/elsewhere/")), json={})
         assert len(seen) == 1
 
 

@@ -8,7 +8,8 @@ test suite regenerates it and fails when the committed file drifts from what the
 
 What it generates: a `TypedDict` per component schema that the SDK's resources use (and every schema they
 reference), each JSON Patch operation schema as a union of one `TypedDict` per allowed path, and
-`OPERATIONS`, the method and full path of each operation the SDK calls, by its `operationId`.
+`OPERATIONS`, the method and full path of each operation the SDK calls, by its `operationId`, and
+`IDEMPOTENCY_KEYED`, the operations whose POST declares an `Idempotency-Key` header.
 """
 
 from __future__ import annotations
@@ -232,7 +233,29 @@ def operations(document: dict[str, Any]) -> str:
         for op in sorted(USED_OPERATIONS)
     )
     lines.append("}")
+    lines.append("")
+    lines.append("")
+    lines.append("# POSTs that declare an `Idempotency-Key` header: safe to resend after a dropped connection.")
+    keyed = sorted(op for op in USED_OPERATIONS if rows[op][0] == "POST" and op in keyed_posts(document))
+    lines.append("IDEMPOTENCY_KEYED: Final[frozenset[str]] = frozenset(")
+    lines.append("    {" + "".join(f"\n        {json.dumps(op)}," for op in keyed) + ("\n    }" if keyed else "}"))
+    lines.append(")")
     return "\n".join(lines)
+
+
+def keyed_posts(document: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for item in document["paths"].values():
+        shared = item.get("parameters", [])
+        for method, operation in item.items():
+            if method != "post" or not isinstance(operation, dict):
+                continue
+            for parameter in [*shared, *operation.get("parameters", [])]:
+                if "$ref" in parameter:
+                    parameter = document["components"]["parameters"][ref_name(parameter["$ref"])]
+                if parameter.get("in") == "header" and parameter.get("name", "").lower() == "idempotency-key":
+                    found.add(operation["operationId"])
+    return found
 
 
 def render(document: dict[str, Any]) -> str:

@@ -15,15 +15,16 @@ import inspect
 import secrets
 import time
 import webbrowser
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 from aiohttp import web
 from yarl import URL
 
 from restful_api_client.errors import OAuthError
+from restful_api_client.models import DeviceAuthorization
 from restful_api_client.transport import Response, Transport, retry_after
 
 
@@ -309,6 +310,62 @@ class AuthorizationCodePKCE(AuthStrategy):
         return await oauth.token(form, self.client_id, self.client_secret)
 
 
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+async def _print_instructions(authorization: DeviceAuthorization) -> None:
+    where = authorization.get("verification_uri_complete") or authorization["verification_uri"]
+    print(f"To sign in, open {where} and enter the code {authorization['user_code']}")
+
+
+class DeviceCode(AuthStrategy):
+    """The device authorization grant (RFC 8628) for devices without a browser or a keyboard: ask for
+    a user code, show it (`on_code`, default: print the URL and code), poll the token endpoint every
+    `interval` seconds (5 unless the server says; `slow_down` adds 5, section 3.5) until the person
+    approves, denies or the code expires. `sleep` is a hook for tests."""
+
+    reobtainable = False  # needs a person
+
+    def __init__(
+        self,
+        client_id: str,
+        scope: str | None = None,
+        *,
+        client_secret: str | None = None,
+        on_code: Callable[[DeviceAuthorization], object] = _print_instructions,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client_id = self.public_id = client_id
+        self.client_secret = client_secret
+        self.scope = scope
+        self.on_code = on_code
+        self.sleep = sleep
+
+    async def obtain(self, oauth: OAuth) -> TokenSet:
+        endpoint = await oauth.endpoint("device_authorization_endpoint")
+        form = _scope({"client_id": self.public_id}, self.scope)
+        response = await oauth.transport.send("POST", endpoint, headers={"Accept": "application/json"}, form=form)
+        if response.status != 200 or not isinstance(response.body, dict):
+            raise oauth_error(response)
+        authorization = cast(DeviceAuthorization, response.body)
+        shown = self.on_code(authorization)
+        if inspect.isawaitable(shown):
+            await shown
+        interval = float(authorization.get("interval", 5))
+        deadline = time.monotonic() + float(authorization["expires_in"])
+        poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": authorization["device_code"]}
+        while time.monotonic() < deadline:
+            await self.sleep(interval)
+            try:
+                return await oauth.token(poll, self.public_id, self.client_secret)
+            except OAuthError as error:
+                if error.error == "slow_down":
+                    interval += 5
+                elif error.error != "authorization_pending":
+                    raise
+        raise OAuthError("expired_token", "the user code expired before anyone approved it")
+
+
 class TokenManager:
     """The client's tokens: loaded from the store, obtained, refreshed (rotating), saved back."""
 
@@ -348,6 +405,8 @@ class TokenManager:
         async with self._lock:
             if self._tokens is not None and self._tokens is not used:
                 return self._tokens
+            if used.refresh_token is None and not self.strategy.reobtainable:
+                return None  # a bare token refused: the caller gets the API's 401
             return await self._renew(used)
 
     async def _renew(self, tokens: TokenSet) -> TokenSet:

@@ -14,7 +14,7 @@ from yarl import URL
 
 from restful_api_client.auth import AuthStrategy, MemoryTokenStore, OAuth, TokenManager, TokenSet, TokenStore
 from restful_api_client.errors import ApiError, api_error
-from restful_api_client.models import OPERATIONS
+from restful_api_client.models import IDEMPOTENCY_KEYED, OPERATIONS
 from restful_api_client.resources import Teams, Users
 from restful_api_client.transport import Response, RetryPolicy, Transport, retry_after
 
@@ -102,6 +102,24 @@ class Client:
         path = template.format(**{name: _segment(value) for name, value in params.items()})
         return self.base_url.join(URL(path.lstrip("/"), encoded=True))
 
+    async def call(
+        self,
+        operation: str,
+        path: Mapping[str, str] | None = None,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Response:
+        """An operation by its OpenAPI operationId (method and path from the generated `OPERATIONS`).
+        A POST whose operation declares `Idempotency-Key` may be resent after a dropped connection."""
+        method, _ = OPERATIONS[operation]
+        keyed = method == "POST" and operation in IDEMPOTENCY_KEYED
+        url = self.url(operation, **(path or {}))
+        return await self.request(
+            method, url, json=json, headers=headers, idempotency_key=idempotency_key, resend_on_disconnect=keyed
+        )
+
     async def request(
         self,
         method: str,
@@ -110,9 +128,12 @@ class Client:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        resend_on_disconnect: bool = False,
     ) -> Response:
         """One API call: bearer token, one renewal on 401, retries (transport), errors as `ApiError`s.
-        A POST carries an `Idempotency-Key` (a fresh uuid4 unless given), the same on every retry."""
+        A POST carries an `Idempotency-Key` (a fresh uuid4 unless given), the same on every retry; it is
+        resent after a dropped connection only with `resend_on_disconnect` (the server honours the key)
+        or the policy's `retry_post_on_disconnect`."""
         if self._transport is None:
             raise RuntimeError("use the client as `async with Client(...) as api:`")
         sent = {"Accept": "application/json", **(headers or {})}
@@ -122,20 +143,20 @@ class Client:
         if self._tokens is not None:
             used = await self._tokens.current()
             sent["Authorization"] = f"{used.token_type} {used.access_token}"
-        response = await self._send(method, url, json, sent)
+        unsafe = resend_on_disconnect or (method == "POST" and self._policy.retry_post_on_disconnect)
+        response = await self._send(method, url, json, sent, unsafe)
         if response.status == 401 and self._tokens is not None and used is not None:
             renewed = await self._tokens.refused(used)
             if renewed is not None:
                 sent["Authorization"] = f"{renewed.token_type} {renewed.access_token}"
-                response = await self._send(method, url, json, sent)
+                response = await self._send(method, url, json, sent, unsafe)
         if response.status >= 400:
             raise api_error(response.status, response.body, response.reason, retry_after(response.headers))
         return response
 
-    async def _send(self, method: str, url: URL, json: Any, headers: dict[str, str]) -> Response:
+    async def _send(self, method: str, url: URL, json: Any, headers: dict[str, str], unsafe: bool) -> Response:
         if self._transport is None:
             raise RuntimeError("the client is closed")
-        unsafe = method == "POST" and self._policy.retry_post_on_disconnect
         return await self._transport.send(method, url, headers=headers, json=json, retry_unsafe=unsafe)
 
     async def paginate(self, url: URL, limit: int) -> AsyncIterator[Any]:

@@ -319,3 +319,14 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     "serverMetadata": ("GET", "/.well-known/oauth-authorization-server"),
     "token": ("POST", "/auth/oauth2/token"),
 }
+
+
+# POSTs that declare an `Idempotency-Key` header: safe to resend after a dropped connection.
+IDEMPOTENCY_KEYED: Final[frozenset[str]] = frozenset(
+    {
+        "addTeamMember",
+        "createOAuth2Client",
+        "createTeam",
+        "createUser",
+    }
+)

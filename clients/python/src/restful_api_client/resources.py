@@ -43,17 +43,15 @@ class Users:
 
     async def me(self) -> User:
         """The signed-in user (`users:read`)."""
-        return cast(User, _document(await self._api.request("GET", self._api.url("getCurrentUser"))))
+        return cast(User, _document(await self._api.call("getCurrentUser")))
 
     async def get(self, user_id: str) -> User:
         """One user: the caller themself, or anyone for an admin (`users:read`)."""
-        url = self._api.url("getUser", user_id=user_id)
-        return cast(User, _document(await self._api.request("GET", url)))
+        return cast(User, _document(await self._api.call("getUser", {"user_id": user_id})))
 
     async def create(self, signup: Signup) -> User:
         """Sign-up (anonymous) or an admin creating a user."""
-        url = self._api.url("createUser")
-        return cast(User, _document(await self._api.request("POST", url, json=signup)))
+        return cast(User, _document(await self._api.call("createUser", json=signup)))
 
 
 class Teams:
@@ -66,26 +64,23 @@ class Teams:
 
     async def create(self, title: str, *, idempotency_key: str | None = None) -> Team:
         """A new team led by the caller (`teams:write`). Retries reuse one `Idempotency-Key`."""
-        url = self._api.url("createTeam")
-        response = await self._api.request("POST", url, json={"title": title}, idempotency_key=idempotency_key)
+        response = await self._api.call("createTeam", json={"title": title}, idempotency_key=idempotency_key)
         return cast(Team, _document(response))
 
     async def get(self, team_id: str) -> Team:
-        url = self._api.url("getTeam", team_id=team_id)
-        return cast(Team, _document(await self._api.request("GET", url)))
+        return cast(Team, _document(await self._api.call("getTeam", {"team_id": team_id})))
 
     async def patch(self, team: Team, ops: Sequence[TeamPatchOperation], *, if_match: str | None = None) -> Team:
         """Apply a JSON Patch (RFC 6902) to the version of `team` the caller holds: `If-Match` carries
         its ETag (or `if_match`), so a change made meanwhile is never overwritten unseen. A stale version
         raises `PreconditionFailed` whose `current` is the team as it is now, ready for another try."""
         team_id = team["id"]
-        url = self._api.url("patchTeam", team_id=team_id)
         tag = if_match or etag_of(team)
         headers = {"Content-Type": "application/json-patch+json"}
         if tag is not None:
             headers["If-Match"] = tag
         try:
-            response = await self._api.request("PATCH", url, json=list(ops), headers=headers)
+            response = await self._api.call("patchTeam", {"team_id": team_id}, json=list(ops), headers=headers)
         except PreconditionFailed as error:
             error.current = await self._fresh(team_id)
             raise
@@ -101,7 +96,7 @@ class Teams:
         """Delete the team if it is still the version the caller holds (else `PreconditionFailed`)."""
         tag = if_match or etag_of(team)
         headers = {"If-Match": tag} if tag is not None else {}
-        await self._api.request("DELETE", self._api.url("deleteTeam", team_id=team["id"]), headers=headers)
+        await self._api.call("deleteTeam", {"team_id": team["id"]}, headers=headers)
 
     def members(self, team_id: str, *, page_size: int = 100) -> AsyncIterator[Membership]:
         """`async for member in api.teams.members(team_id):` every membership (`teams:read`)."""
@@ -109,17 +104,19 @@ class Teams:
 
     async def add_member(self, team_id: str, user_id: str, *, is_leader: bool = False) -> Membership:
         """Add a user (leaders and admins; `teams:write`); the membership carries the team's ETag."""
-        url = self._api.url("addTeamMember", team_id=team_id)
-        response = await self._api.request("POST", url, json={"user_id": user_id, "is_leader": is_leader})
+        body = {"user_id": user_id, "is_leader": is_leader}
+        response = await self._api.call("addTeamMember", {"team_id": team_id}, json=body)
         return cast(Membership, _document(response))
 
     async def patch_member(
         self, team_id: str, user_id: str, ops: Sequence[MembershipPatchOperation], *, if_match: str | None = None
     ) -> Membership:
         """JSON Patch on `/is_leader`; `if_match` is the team's ETag (memberships carry it)."""
-        url = self._api.url("patchTeamMember", team_id=team_id, user_id=user_id)
         headers = {"Content-Type": "application/json-patch+json", **({"If-Match": if_match} if if_match else {})}
-        return cast(Membership, _document(await self._api.request("PATCH", url, json=list(ops), headers=headers)))
+        path = {"team_id": team_id, "user_id": user_id}
+        return cast(
+            Membership, _document(await self._api.call("patchTeamMember", path, json=list(ops), headers=headers))
+        )
 
     async def remove_member(self, team_id: str, user_id: str) -> None:
-        await self._api.request("DELETE", self._api.url("removeTeamMember", team_id=team_id, user_id=user_id))
+        await self._api.call("removeTeamMember", {"team_id": team_id, "user_id": user_id})
