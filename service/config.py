@@ -40,6 +40,7 @@ class Settings:
     refresh_token_ttl: int = 14 * 24 * 3600
     refresh_reuse_grace: int = 10  # seconds a rotated-out refresh token may be presented again (0: never)
     client_secret_overlap: int = 24 * 3600  # seconds a rotated-out client secret keeps working
+    dpop_nonces: str = "token"  # where a DPoP server nonce is demanded (RFC 9449 8, 9): off, token or all
     registration: str = "closed"  # dynamic client registration (RFC 7591): closed, token or open
     auth_code_ttl: int = 60
     device_code_ttl: int = 600  # RFC 8628 device and user code lifetime, seconds
@@ -265,6 +266,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REFRESH_TOKEN_TTL": ("refresh_token_ttl", _int(1)),
     "REFRESH_REUSE_GRACE": ("refresh_reuse_grace", _int(0, 300)),
     "CLIENT_SECRET_OVERLAP": ("client_secret_overlap", _int(0, 30 * 24 * 3600)),
+    "DPOP_NONCES": ("dpop_nonces", _choice(("off", "token", "all"))),
     "REGISTRATION": ("registration", _choice(("closed", "token", "open"))),
     "AUTH_CODE_TTL": ("auth_code_ttl", _int(1, 600)),
     "DEVICE_CODE_TTL": ("device_code_ttl", _int(60, 3600)),

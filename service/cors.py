@@ -24,7 +24,7 @@ BROWSER_ENDPOINTS = frozenset(
 _ALLOW = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, DPoP",
     "Access-Control-Max-Age": "600",
 }
 
@@ -37,5 +37,5 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return web.Response(status=204, headers=_ALLOW)
     response = await handler(request)
     response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After"
+    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After, DPoP-Nonce"
     return response

@@ -279,6 +279,8 @@ class DPoPKey:
         header: dict[str, Any] | None = None,
         claims: dict[str, Any] | None = None,
     ) -> str:
+        import warnings
+
         from joserfc import jws
 
         protected = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.public_jwk(), **(header or {})}
@@ -292,4 +294,6 @@ class DPoPKey:
         payload.update(claims or {})
         protected = {k: v for k, v in protected.items() if v is not None}
         payload = {k: v for k, v in payload.items() if v is not None}
-        return jws.serialize_compact(protected, json.dumps(payload), self.key, algorithms=[self.alg])
+        with warnings.catch_warnings():  # joserfc marks EdDSA deprecated (RFC 9864); RFC 9449 servers still take it
+            warnings.simplefilter("ignore")
+            return jws.serialize_compact(protected, json.dumps(payload), self.key, algorithms=[self.alg])

@@ -15,6 +15,7 @@ from service.auth import (
     consent,
     device,
     device_routes,
+    dpop,
     registration,
     registration_routes,
     repository,
@@ -27,6 +28,7 @@ from service.auth import (
 from service.auth import openapi as auth_openapi
 from service.auth import schemas as auth_schemas
 from service.cache import follower_ctx
+from service.config import SETTINGS
 from service.context import Context
 from service.db import MONGO, STORAGE
 from service.openapi import add_parts
@@ -54,6 +56,7 @@ def setup(root: web.Application, api: web.Application) -> None:
     root[STORAGE].declare(consent.INDEXES)
     root[STORAGE].declare(sessions.INDEXES)
     root[STORAGE].declare(backchannel.INDEXES)
+    root[STORAGE].declare(dpop.INDEXES)  # the replay cache of DPoP proofs (TTL)
     scopes.register(SCOPES)
     auth_schemas.document_scopes()  # every domain's scopes are registered by now (auth comes last)
     root.cleanup_ctx.append(_keyring_ctx)
@@ -76,6 +79,7 @@ def setup(root: web.Application, api: web.Application) -> None:
 
 async def _keyring_ctx(app: web.Application) -> AsyncIterator[None]:
     app[signing.KEYRING] = signing.KeyRing(app[MONGO].db)
+    app[dpop.DPOP] = dpop.DPoPState(app[MONGO].db, app[SETTINGS].dpop_nonces)
     yield
 
 

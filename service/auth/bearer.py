@@ -3,12 +3,17 @@ enforces each route's `@requires` declaration, before anything else looks at the
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.auth import dpop
+from service.auth.dpop import DPoPUnauthorized
 from service.auth.principals import live_token
 from service.cache import PRINCIPAL_CACHE
 from service.caller import CALLER, Principal
+from service.config import SETTINGS
 from service.crypto import hash_secret
 from service.db import MONGO
 from service.errors import BadRequest, Forbidden, InsufficientScope, Unauthorized
@@ -25,6 +30,8 @@ async def authenticate(request: web.Request, form_token: str | None = None) -> P
         raise BadRequest("Send the access token one way only (RFC 6750 2).")
     if header is not None:
         scheme, _, token = header.partition(" ")
+        if scheme.lower() == "dpop" and token.strip():
+            return await _dpop_principal(request, token.strip())
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     else:
@@ -34,6 +41,32 @@ async def authenticate(request: web.Request, form_token: str | None = None) -> P
     found = await live_token(state[PRINCIPAL_CACHE], state[MONGO].db, digest)
     if found is None:
         raise Unauthorized("The access token is invalid, expired or revoked.")
+    if "jkt" in found:  # RFC 9449 7.2: a DPoP-bound token is never accepted as a bearer token
+        raise DPoPUnauthorized("This access token is DPoP-bound: send it as 'DPoP <token>' with a DPoP proof.")
+    return _principal(found)
+
+
+async def _dpop_principal(request: web.Request, token: str) -> Principal:
+    """RFC 9449 7.1: `Authorization: DPoP <token>` with a proof for this request (method, URI without
+    query, `ath` of the token) signed by the key the token is bound to; errors in a `DPoP` challenge."""
+    state = request.config_dict
+    found = await live_token(state[PRINCIPAL_CACHE], state[MONGO].db, hash_secret(token))
+    if found is None:
+        raise DPoPUnauthorized("The access token is invalid, expired or revoked.")
+    if "jkt" not in found:
+        raise DPoPUnauthorized("This access token is not DPoP-bound: send it as 'Bearer <token>'.")
+    proofs = request.headers.getall("DPoP", [])
+    if not proofs:
+        raise DPoPUnauthorized("A DPoP-bound access token needs a DPoP proof.", error="invalid_dpop_proof")
+    uri = f"{state[SETTINGS].public_url or f'{request.scheme}://{request.host}'}{request.path}"
+    try:
+        await dpop.verify(state[dpop.DPOP], proofs, (request.method, uri), token, found["jkt"])
+    except dpop.ProofError as exc:
+        raise DPoPUnauthorized.of(exc) from None
+    return _principal(found)
+
+
+def _principal(found: dict[str, Any]) -> Principal:
     return Principal(
         user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
     )

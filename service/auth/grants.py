@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service.audit import trail as audit
-from service.auth import oidc, principals, repository
+from service.auth import dpop, oidc, principals, repository
 from service.auth.repository import ClientDocument, CodeDocument, TokenDocument
 from service.auth.signing import KEYRING
 from service.context import Context
@@ -205,6 +206,11 @@ async def issue_token(
     }
     if issue.sid:
         document["sid"] = issue.sid
+    proof = PROOF.get()
+    if proof is not None:  # RFC 9449 5: bound to the proof's key; a public client's refresh token too
+        document["jkt"] = proof.jkt
+        if refresh_token and client["client_type"] != "confidential":
+            document["refresh_jkt"] = proof.jkt
     if refresh_token:
         document["refresh_hash"] = hash_secret(refresh_token)
     await repository.insert_token(ctx.db, document)
@@ -213,7 +219,7 @@ async def issue_token(
     )
     response: dict[str, Any] = {
         # The RFC 6750 token type, not a secret (bandit B105 false positive).
-        "token_type": "Bearer",  # nosec B105
+        "token_type": "Bearer" if proof is None else "DPoP",  # nosec B105
         "access_token": access_token,
         "expires_in": ctx.settings.access_token_ttl,
         "scope": " ".join(scopes),
@@ -319,6 +325,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
     old = await repository.find_token(ctx.db, refresh_digest=digest)
     if old is None or old["client_id"] != client["_id"]:
         raise oauth.InvalidGrantError("The refresh token is invalid.")
+    _check_refresh_binding(old)  # before the claim: a request without the key must not burn the token
     scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])  # checked before the claim burns it
     family = {"family_id": old["family_id"]}
     claimed = await repository.claim_refresh_token(ctx.db, digest)
@@ -358,6 +365,17 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
 async def _reused_within_grace(ctx: Context, digest: str) -> bool:
     grace = ctx.settings.refresh_reuse_grace
     return bool(grace) and await repository.reuse_within_grace(ctx.db, digest, timedelta(seconds=grace))
+
+
+def _check_refresh_binding(old: TokenDocument) -> None:
+    """RFC 9449 5: a public client's bound refresh token needs a proof with its key; a family that is
+    DPoP-bound stays so (a confidential client may refresh with another key, never without one)."""
+    proof = PROOF.get()
+    bound = old.get("refresh_jkt")
+    if bound is not None and (proof is None or not secrets.compare_digest(proof.jkt, bound)):
+        raise dpop.ProofError("This refresh token is bound to a DPoP key: send a proof signed with it.")
+    if proof is None and old.get("jkt") is not None:
+        raise dpop.ProofError("These tokens are DPoP-bound: send a DPoP proof to refresh them.")
 
 
 async def _still_current_user(ctx: Context, grant: TokenDocument | CodeDocument) -> UserDocument:
@@ -429,7 +447,16 @@ GRANTS: dict[str, Grant] = {
 }
 
 
-async def token(ctx: Context, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+# The checked DPoP proof of the token request being served, if any (set by `token` around the grant):
+# `issue_token` binds what it issues to its key, the refresh grant checks a bound refresh token against
+# it. A context variable, so that every grant (the device grant too) keeps its (ctx, client, params) shape.
+PROOF: ContextVar[dpop.Proof | None] = ContextVar("dpop_proof", default=None)
+
+
+async def token(
+    ctx: Context, params: dict[str, str], authorization: str | None, proof: dpop.Proof | None = None
+) -> dict[str, Any]:
+    """The token endpoint; `proof`: the request's checked DPoP proof (RFC 9449 5), which binds the tokens."""
     (grant_type,) = required(params, "grant_type")
     grant = GRANTS.get(grant_type)
     if grant is None:
@@ -439,4 +466,10 @@ async def token(ctx: Context, params: dict[str, str], authorization: str | None)
     client = await authenticate_client(ctx, params, authorization)
     if grant_type not in client["grant_types"]:  # RFC 6749 5.2; RFC 9700 2.4 for the password grant
         raise oauth.UnauthorizedClientError(f"This client is not registered for the {grant_type} grant.")
-    return await grant(ctx, client, params)
+    if proof is None and client.get("dpop_bound_access_tokens"):  # RFC 9449 5.2
+        raise dpop.ProofError("This client is registered with dpop_bound_access_tokens: send a DPoP proof.")
+    bound = PROOF.set(proof)
+    try:
+        return await grant(ctx, client, params)
+    finally:
+        PROOF.reset(bound)

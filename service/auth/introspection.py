@@ -7,6 +7,7 @@ from typing import Any
 
 from service.audit import trail as audit
 from service.auth import principals, repository
+from service.auth.dpop import ALGORITHMS
 from service.auth.grants import GRANTS, authenticate_client, required
 from service.context import Context
 from service.crypto import hash_secret
@@ -56,12 +57,14 @@ async def introspect(ctx: Context, params: dict[str, str], authorization: str | 
     user = await users_repository.get_user(db, found["user_id"])
     if user is None or not repository.is_current(found, user):
         return {"active": False}
+    bound = found.get("jkt") if found["_kind"] == "access" else found.get("refresh_jkt")
     return {
+        **({"cnf": {"jkt": bound}} if bound else {}),  # RFC 9449 6.2: the key the token is bound to
         "active": True,
         "scope": " ".join(found["scopes"]),
         "client_id": found["client_id"],
         "username": user["username"],
-        "token_type": "Bearer" if found["_kind"] == "access" else "refresh_token",
+        "token_type": ("DPoP" if bound else "Bearer") if found["_kind"] == "access" else "refresh_token",
         "exp": int(expires.timestamp()),
         "iat": int(found["created"].replace(tzinfo=found["created"].tzinfo or UTC).timestamp()),
         "sub": str(user["_id"]),
@@ -89,6 +92,7 @@ def metadata(issuer: str, registration: bool = False) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,  # RFC 9207
+        "dpop_signing_alg_values_supported": list(ALGORITHMS),  # RFC 9449 5.1
         "service_documentation": f"{issuer}/api/v1/",
         **registration_endpoint,
     }

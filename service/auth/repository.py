@@ -125,6 +125,8 @@ class TokenDocument(TypedDict):
     auth_time: int  # when the user last signed in (Unix time), for ID tokens
     amr: NotRequired[list[str]]  # how they signed in (RFC 8176), kept through refreshes; absent: ["pwd"]
     sid: NotRequired[str]  # the sign-in session it came from (authorization code grant), for ID tokens
+    jkt: NotRequired[str]  # DPoP (RFC 9449): the thumbprint of the key the access token is bound to
+    refresh_jkt: NotRequired[str]  # and the refresh token's (public clients' only, RFC 9449 5)
 
 
 async def insert_token(db: Database, document: TokenDocument) -> None:

@@ -14,7 +14,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.base import OAuth2Error
 
 from service import keys, metrics
-from service.auth import authorize, clients, grants, introspection, oidc, second_factor, sessions
+from service.auth import authorize, clients, dpop, grants, introspection, oidc, second_factor, sessions
 from service.auth.bearer import authenticate
 from service.auth.schemas import (
     CreatedOAuth2ClientSchema,
@@ -92,7 +92,14 @@ def oauth_endpoint(handler: OAuthHandler) -> OAuthHandler:
 @oauth_endpoint
 async def token(request: web.Request) -> web.Response:
     params = await form_parameters(request)  # (a grant evicts from the cache just what it retires or revokes)
-    return json_response(await grants.token(Context.of(request), params, request.headers.get("Authorization")))
+    ctx = Context.of(request)
+    proofs, proof = request.headers.getall("DPoP", []), None
+    if proofs:  # RFC 9449 5: the proof is checked (and its jti claimed) before the grant runs
+        proof = await dpop.verify(ctx[dpop.DPOP], proofs, (request.method, f"{ctx.issuer}{request.path}"))
+    response = json_response(await grants.token(ctx, params, request.headers.get("Authorization"), proof))
+    if proof is not None and ctx[dpop.DPOP].demands_nonce(at_api=False):
+        response.headers["DPoP-Nonce"] = await ctx[dpop.DPOP].nonce()  # RFC 9449 8.2: the next one to use
+    return response
 
 
 @oauth_routes.post("/auth/oauth2/revoke")

@@ -1,0 +1,263 @@
+"""DPoP (RFC 9449) through HTTP: bound tokens from the token endpoint, proofs at the API, the refusals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from joserfc import jwk
+
+from service.auth.dpop import DPOP
+from tests.helpers import DPoPKey, basic, exchange_form, get_code, pkce
+
+TOKEN = "/auth/oauth2/token"
+ME = "/api/v1/users/me"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    """A JWT built by hand (for algorithms a JOSE library will not sign with)."""
+    return ".".join((b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)))
+
+
+async def token_request(
+    client: TestClient, form: dict[str, str], key: DPoPKey, headers: dict[str, str] | None = None
+) -> Any:
+    """A token request with a proof, retried once with the server's nonce (RFC 9449 8) as a client does."""
+    url = str(client.make_url(TOKEN))
+    response = await client.post(TOKEN, data=form, headers={"DPoP": key.proof("POST", url), **(headers or {})})
+    if response.status == 400 and (await response.json())["error"] == "use_dpop_nonce":
+        nonce = response.headers["DPoP-Nonce"]
+        proof = key.proof("POST", url, nonce=nonce)
+        response = await client.post(TOKEN, data=form, headers={"DPoP": proof, **(headers or {})})
+    return response
+
+
+async def bound_tokens(client: TestClient, key: DPoPKey) -> dict[str, Any]:
+    """DPoP-bound tokens for `user` through the authorization code flow with PKCE (public client)."""
+    verifier, challenge = pkce()
+    code = await get_code(client, challenge)
+    response = await token_request(client, exchange_form(code, verifier), key)
+    assert response.status == 200, await response.text()
+    assert response.headers["DPoP-Nonce"]  # the next nonce to use
+    return dict(await response.json())
+
+
+async def call_me(client: TestClient, token: str, proof: str | None, scheme: str = "DPoP") -> Any:
+    headers = {"Authorization": f"{scheme} {token}"}
+    if proof is not None:
+        headers["DPoP"] = proof
+    return await client.get(ME, headers=headers)
+
+
+def challenge_error(response: Any) -> str:
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("DPoP "), challenge
+    assert 'algs="ES256 RS256 EdDSA"' in challenge
+    return challenge.split('error="')[1].split('"')[0]
+
+
+async def test_code_flow_gives_bound_tokens_that_work_only_with_a_proof(client: TestClient, seeded, db) -> None:
+    key = DPoPKey()
+    tokens = await bound_tokens(client, key)
+    assert tokens["token_type"] == "DPoP"
+    stored = await db.oauth2_tokens.find_one({"client_id": "documentation", "jkt": {"$exists": True}})
+    assert stored["jkt"] == key.jkt
+    assert stored["refresh_jkt"] == key.jkt  # a public client: its refresh token is bound too
+    access, url = tokens["access_token"], str(client.make_url(ME))
+
+    proof = key.proof("GET", url, access_token=access)
+    ok = await call_me(client, access, proof)
+    assert ok.status == 200, await ok.text()
+    assert (await ok.json())["username"] == "user"
+
+    replayed = await call_me(client, access, proof)  # the same proof again (same jti)
+    assert replayed.status == 401
+    assert challenge_error(replayed) == "invalid_dpop_proof"
+    assert "replayed" in (await replayed.json())["detail"]
+
+    # A query string is not part of htu (RFC 9449 4.3): a proof for the bare URI fits
+    query_ok = await client.get(
+        f"{ME}?x=1", headers={"Authorization": f"DPoP {access}", "DPoP": key.proof("GET", url, access)}
+    )
+    assert query_ok.status == 200
+
+
+async def test_the_api_refuses_what_does_not_prove_possession(client: TestClient, seeded) -> None:
+    key = DPoPKey()
+    access = (await bound_tokens(client, key))["access_token"]
+    url = str(client.make_url(ME))
+    refusals = {
+        "as a bearer token": await call_me(client, access, None, scheme="Bearer"),
+        "as a bearer token with a proof": await call_me(client, access, key.proof("GET", url, access), "Bearer"),
+        "without a proof": await call_me(client, access, None),
+        "proof for another URL": await call_me(client, access, key.proof("GET", url + "/sessions", access)),
+        "proof for another method": await call_me(client, access, key.proof("POST", url, access)),
+        "proof with another key": await call_me(client, access, DPoPKey().proof("GET", url, access)),
+        "proof without ath": await call_me(client, access, key.proof("GET", url)),
+        "proof with another token's ath": await call_me(client, access, key.proof("GET", url, "another")),
+        "two proofs": await client.get(
+            ME,
+            headers=[
+                ("Authorization", f"DPoP {access}"),
+                ("DPoP", key.proof("GET", url, access)),
+                ("DPoP", key.proof("GET", url, access)),
+            ],
+        ),
+    }
+    for name, response in refusals.items():
+        assert response.status == 401, name
+        expected = "invalid_token" if "bearer" in name else ("invalid_dpop_proof")
+        assert challenge_error(response) == expected, name
+    # and the token still works with a right proof: none of the refusals used it up
+    assert (await call_me(client, access, key.proof("GET", url, access))).status == 200
+
+
+async def test_bearer_tokens_keep_working_and_are_not_dpop_tokens(client: TestClient, bearer, login) -> None:
+    headers = await bearer("user")
+    assert (await client.get(ME, headers=headers)).status == 200
+    token = headers["Authorization"].split()[1]
+    as_dpop = await call_me(client, token, DPoPKey().proof("GET", str(client.make_url(ME)), token))
+    assert as_dpop.status == 401
+    assert challenge_error(as_dpop) == "invalid_token"
+    no_token = await client.get(ME)
+    assert no_token.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_refresh_of_a_public_client_needs_the_same_key(client: TestClient, seeded) -> None:
+    key = DPoPKey()
+    tokens = await bound_tokens(client, key)
+    form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": "documentation"}
+
+    no_proof = await client.post(TOKEN, data=form)
+    assert no_proof.status == 400
+    assert (await no_proof.json())["error"] == "invalid_dpop_proof"
+    other_key = await token_request(client, form, DPoPKey())
+    assert other_key.status == 400
+    assert (await other_key.json())["error"] == "invalid_dpop_proof"
+
+    refreshed = await token_request(client, form, key)  # the refusals did not burn the refresh token
+    assert refreshed.status == 200, await refreshed.text()
+    body = await refreshed.json()
+    assert body["token_type"] == "DPoP"
+    url = str(client.make_url(ME))
+    used = await call_me(client, body["access_token"], key.proof("GET", url, body["access_token"]))
+    assert used.status == 200
+
+
+async def test_malformed_proofs_are_refused_at_the_token_endpoint(client: TestClient, login) -> None:
+    key = DPoPKey()
+    url = str(client.make_url(TOKEN))
+    now = int(time.time())
+    claims = {"jti": "j1", "htm": "POST", "htu": url, "iat": now}
+    private = key.key.as_dict(private=True)
+    proofs = {
+        "bad typ": key.proof("POST", url, header={"typ": "JWT"}),
+        "no typ": key.proof("POST", url, header={"typ": None}),
+        "alg none": unsigned({"typ": "dpop+jwt", "alg": "none", "jwk": key.public_jwk()}, claims),
+        "alg HS256": unsigned({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.public_jwk()}, claims, b"x" * 32),
+        "private key in the header": key.proof("POST", url, header={"jwk": private}),
+        "no jwk": key.proof("POST", url, header={"jwk": None}),
+        "alg ES384": DPoPKey(jwk.ECKey.generate_key("P-384"), "ES384").proof("POST", url),
+        "jwk of another curve": unsigned(
+            {"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk.ECKey.generate_key("P-384").as_dict(private=False)},
+            claims,
+            b"x" * 64,
+        ),
+        "short RSA key": unsigned(
+            {"typ": "dpop+jwt", "alg": "RS256", "jwk": {"kty": "RSA", "n": b64(b"\xc1" * 128), "e": "AQAB"}},
+            claims,
+            b"x" * 128,
+        ),
+        "huge header": key.proof("POST", url, header={"kid": "x" * 4000}),
+        "iat 61 s ago": key.proof("POST", url, claims={"iat": now - 61}),
+        "iat 61 s ahead": key.proof("POST", url, claims={"iat": now + 61}),
+        "no jti": key.proof("POST", url, claims={"jti": None}),
+        "wrong htm": key.proof("GET", url),
+        "wrong htu": key.proof("POST", url.replace("/token", "/revoke")),
+        "bad signature": key.proof("POST", url)[:-4] + "AAAA",
+        "not a JWS": "not.a.jws.at.all",
+        "garbage header": "e30K!.e30.AA",
+    }
+    form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+    for name, proof in proofs.items():
+        response = await client.post(TOKEN, data=form, headers={"DPoP": proof})
+        assert response.status == 400, name
+        body = await response.json()
+        assert body["error"] == "invalid_dpop_proof", (name, body)
+    # the same proof twice at the token endpoint: the second is a replay (nonces aside)
+    nonce = (await client.post(TOKEN, data=form, headers={"DPoP": key.proof("POST", url)})).headers["DPoP-Nonce"]
+    proof = key.proof("POST", url, nonce=nonce)
+    first = await client.post(TOKEN, data=form, headers={"DPoP": proof})
+    assert first.status == 200
+    second = await client.post(TOKEN, data=form, headers={"DPoP": proof})
+    assert second.status == 400
+    assert (await second.json())["error"] == "invalid_dpop_proof"
+
+
+async def test_the_nonce_flow_at_the_token_endpoint_and_the_api(client: TestClient, app, seeded) -> None:
+    key = DPoPKey()
+    url = str(client.make_url(TOKEN))
+    form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+    first = await client.post(TOKEN, data=form, headers={"DPoP": key.proof("POST", url)})
+    assert first.status == 400
+    assert (await first.json())["error"] == "use_dpop_nonce"
+    nonce = first.headers["DPoP-Nonce"]
+    stale = await client.post(TOKEN, data=form, headers={"DPoP": key.proof("POST", url, nonce="stale")})
+    assert (await stale.json())["error"] == "use_dpop_nonce"
+    second = await client.post(TOKEN, data=form, headers={"DPoP": key.proof("POST", url, nonce=nonce)})
+    assert second.status == 200, await second.text()
+    access = (await second.json())["access_token"]
+
+    app[DPOP].policy = "all"  # DPOP_NONCES=all: the API demands one too
+    me = str(client.make_url(ME))
+    asked = await call_me(client, access, key.proof("GET", me, access))
+    assert asked.status == 401
+    assert challenge_error(asked) == "use_dpop_nonce"
+    api_nonce = asked.headers["DPoP-Nonce"]
+    answered = await call_me(client, access, key.proof("GET", me, access, nonce=api_nonce))
+    assert answered.status == 200, await answered.text()
+
+
+async def test_a_client_registered_for_dpop_must_send_a_proof_and_introspection_shows_the_key(
+    client: TestClient, register_client
+) -> None:
+    made = await register_client("user", dpop_bound_access_tokens=True)
+    auth = basic(made["client_id"], made["client_secret"])
+    form = {"grant_type": "client_credentials"}
+    refused = await client.post(TOKEN, data=form, headers=auth)
+    assert refused.status == 400
+    assert (await refused.json())["error"] == "invalid_dpop_proof"
+
+    key = DPoPKey()
+    issued = await token_request(client, form, key, headers=auth)
+    assert issued.status == 200, await issued.text()
+    body = await issued.json()
+    assert body["token_type"] == "DPoP"
+    seen = await client.post("/auth/oauth2/introspect", data={"token": body["access_token"]}, headers=auth)
+    introspected = await seen.json()
+    assert introspected["active"] is True
+    assert introspected["token_type"] == "DPoP"
+    assert introspected["cnf"] == {"jkt": key.jkt}
+
+
+async def test_metadata_names_the_proof_algorithms(client: TestClient) -> None:
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        metadata = await (await client.get(path)).json()
+        assert metadata["dpop_signing_alg_values_supported"] == ["ES256", "RS256", "EdDSA"]
+
+
+async def test_eddsa_and_rs256_proofs_are_accepted(client: TestClient, seeded) -> None:
+    form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+    for key in (DPoPKey(jwk.OKPKey.generate_key("Ed25519"), "EdDSA"), DPoPKey(jwk.RSAKey.generate_key(2048), "RS256")):
+        issued = await token_request(client, form, key)
+        assert issued.status == 200, (key.alg, await issued.text())
+        access = (await issued.json())["access_token"]
+        used = await call_me(client, access, key.proof("GET", str(client.make_url(ME)), access))
+        assert used.status == 200, key.alg
