@@ -32,6 +32,7 @@ from restful_api_client import (  # noqa: E402  (the SDK's source tree, added ab
     AuthorizationCodePKCE,
     Client,
     ClientCredentials,
+    Conflict,
     DeviceCode,
     NotFound,
     OAuthError,
@@ -436,6 +437,21 @@ async def test_503_with_retry_after_is_retried_and_a_post_keeps_its_idempotency_
     assert re.fullmatch(r"[0-9a-f-]{36}", keys.pop())
     assert 2.0 <= sleeps.waits[0] <= 2.0 * 1.1  # the server's waits, jittered
     assert 1.0 <= sleeps.waits[1] <= 1.1
+
+
+async def test_a_keyed_post_still_running_elsewhere_is_retried_but_a_plain_conflict_is_not(stub) -> None:
+    url, seen, queue = stub
+    queue.append(problem(409, **{"Retry-After": "1"}))  # the first request with this key still runs
+    policy, sleeps = quick()
+    async with Client(url, auth=StaticToken("t"), retry=policy) as api:
+        assert (await api.teams.create("Stub"))["id"] == "t1"
+        assert len(seen) == 2
+        assert seen[0].headers["Idempotency-Key"] == seen[1].headers["Idempotency-Key"]
+        queue.append(problem(409))  # a real conflict (duplicate, last leader): no Retry-After, no retry
+        with pytest.raises(Conflict):
+            await api.teams.create("Stub")
+        assert len(seen) == 3
+    assert len(sleeps.waits) == 1
 
 
 async def test_retries_are_bounded_and_a_long_retry_after_surfaces(stub) -> None:

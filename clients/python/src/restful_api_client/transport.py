@@ -3,6 +3,8 @@
 What is retried (RFC 9110 section 9.2.2 says which methods are idempotent):
 - 429 and 503 for every method: the server refused before acting ("nothing half-written"), and a POST
   carries the same `Idempotency-Key` on every attempt;
+- 409 with `Retry-After` to a request carrying an `Idempotency-Key`: the first request with that key
+  is still running (draft-ietf-httpapi-idempotency-key-header); the retry gets its answer replayed;
 - a connection that could not be opened, for every method (nothing was sent);
 - a connection that dropped after the request went out (or a timeout), for idempotent methods only,
   and for POST when `RetryPolicy.retry_post_on_disconnect` says the server honours `Idempotency-Key`.
@@ -103,6 +105,7 @@ class Transport:
         `retry_unsafe`: a dropped connection may be retried for this non-idempotent request too."""
         policy = self.policy
         may_resend = method in IDEMPOTENT or retry_unsafe
+        keyed = any(name.lower() == "idempotency-key" for name in headers or {})
         attempt = 0
         while True:
             attempt += 1
@@ -121,9 +124,10 @@ class Transport:
                     raise TransportError(f"{method} {url}: {error!r}") from error
                 await policy.sleep(policy.delay(attempt, None))
                 continue
-            if response.status not in RETRY_STATUSES or attempt >= policy.attempts:
-                return response
             wait = retry_after(response.headers)
+            in_flight = response.status == 409 and keyed and wait is not None  # the keyed first try still runs
+            if (response.status not in RETRY_STATUSES and not in_flight) or attempt >= policy.attempts:
+                return response
             if wait is not None and wait > policy.max_wait:
                 return response  # the server asks for longer than the caller allows: surface it
             await policy.sleep(policy.delay(attempt, wait))
