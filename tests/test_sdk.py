@@ -309,6 +309,43 @@ async def test_a_token_store_carries_tokens_to_the_next_run(base: str, tmp_path:
     assert await grants(app, db, "password") == signins
 
 
+# --- DPoP: sender-constrained tokens by setting one option ---------------------------------------------------
+
+
+async def test_dpop_bound_tokens_are_used_and_refreshed_with_proofs(base: str, client: TestClient) -> None:
+    async with Client(base, auth=Password("user", "w"), dpop=True) as api:
+        assert (await api.users.me())["username"] == "user"
+        held = api.tokens.tokens
+        assert held is not None
+        assert held.token_type == "DPoP"
+        stolen = held.access_token
+        held.access_token = "refused"  # a refresh, with a proof from the same key (the family stays bound)
+        assert (await api.users.me())["username"] == "user"
+        assert api.tokens.refreshes == 1
+        assert api.tokens.tokens is not None
+        assert api.tokens.tokens.token_type == "DPoP"
+        renewed = api.tokens.tokens.access_token
+    for token in (stolen, renewed):  # without the key, the token is worth nothing
+        response = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 401
+
+
+class TestDPoPNonces:
+    @pytest.fixture
+    def settings(self, settings):
+        """The server demands a nonce at the token endpoint and the API."""
+        return dataclasses.replace(settings, dpop_nonces="all")
+
+    async def test_a_demanded_nonce_is_learnt_and_the_request_sent_once_more(self, base: str) -> None:
+        async with Client(base, auth=Password("user", "w"), dpop=True) as api:
+            assert (await api.users.me())["username"] == "user"
+            assert api.dpop is not None
+            assert api.dpop.nonces  # learnt from DPoP-Nonce
+            assert api.tokens.tokens is not None
+            assert api.tokens.tokens.token_type == "DPoP"
+            assert len(await asyncio.gather(*(api.users.me() for _ in range(5)))) == 5
+
+
 # --- authorization code + PKCE on a loopback redirect -------------------------------------------------------
 
 

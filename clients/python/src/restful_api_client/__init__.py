@@ -17,6 +17,7 @@ from restful_api_client.auth import (
     TokenStore,
 )
 from restful_api_client.client import Client
+from restful_api_client.dpop import DPoPKey
 from restful_api_client.errors import (
     ApiError,
     BadRequest,
@@ -48,6 +49,7 @@ __all__ = [
     "ClientCredentials",
     "ClientError",
     "Conflict",
+    "DPoPKey",
     "DeviceCode",
     "Document",
     "Forbidden",

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from aiohttp import web
 from yarl import URL
 
+from restful_api_client.dpop import DPoPKey
 from restful_api_client.errors import OAuthError
 from restful_api_client.models import DeviceAuthorization
 from restful_api_client.transport import Response, Transport, retry_after
@@ -83,9 +84,10 @@ class MemoryTokenStore:
 class OAuth:
     """The authorization server's endpoints (RFC 8414 metadata, read once) and the token request."""
 
-    def __init__(self, transport: Transport, base_url: URL) -> None:
+    def __init__(self, transport: Transport, base_url: URL, dpop: DPoPKey | None = None) -> None:
         self.transport = transport
         self.base_url = base_url
+        self.dpop = dpop
         self._metadata: dict[str, Any] | None = None
         self._metadata_lock = asyncio.Lock()
 
@@ -115,12 +117,34 @@ class OAuth:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         elif client_id is not None:
             body["client_id"] = client_id
-        response = await self.transport.send("POST", await self.endpoint("token_endpoint"), headers=headers, form=body)
+        url = await self.endpoint("token_endpoint")
+        response = await self.send_proved("POST", url, headers, body)
         if response.status != 200:
             raise oauth_error(response)
         if not isinstance(response.body, dict) or "access_token" not in response.body:
             raise OAuthError("server_error", "the token response holds no access_token", response.status)
         return TokenSet.from_response(response.body)
+
+    async def send_proved(self, method: str, url: URL, headers: Mapping[str, str], form: Mapping[str, str]) -> Response:
+        """A form POST to the authorization server, with a DPoP proof when the client has a key; a
+        `use_dpop_nonce` answer teaches the nonce and the request goes once more (RFC 9449 section 8)."""
+        dpop = self.dpop
+        if dpop is None:
+            return await self.transport.send(method, url, headers=headers, form=form)
+
+        def proof() -> dict[str, str]:
+            return {"DPoP": dpop.proof(method, url)}
+
+        response = await self.transport.send(method, url, headers=headers, form=form, fresh_headers=proof)
+        learnt = dpop.learn(url, response.headers)
+        if response.status == 400 and learnt and _error_code(response) == "use_dpop_nonce":
+            response = await self.transport.send(method, url, headers=headers, form=form, fresh_headers=proof)
+            dpop.learn(url, response.headers)
+        return response
+
+
+def _error_code(response: Response) -> str | None:
+    return str(response.body.get("error")) if isinstance(response.body, dict) else None
 
 
 def oauth_error(response: Response) -> OAuthError:
@@ -344,7 +368,7 @@ class DeviceCode(AuthStrategy):
     async def obtain(self, oauth: OAuth) -> TokenSet:
         endpoint = await oauth.endpoint("device_authorization_endpoint")
         form = _scope({"client_id": self.public_id}, self.scope)
-        response = await oauth.transport.send("POST", endpoint, headers={"Accept": "application/json"}, form=form)
+        response = await oauth.send_proved("POST", endpoint, {"Accept": "application/json"}, form)
         if response.status != 200 or not isinstance(response.body, dict):
             raise oauth_error(response)
         authorization = cast(DeviceAuthorization, response.body)

@@ -13,6 +13,7 @@ import aiohttp
 from yarl import URL
 
 from restful_api_client.auth import AuthStrategy, MemoryTokenStore, OAuth, TokenManager, TokenSet, TokenStore
+from restful_api_client.dpop import DPoPKey
 from restful_api_client.errors import ApiError, api_error
 from restful_api_client.models import IDEMPOTENCY_KEYED, OPERATIONS
 from restful_api_client.resources import Teams, Users
@@ -42,7 +43,8 @@ class Client:
 
     `auth`: one of the strategies in `restful_api_client.auth` (None: anonymous, e.g. for sign-up);
     `token_store`: where tokens are loaded from and saved to (default: memory);
-    `retry`: the `RetryPolicy` for 429/503 and connection failures."""
+    `retry`: the `RetryPolicy` for 429/503 and connection failures;
+    `dpop`: True (or a `DPoPKey`) asks for DPoP-bound tokens (RFC 9449; needs the `dpop` extra)."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         refresh_margin: float = 30.0,
+        dpop: bool | DPoPKey = False,
     ) -> None:
         self.base_url = URL(str(base_url).rstrip("/") + "/")
         self._auth = auth
@@ -65,6 +68,7 @@ class Client:
         self._margin = refresh_margin
         self._transport: Transport | None = None
         self._tokens: TokenManager | None = None
+        self.dpop: DPoPKey | None = DPoPKey() if dpop is True else dpop or None
         self.users = Users(self)
         self.teams = Teams(self)
 
@@ -74,7 +78,7 @@ class Client:
         )
         self._session = session
         self._transport = Transport(session, self._policy)
-        oauth = OAuth(self._transport, self.base_url)
+        oauth = OAuth(self._transport, self.base_url, self.dpop)
         if self._auth is not None:
             self._tokens = TokenManager(self._auth, oauth, self._store, self._margin)
         return self
@@ -139,25 +143,46 @@ class Client:
         sent = {"Accept": "application/json", **(headers or {})}
         if method == "POST":
             sent["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        unsafe = resend_on_disconnect or (method == "POST" and self._policy.retry_post_on_disconnect)
         used: TokenSet | None = None
         if self._tokens is not None:
             used = await self._tokens.current()
-            sent["Authorization"] = f"{used.token_type} {used.access_token}"
-        unsafe = resend_on_disconnect or (method == "POST" and self._policy.retry_post_on_disconnect)
-        response = await self._send(method, url, json, sent, unsafe)
+        response = await self._send(method, url, json, sent, unsafe, used)
         if response.status == 401 and self._tokens is not None and used is not None:
             renewed = await self._tokens.refused(used)
             if renewed is not None:
-                sent["Authorization"] = f"{renewed.token_type} {renewed.access_token}"
-                response = await self._send(method, url, json, sent, unsafe)
+                response = await self._send(method, url, json, sent, unsafe, renewed)
         if response.status >= 400:
             raise api_error(response.status, response.body, response.reason, retry_after(response.headers))
         return response
 
-    async def _send(self, method: str, url: URL, json: Any, headers: dict[str, str], unsafe: bool) -> Response:
-        if self._transport is None:
+    async def _send(
+        self, method: str, url: URL, json: Any, headers: dict[str, str], unsafe: bool, tokens: TokenSet | None
+    ) -> Response:
+        """Send with `tokens`: `Bearer`, or `DPoP` with a fresh proof per attempt (RFC 9449 section 7.1),
+        sent once more when the server asks for a nonce it has just given."""
+        transport = self._transport
+        if transport is None:
             raise RuntimeError("the client is closed")
-        return await self._transport.send(method, url, headers=headers, json=json, retry_unsafe=unsafe)
+        if tokens is None:
+            return await transport.send(method, url, headers=headers, json=json, retry_unsafe=unsafe)
+        dpop = self.dpop if tokens.token_type.lower() == "dpop" else None
+        scheme = "DPoP" if dpop is not None else "Bearer"
+        sent = {**headers, "Authorization": f"{scheme} {tokens.access_token}"}
+        if dpop is None:
+            return await transport.send(method, url, headers=sent, json=json, retry_unsafe=unsafe)
+
+        def proof() -> dict[str, str]:
+            return {"DPoP": dpop.proof(method, url, tokens.access_token)}
+
+        response = await transport.send(method, url, headers=sent, json=json, retry_unsafe=unsafe, fresh_headers=proof)
+        learnt = dpop.learn(url, response.headers)
+        if response.status == 401 and learnt and "use_dpop_nonce" in response.headers.get("WWW-Authenticate", ""):
+            response = await transport.send(
+                method, url, headers=sent, json=json, retry_unsafe=unsafe, fresh_headers=proof
+            )
+            dpop.learn(url, response.headers)
+        return response
 
     async def paginate(self, url: URL, limit: int) -> AsyncIterator[Any]:
         """Every item of a list, page by page along `Link: rel="next"` (key paging: stable under

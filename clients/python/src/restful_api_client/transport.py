@@ -100,9 +100,11 @@ class Transport:
         json: Any = None,
         form: Mapping[str, str] | None = None,
         retry_unsafe: bool = False,
+        fresh_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> Response:
         """The response of the last attempt (any status); `TransportError` when no attempt got one.
-        `retry_unsafe`: a dropped connection may be retried for this non-idempotent request too."""
+        `retry_unsafe`: a dropped connection may be retried for this non-idempotent request too;
+        `fresh_headers`: headers made anew for every attempt (a DPoP proof is good for one request)."""
         policy = self.policy
         may_resend = method in IDEMPOTENT or retry_unsafe
         keyed = any(name.lower() == "idempotency-key" for name in headers or {})
@@ -110,8 +112,9 @@ class Transport:
         while True:
             attempt += 1
             try:
+                sent = {**(headers or {}), **(fresh_headers() if fresh_headers is not None else {})}
                 async with self.session.request(
-                    method, url, headers=dict(headers or {}), json=json, data=form, allow_redirects=False
+                    method, url, headers=sent, json=json, data=form, allow_redirects=False
                 ) as raw:
                     response = await _read(raw)
             except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
