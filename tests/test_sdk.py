@@ -309,6 +309,25 @@ async def test_a_token_store_carries_tokens_to_the_next_run(base: str, tmp_path:
     assert await grants(app, db, "password") == signins
 
 
+class TestRateLimit:
+    @pytest.fixture
+    def settings(self, settings):
+        """A per-token API budget of 3 requests, refilled at one every two seconds."""
+        return dataclasses.replace(settings, api_rate_burst=3, api_rate_limit=0.5)
+
+    async def test_the_budget_is_visible_and_a_429_is_waited_out(self, base: str) -> None:
+        async with Client(base, auth=Password("user", "w")) as api:
+            left = []
+            for _ in range(3):
+                await api.users.me()
+                left.append(api.rate_limits["api"].remaining)
+            assert left == [2, 1, 0]
+            started = time.monotonic()
+            assert (await api.users.me())["username"] == "user"  # 429, Retry-After honoured, then served
+            assert time.monotonic() - started >= 1.5
+            assert api.rate_limits["api"].remaining == 0
+
+
 # --- DPoP: sender-constrained tokens by setting one option ---------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from restful_api_client.errors import (
     ValidationError,
 )
 from restful_api_client.resources import Document, etag_of
-from restful_api_client.transport import RetryPolicy
+from restful_api_client.transport import RateLimit, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "Password",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "RateLimit",
     "RateLimited",
     "RetryPolicy",
     "ServerError",

@@ -17,7 +17,7 @@ from restful_api_client.dpop import DPoPKey
 from restful_api_client.errors import ApiError, api_error
 from restful_api_client.models import IDEMPOTENCY_KEYED, OPERATIONS
 from restful_api_client.resources import Teams, Users
-from restful_api_client.transport import Response, RetryPolicy, Transport, retry_after
+from restful_api_client.transport import RateLimit, Response, RetryPolicy, Transport, rate_limits, retry_after
 
 USER_AGENT = "restful-api-client/0.1 (+aiohttp)"
 
@@ -68,6 +68,8 @@ class Client:
         self._margin = refresh_margin
         self._transport: Transport | None = None
         self._tokens: TokenManager | None = None
+        #: the last `RateLimit` the API sent, by policy name (e.g. "api"): pace before a 429 does it
+        self.rate_limits: dict[str, RateLimit] = {}
         self.dpop: DPoPKey | None = DPoPKey() if dpop is True else dpop or None
         self.users = Users(self)
         self.teams = Teams(self)
@@ -152,6 +154,8 @@ class Client:
             renewed = await self._tokens.refused(used)
             if renewed is not None:
                 response = await self._send(method, url, json, sent, unsafe, renewed)
+        for limit in rate_limits(response.headers):
+            self.rate_limits[limit.policy] = limit
         if response.status >= 400:
             raise api_error(response.status, response.body, response.reason, retry_after(response.headers))
         return response

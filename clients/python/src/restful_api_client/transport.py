@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,35 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One policy of a `RateLimit` header (draft-ietf-httpapi-ratelimit-headers: `"api";r=137;t=2`):
+    `remaining` requests now, `reset` seconds until the budget is whole again, `seen` (time.monotonic())
+    when the server said so."""
+
+    policy: str
+    remaining: int
+    reset: float
+    seen: float
+
+
+_ITEM = re.compile(r'\s*"((?:[^"\\]|\\.)*)"((?:\s*;\s*[a-z*][a-z0-9_.*-]*(?:=[^;,]*)?)*)\s*(?:,|$)')
+_PARAMETER = re.compile(r";\s*([a-z*][a-z0-9_.*-]*)(?:=([^;,]*))?")
+
+
+def rate_limits(headers: Mapping[str, str]) -> list[RateLimit]:
+    """The policies of a `RateLimit` header (a structured-field List of sf-string Items with `r` and
+    `t`); anything unreadable is skipped, never an error."""
+    found: list[RateLimit] = []
+    now = time.monotonic()
+    for name, params in _ITEM.findall(headers.get("RateLimit", "")):
+        values = {key: value.strip() for key, value in _PARAMETER.findall(params)}
+        if values.get("r", "").isdigit():
+            reset = float(values["t"]) if values.get("t", "").isdigit() else 0.0
+            found.append(RateLimit(name, int(values["r"]), reset, now))
+    return found
 
 
 @dataclass
