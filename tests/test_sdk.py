@@ -187,6 +187,39 @@ async def test_a_stale_patch_raises_precondition_failed_with_the_fresh_team(base
         assert retried["title"] == "Mine"
 
 
+async def test_a_user_patches_their_own_profile_guarded_by_its_etag(base: str) -> None:
+    async with Client(base, auth=Password("user", "w")) as api:
+        me = await api.users.me()
+        changed = await api.users.patch(me, [{"op": "replace", "path": "/first_name", "value": "Ada"}])
+        assert changed["first_name"] == "Ada"
+        with pytest.raises(PreconditionFailed) as stale:
+            await api.users.patch(me, [{"op": "replace", "path": "/first_name", "value": "Grace"}])
+        assert stale.value.current["first_name"] == "Ada"
+        assert etag_of(stale.value.current) == etag_of(changed)
+
+
+async def test_oauth2_clients_are_created_listed_used_and_deleted(base: str) -> None:
+    async with Client(base, auth=Password("user", "w")) as api:
+        created = await api.clients.create(
+            {"client_type": "confidential", "allowed_scopes": ["users:read"], "default_scopes": ["users:read"]}
+        )
+        secret = created["client_secret"]
+        listed = [c["client_id"] async for c in api.clients.list()]
+        assert created["client_id"] in listed
+        held = await api.clients.get(created["client_id"])
+        assert "client_secret" not in held
+        async with Client(base, auth=ClientCredentials(created["client_id"], secret)) as service:
+            assert (await service.users.me())["username"] == "user"
+            await api.clients.delete(held)
+            with pytest.raises(NotFound):
+                await api.clients.get(created["client_id"])
+            assert service.tokens.tokens is not None
+            service.tokens.tokens.expires_at = 0  # asks again: the deleted client may not
+            with pytest.raises(OAuthError) as refused:
+                await service.users.me()
+            assert refused.value.error == "invalid_client"
+
+
 async def test_members_are_paged(base: str) -> None:
     async with Client(base) as anonymous:  # sign-up needs no token
         users = [
@@ -363,6 +396,37 @@ class TestDPoPNonces:
             assert api.tokens.tokens is not None
             assert api.tokens.tokens.token_type == "DPoP"
             assert len(await asyncio.gather(*(api.users.me() for _ in range(5)))) == 5
+
+
+class TestRotationUnderIt:
+    @pytest.fixture
+    def settings(self, settings):
+        """Strict rotation: a rotated-out refresh token presented again revokes its family."""
+        return dataclasses.replace(settings, refresh_reuse_grace=0)
+
+    async def test_a_refresh_token_rotated_by_another_process_costs_a_sign_in_not_an_error(
+        self, base: str, tmp_path: Path, app, db
+    ) -> None:
+        store = FileStore(tmp_path / "tokens.json")
+        async with Client(base, auth=Password("user", "w"), token_store=store) as first_run:
+            await first_run.users.me()
+        signins = await grants(app, db, "password")
+        # Two processes start from the same stored tokens; each refreshes on its own.
+        async with (
+            Client(base, auth=Password("user", "w"), token_store=store) as one,
+            Client(base, auth=Password("user", "w"), token_store=store) as other,
+        ):
+            await one.users.me()
+            await other.users.me()
+            for api in (one, other):
+                assert api.tokens.tokens is not None
+                api.tokens.tokens.expires_at = 0
+            assert (await one.users.me())["username"] == "user"  # rotates the stored refresh token
+            assert (await other.users.me())["username"] == "user"  # presents the old one: family revoked, signs in
+            assert (await one.users.me())["username"] == "user"  # its token died with the family: signs in too
+        await app[AUDITOR].flush()
+        assert await db.audit_events.count_documents({"event": "token.refresh_reuse_detected"}) == 1
+        assert await grants(app, db, "password") == signins + 2
 
 
 # --- authorization code + PKCE on a loopback redirect -------------------------------------------------------

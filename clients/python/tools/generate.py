@@ -48,6 +48,7 @@ ROOTS = (
 USED_OPERATIONS = (
     "getCurrentUser",
     "getUser",
+    "listUsers",
     "createUser",
     "patchUser",
     "listTeams",

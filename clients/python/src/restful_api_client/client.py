@@ -16,7 +16,7 @@ from restful_api_client.auth import AuthStrategy, MemoryTokenStore, OAuth, Token
 from restful_api_client.dpop import DPoPKey
 from restful_api_client.errors import ApiError, api_error
 from restful_api_client.models import IDEMPOTENCY_KEYED, OPERATIONS
-from restful_api_client.resources import Teams, Users
+from restful_api_client.resources import OAuth2Clients, Teams, Users
 from restful_api_client.transport import RateLimit, Response, RetryPolicy, Transport, rate_limits, retry_after
 
 USER_AGENT = "restful-api-client/0.1 (+aiohttp)"
@@ -73,6 +73,7 @@ class Client:
         self.dpop: DPoPKey | None = DPoPKey() if dpop is True else dpop or None
         self.users = Users(self)
         self.teams = Teams(self)
+        self.clients = OAuth2Clients(self)
 
     async def __aenter__(self) -> Client:
         session = self._given_session or aiohttp.ClientSession(

@@ -311,6 +311,7 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     "listOAuth2Clients": ("GET", "/api/v1/auth/oauth2_clients/"),
     "listTeamMembers": ("GET", "/api/v1/teams/{team_id}/members/"),
     "listTeams": ("GET", "/api/v1/teams/"),
+    "listUsers": ("GET", "/api/v1/users/"),
     "patchTeam": ("PATCH", "/api/v1/teams/{team_id}"),
     "patchTeamMember": ("PATCH", "/api/v1/teams/{team_id}/members/{user_id}"),
     "patchUser": ("PATCH", "/api/v1/users/{user_id}"),

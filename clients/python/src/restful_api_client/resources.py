@@ -13,7 +13,18 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from restful_api_client.errors import ApiError, PreconditionFailed
-from restful_api_client.models import Membership, MembershipPatchOperation, Signup, Team, TeamPatchOperation, User
+from restful_api_client.models import (
+    CreatedOAuth2Client,
+    CreateOAuth2Client,
+    Membership,
+    MembershipPatchOperation,
+    OAuth2Client,
+    Signup,
+    Team,
+    TeamPatchOperation,
+    User,
+    UserPatchOperation,
+)
 
 if TYPE_CHECKING:
     from restful_api_client.client import Client
@@ -37,9 +48,35 @@ def _document(response: Response) -> Any:
     return document
 
 
+async def _guarded_patch(
+    api: Client, operation: str, path: dict[str, str], held: Mapping[str, Any], ops: Sequence[Any], if_match: str | None
+) -> Any:
+    """PATCH with `If-Match` from the held object; on 412 the object as it is now rides on the error."""
+    tag = if_match or etag_of(held)
+    headers = {"Content-Type": "application/json-patch+json", **({"If-Match": tag} if tag is not None else {})}
+    try:
+        return _document(await api.call(operation, path, json=list(ops), headers=headers))
+    except PreconditionFailed as error:
+        getter = operation.replace("patch", "get", 1)
+        try:
+            error.current = _document(await api.call(getter, path))
+        except ApiError:
+            error.current = None
+        raise
+
+
 class Users:
     def __init__(self, api: Client) -> None:
         self._api = api
+
+    def list(self, *, page_size: int = 100) -> AsyncIterator[User]:
+        """Every user (admins; `users:read`)."""
+        return self._api.paginate(self._api.url("listUsers"), page_size)
+
+    async def patch(self, user: User, ops: Sequence[UserPatchOperation], *, if_match: str | None = None) -> User:
+        """JSON Patch on the version of `user` the caller holds (`If-Match`); see `Teams.patch`. Changing
+        `/email` or `/password` needs a `test` of `/current_password` first."""
+        return cast(User, await _guarded_patch(self._api, "patchUser", {"user_id": user["id"]}, user, ops, if_match))
 
     async def me(self) -> User:
         """The signed-in user (`users:read`)."""
@@ -74,23 +111,7 @@ class Teams:
         """Apply a JSON Patch (RFC 6902) to the version of `team` the caller holds: `If-Match` carries
         its ETag (or `if_match`), so a change made meanwhile is never overwritten unseen. A stale version
         raises `PreconditionFailed` whose `current` is the team as it is now, ready for another try."""
-        team_id = team["id"]
-        tag = if_match or etag_of(team)
-        headers = {"Content-Type": "application/json-patch+json"}
-        if tag is not None:
-            headers["If-Match"] = tag
-        try:
-            response = await self._api.call("patchTeam", {"team_id": team_id}, json=list(ops), headers=headers)
-        except PreconditionFailed as error:
-            error.current = await self._fresh(team_id)
-            raise
-        return cast(Team, _document(response))
-
-    async def _fresh(self, team_id: str) -> Team | None:
-        try:
-            return await self.get(team_id)
-        except ApiError:
-            return None
+        return cast(Team, await _guarded_patch(self._api, "patchTeam", {"team_id": team["id"]}, team, ops, if_match))
 
     async def delete(self, team: Team, *, if_match: str | None = None) -> None:
         """Delete the team if it is still the version the caller holds (else `PreconditionFailed`)."""
@@ -120,3 +141,26 @@ class Teams:
 
     async def remove_member(self, team_id: str, user_id: str) -> None:
         await self._api.call("removeTeamMember", {"team_id": team_id, "user_id": user_id})
+
+
+class OAuth2Clients:
+    """`api.clients`: the caller's OAuth2 clients (`auth:read`, `auth:write`)."""
+
+    def __init__(self, api: Client) -> None:
+        self._api = api
+
+    def list(self, *, page_size: int = 100) -> AsyncIterator[OAuth2Client]:
+        return self._api.paginate(self._api.url("listOAuth2Clients"), page_size)
+
+    async def create(self, body: CreateOAuth2Client) -> CreatedOAuth2Client:
+        """A new client; a confidential one's `client_secret` is in this answer only."""
+        return cast(CreatedOAuth2Client, _document(await self._api.call("createOAuth2Client", json=body)))
+
+    async def get(self, client_id: str) -> OAuth2Client:
+        return cast(OAuth2Client, _document(await self._api.call("getOAuth2Client", {"client_id": client_id})))
+
+    async def delete(self, client: OAuth2Client, *, if_match: str | None = None) -> None:
+        """Delete the client (its tokens stop working) if it is still the version held."""
+        tag = if_match or etag_of(client)
+        headers = {"If-Match": tag} if tag is not None else {}
+        await self._api.call("deleteOAuth2Client", {"client_id": client["client_id"]}, headers=headers)
