@@ -32,6 +32,7 @@ from restful_api_client import (  # noqa: E402  (the SDK's source tree, added ab
     AuthorizationCodePKCE,
     Client,
     ClientCredentials,
+    ClientError,
     Conflict,
     DeviceCode,
     NotFound,
@@ -614,6 +615,23 @@ async def test_a_dropped_connection_is_retried_for_get_and_keyed_post_only(stub)
         with pytest.raises(TransportError):  # a POST without the header: the server may have acted
             await api.request("POST", api.base_url.join(URL("api/v1/elsewhere/")), json={})
         assert len(seen) == 1
+
+
+async def test_a_next_link_to_another_origin_is_not_followed_with_the_token(stub) -> None:
+    url, seen, queue = stub
+    page = [{"id": "t1", "title": "One"}]
+    queue.append(web.json_response(page, headers={"Link": '<http://elsewhere.example/api/v1/teams/>; rel="next"'}))
+    got: list[str] = []
+
+    async def follow(api: Client) -> None:
+        async for team in api.teams.list():
+            got.append(team["id"])
+
+    async with Client(url, auth=StaticToken("t")) as api:
+        with pytest.raises(ClientError, match="another origin"):
+            await follow(api)
+    assert got == ["t1"]
+    assert len(seen) == 1
 
 
 async def test_a_server_that_is_not_there_is_a_transport_error() -> None:

@@ -14,7 +14,7 @@ from yarl import URL
 
 from restful_api_client.auth import AuthStrategy, MemoryTokenStore, OAuth, TokenManager, TokenSet, TokenStore
 from restful_api_client.dpop import DPoPKey
-from restful_api_client.errors import ApiError, api_error
+from restful_api_client.errors import ApiError, ClientError, api_error
 from restful_api_client.models import IDEMPOTENCY_KEYED, OPERATIONS
 from restful_api_client.resources import OAuth2Clients, Teams, Users
 from restful_api_client.transport import RateLimit, Response, RetryPolicy, Transport, rate_limits, retry_after
@@ -200,6 +200,9 @@ class Client:
             for item in response.body:
                 yield item
             next_url = next_link(response)
+            if next_url is not None and next_url.origin() != self.base_url.origin():
+                # The token goes wherever the link points: only ever to the API's own origin.
+                raise ClientError(f"refusing to follow a next link to another origin: {next_url.origin()}")
 
 
 def _segment(value: str) -> str:
