@@ -14,13 +14,13 @@ from authlib.oidc.core import errors as oidc_errors
 from marshmallow import ValidationError
 
 from service.auth import consent, oidc, repository, sessions
-from service.auth.grants import PKCE_VALUE, parse_scope
+from service.auth.grants import PKCE_VALUE, InvalidTargetError, audience, parse_scope
 from service.auth.repository import ClientDocument
 from service.auth.schemas import validate_redirect_uri
 from service.auth.signing import KEYRING
 from service.context import Context
 from service.crypto import hash_secret, new_token
-from service.db import Database, utcnow
+from service.db import utcnow
 from service.users.repository import UserDocument
 
 SignedIn = tuple[sessions.SessionDocument, UserDocument]
@@ -47,6 +47,7 @@ class AuthorizationRequest:
     prompts: frozenset[str] = frozenset()  # OpenID Connect `prompt`: none, login, consent, select_account
     max_age: int | None = None  # seconds since the last password sign-in beyond which it is asked again
     id_token_hint: str | None = None  # the ID token of who the client expects (checked in `next_step`)
+    resources: tuple[str, ...] = ()  # RFC 8707: the resources asked for (none: the API)
 
     def as_form(self) -> dict[str, str]:
         """The request as hidden form fields, re-validated when the form comes back."""
@@ -62,17 +63,19 @@ class AuthorizationRequest:
             fields.update(code_challenge=self.code_challenge, code_challenge_method="S256")
         if self.nonce:
             fields["nonce"] = self.nonce
+        if self.resources:
+            fields["resource"] = " ".join(self.resources)  # (one, known resource at most: no space)
         return fields
 
 
 async def check_authorization_request(
-    db: Database, params: Mapping[str, str], repeated: frozenset[str] = frozenset()
+    ctx: Context, params: Mapping[str, str], repeated: frozenset[str] = frozenset()
 ) -> AuthorizationRequest:
     """Validate an authorization request; errors after the redirect URI is trusted carry it (and state).
     `repeated` names the defined parameters sent more than once (RFC 6749 3.1: invalid_request)."""
     if repeated & {"client_id", "redirect_uri"}:
         raise AuthorizePageError("client_id and redirect_uri must each be sent once.")
-    client = await repository.get_client(db, params.get("client_id", "")) if params.get("client_id") else None
+    client = await repository.get_client(ctx.db, params.get("client_id", "")) if params.get("client_id") else None
     if client is None:
         raise AuthorizePageError("Unknown client.")
     redirect_uri = params.get("redirect_uri")
@@ -109,6 +112,10 @@ async def check_authorization_request(
     hint = params.get("id_token_hint") or None
     if hint is not None and len(hint) > HINT_MAX:
         raise oauth.InvalidRequestError("id_token_hint is too long.", **where)
+    try:
+        resources = tuple(audience(ctx, params)) if "resource" in params else ()
+    except InvalidTargetError as exc:
+        raise InvalidTargetError(exc.description, **where) from None
     nonce = params.get("nonce") or None
     if nonce is not None and len(nonce) > 512:
         raise oauth.InvalidRequestError("nonce is too long.", **where)
@@ -134,6 +141,7 @@ async def check_authorization_request(
         prompts,
         int(max_age) if max_age is not None else None,
         hint,
+        resources,
     )
 
 
@@ -196,6 +204,7 @@ async def issue_code(ctx: Context, request: AuthorizationRequest, signed: Signed
             "auth_time": session["auth_time"],
             "amr": session["amr"],
             "sid": session["sid"],
+            "resources": list(request.resources),
             "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
             "used": False,
         },

@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from service.auth import dpop
 from service.auth.dpop import DPoPUnauthorized
+from service.auth.grants import api_identifier
 from service.auth.principals import live_token
 from service.cache import PRINCIPAL_CACHE
 from service.caller import CALLER, Principal
@@ -20,9 +21,13 @@ from service.errors import BadRequest, Forbidden, InsufficientScope, Unauthorize
 from service.security import Requirement
 
 
-async def authenticate(request: web.Request, form_token: str | None = None) -> Principal | None:
+async def authenticate(
+    request: web.Request, form_token: str | None = None, resource: str | None = None
+) -> Principal | None:
     """Resolve the bearer token, if any, into a Principal; 401 for a bad one. `form_token`: one sent in a
-    form body (RFC 6750 2.2, where an endpoint accepts it); sending it both ways is refused (RFC 6750 2)."""
+    form body (RFC 6750 2.2, where an endpoint accepts it); sending it both ways is refused (RFC 6750 2).
+    `resource`: the protected resource asking; a token whose audience (RFC 8707) does not name it is
+    refused (tokens stored before audiences existed have none: they were issued for the API)."""
     header = request.headers.get("Authorization")
     if header is None and form_token is None:
         return None
@@ -31,7 +36,7 @@ async def authenticate(request: web.Request, form_token: str | None = None) -> P
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "dpop" and token.strip():
-            return await _dpop_principal(request, token.strip())
+            return _principal(await _dpop_token(request, token.strip()), resource)
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     else:
@@ -43,10 +48,10 @@ async def authenticate(request: web.Request, form_token: str | None = None) -> P
         raise Unauthorized("The access token is invalid, expired or revoked.")
     if "jkt" in found:  # RFC 9449 7.2: a DPoP-bound token is never accepted as a bearer token
         raise DPoPUnauthorized("This access token is DPoP-bound: send it as 'DPoP <token>' with a DPoP proof.")
-    return _principal(found)
+    return _principal(found, resource)
 
 
-async def _dpop_principal(request: web.Request, token: str) -> Principal:
+async def _dpop_token(request: web.Request, token: str) -> dict[str, Any]:
     """RFC 9449 7.1: `Authorization: DPoP <token>` with a proof for this request (method, URI without
     query, `ath` of the token) signed by the key the token is bound to; errors in a `DPoP` challenge."""
     state = request.config_dict
@@ -63,10 +68,13 @@ async def _dpop_principal(request: web.Request, token: str) -> Principal:
         await dpop.verify(state[dpop.DPOP], proofs, (request.method, uri), token, found["jkt"])
     except dpop.ProofError as exc:
         raise DPoPUnauthorized.of(exc) from None
-    return _principal(found)
+    return found
 
 
-def _principal(found: dict[str, Any]) -> Principal:
+def _principal(found: dict[str, Any], resource: str | None) -> Principal:
+    audience = found.get("aud")
+    if resource is not None and audience is not None and resource not in audience:
+        raise Unauthorized("The access token is not meant for this API (its audience, RFC 8707).")
     return Principal(
         user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
     )
@@ -78,11 +86,16 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
     requirement: Requirement | None = getattr(request.match_info.handler, "__requirement__", None)
     if requirement is None:
         return await handler(request)
-    principal = await authenticate(request)
-    if principal is None:
-        if not requirement.optional:
+    origin = request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"
+    try:
+        principal = await authenticate(request, resource=api_identifier(origin))
+        if principal is None and not requirement.optional:
             raise Unauthorized("A bearer token is required.", error=None)
-    else:
+    except (Unauthorized, DPoPUnauthorized) as exc:  # RFC 9728 5.1: where to learn how to get a token
+        challenge = exc.headers.get("WWW-Authenticate", 'Bearer realm="api"')
+        exc.headers["WWW-Authenticate"] = f'{challenge}, resource_metadata="{resource_metadata_url(origin)}"'
+        raise
+    if principal is not None:
         missing = tuple(scope for scope in requirement.scopes if scope not in principal.scopes)
         if missing:
             raise InsufficientScope(requirement.scopes)
@@ -90,3 +103,8 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise Forbidden("Only administrators may do this.")
         request[CALLER] = principal
     return await handler(request)
+
+
+def resource_metadata_url(issuer: str) -> str:
+    """RFC 9728 3.1: the API's protected resource metadata, its identifier's path after the well-known part."""
+    return f"{issuer}/.well-known/oauth-protected-resource/api/v1"

@@ -50,6 +50,7 @@ class DeviceDocument(TypedDict):
     created: Any
     user_id: NotRequired[Any]
     auth_time: NotRequired[int]
+    resources: NotRequired[list[str]]  # RFC 8707: asked at the device authorization request
 
 
 class WrongUserCode(Exception):
@@ -77,6 +78,7 @@ async def start(ctx: Context, client: ClientDocument, params: dict[str, str]) ->
     if GRANT_TYPE not in client["grant_types"]:
         raise oauth.UnauthorizedClientError("This client is not registered for the device_code grant.")
     scopes = grants.parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    resources = grants.audience(ctx, params)
     ttl = ctx.settings.device_code_ttl
     now = utcnow()
     device_code = new_token()
@@ -92,6 +94,7 @@ async def start(ctx: Context, client: ClientDocument, params: dict[str, str]) ->
             "next_poll": now,
             "expires_at": now + timedelta(seconds=ttl),
             "created": now,
+            "resources": resources,
         }
         try:
             await ctx.db[COLLECTION].insert_one(dict(document))
@@ -122,6 +125,7 @@ async def device_code_grant(ctx: Context, client: ClientDocument, params: dict[s
         raise oauth.InvalidGrantError("The device code is invalid.")
     if found["status"] == "used":
         raise oauth.InvalidGrantError("The device code was already used.")
+    resources = tuple(grants.audience(ctx, params, found.get("resources")))
     now = utcnow()
     if aware(found["expires_at"]) <= now:
         raise _error("expired_token", "The device code has expired; start again.")
@@ -145,7 +149,7 @@ async def device_code_grant(ctx: Context, client: ClientDocument, params: dict[s
     user = await users_repository.get_user(ctx.db, found["user_id"]) if "user_id" in found else None
     if user is None or not user.get("is_active"):
         raise oauth.InvalidGrantError("The account is deactivated.")
-    issue = grants.Issue(GRANT_TYPE, auth_time=found.get("auth_time"))
+    issue = grants.Issue(GRANT_TYPE, auth_time=found.get("auth_time"), audience=resources)
     return await grants.issue_token(ctx, client, user, found["scopes"], issue)
 
 

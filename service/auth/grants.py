@@ -19,8 +19,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
+from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
@@ -56,6 +57,7 @@ DEFINED_PARAMETERS = frozenset(
         "step",  # the consent screen's form
         *("post_logout_redirect_uri", "logout_hint"),  # RP-Initiated Logout 1.0
         "user_code",  # the device page (RFC 8628)
+        "resource",  # RFC 8707 resource indicators (may repeat)
     }
 )
 
@@ -71,11 +73,49 @@ def single_values(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], fro
     for name, value in pairs:
         if name not in DEFINED_PARAMETERS:
             continue
-        if name in params:
+        if name == "resource":  # RFC 8707 2: the one that may repeat; its values, space-separated
+            value = value if value and " " not in value else "\x00"  # (no URI has a space: kept invalid)
+            params[name] = f"{params[name]} {value}" if name in params else value
+        elif name in params:
             repeated.add(name)
         else:
             params[name] = value
     return params, frozenset(repeated)
+
+
+# --- resource indicators (RFC 8707) --------------------------------------------------------------
+
+
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]  # authlib is untyped
+    """RFC 8707 2: a resource that is not an absolute URI, has a fragment, is unknown, or was not granted."""
+
+    error = "invalid_target"
+
+
+def api_identifier(issuer: str) -> str:
+    """The API's resource identifier (RFC 8707), the audience of the tokens it accepts."""
+    return f"{issuer}/api/v1"
+
+
+def audience(ctx: Context, params: Mapping[str, str], granted: Iterable[str] | None = None) -> list[str]:
+    """The resources a token is for: those asked (`resource`), else those granted before (a code's, the
+    refreshed token's), else the API. Asking for one not granted before is invalid_target."""
+    api = api_identifier(ctx.issuer)
+    raw = params.get("resource")
+    if raw is None:
+        return list(granted or [api])
+    asked: list[str] = []
+    for value in raw.split(" "):
+        parts = urlsplit(value)
+        if not parts.scheme or not parts.netloc or "#" in value or not value.isprintable():
+            raise InvalidTargetError("resource must be an absolute URI without a fragment (RFC 8707).")
+        if value != api:
+            raise InvalidTargetError(f"Unknown resource; this server protects {api}.")
+        if value not in asked:
+            asked.append(value)
+    if granted is not None and not set(asked) <= set(granted):
+        raise InvalidTargetError("The resource was not granted to this code or token.")
+    return asked
 
 
 def merge_parameters(form: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -173,6 +213,7 @@ class Issue:
     nonce: str | None = None
     amr: tuple[str, ...] = ("pwd",)  # how the user signed in (RFC 8176), carried like auth_time
     sid: str | None = None  # the sign-in session a code came from, carried like auth_time
+    audience: tuple[str, ...] = ()  # RFC 8707: the resources the token is for (none given: the API)
 
 
 async def issue_token(
@@ -206,6 +247,7 @@ async def issue_token(
     }
     if issue.sid:
         document["sid"] = issue.sid
+    document["aud"] = list(issue.audience) or [api_identifier(ctx.issuer)]
     proof = PROOF.get()
     if proof is not None:  # RFC 9449 5: bound to the proof's key; a public client's refresh token too
         document["jkt"] = proof.jkt
@@ -291,17 +333,18 @@ async def password_grant(ctx: Context, client: ClientDocument, params: dict[str,
     user = await authenticate_user(ctx, username, password, client["_id"])
     if mfa.is_active(user):  # (after the password: who has a second factor is no one else's business)
         raise oauth.InvalidGrantError(SECOND_FACTOR_REQUIRED)
-    return await issue_token(ctx, client, user, scopes, Issue("password"))
+    return await issue_token(ctx, client, user, scopes, Issue("password", audience=tuple(audience(ctx, params))))
 
 
 async def client_credentials_grant(ctx: Context, client: ClientDocument, params: dict[str, str]) -> dict[str, Any]:
     if client["client_type"] != "confidential":
         raise oauth.UnauthorizedClientError("Only confidential clients may use client_credentials.")
     scopes = parse_scope(params.get("scope"), client["allowed_scopes"], client["default_scopes"])
+    resources = tuple(audience(ctx, params))
     owner = await users_repository.get_user(ctx.db, client["user_id"])
     if owner is None or not owner.get("is_active"):
         raise oauth.InvalidGrantError("The client's owner is deactivated.")
-    return await issue_token(ctx, client, owner, scopes, Issue("client_credentials", refresh=False))
+    return await issue_token(ctx, client, owner, scopes, Issue("client_credentials", refresh=False, audience=resources))
 
 
 REFRESH_REPLAYED = "The refresh token was already used; its whole family is revoked."
@@ -327,6 +370,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
         raise oauth.InvalidGrantError("The refresh token is invalid.")
     _check_refresh_binding(old)  # before the claim: a request without the key must not burn the token
     scopes = parse_scope(params.get("scope"), old["scopes"], old["scopes"])  # checked before the claim burns it
+    resources = tuple(audience(ctx, params, old.get("aud")))
     family = {"family_id": old["family_id"]}
     claimed = await repository.claim_refresh_token(ctx.db, digest)
     in_grace = claimed is None and await _reused_within_grace(ctx, digest)
@@ -351,6 +395,7 @@ async def refresh_token_grant(ctx: Context, client: ClientDocument, params: dict
             auth_time=claimed.get("auth_time"),
             amr=tuple(claimed.get("amr", ("pwd",))),
             sid=claimed.get("sid"),
+            audience=resources,
         ),
     )
     # Looked at again once the new token is stored: a replay (or, in the grace window, a revocation of
@@ -412,6 +457,7 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
             raise oauth.InvalidGrantError("code_verifier does not match the code challenge.")
     elif verifier:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
+    resources = tuple(audience(ctx, params, stored.get("resources")))
     issued = {"code_id": digest}
     if not await repository.claim_code(ctx.db, digest):
         if not await repository.note_replay(ctx.db, code_digest=digest):
@@ -430,6 +476,7 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
             nonce=stored.get("nonce"),
             amr=tuple(stored.get("amr", ("pwd",))),
             sid=stored.get("sid"),
+            audience=resources,
         ),
     )
     if await repository.replayed_since_claimed(ctx.db, code_digest=digest):

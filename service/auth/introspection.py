@@ -8,7 +8,7 @@ from typing import Any
 from service.audit import trail as audit
 from service.auth import principals, repository
 from service.auth.dpop import ALGORITHMS
-from service.auth.grants import GRANTS, authenticate_client, required
+from service.auth.grants import GRANTS, api_identifier, authenticate_client, required
 from service.context import Context
 from service.crypto import hash_secret
 from service.db import Database, utcnow
@@ -69,6 +69,7 @@ async def introspect(ctx: Context, params: dict[str, str], authorization: str | 
         "iat": int(found["created"].replace(tzinfo=found["created"].tzinfo or UTC).timestamp()),
         "sub": str(user["_id"]),
         "iss": issuer,
+        "aud": found.get("aud") or [api_identifier(issuer)],  # RFC 8707; tokens from before audiences: the API
     }
 
 
@@ -95,4 +96,22 @@ def metadata(issuer: str, registration: bool = False) -> dict[str, Any]:
         "dpop_signing_alg_values_supported": list(ALGORITHMS),  # RFC 9449 5.1
         "service_documentation": f"{issuer}/api/v1/",
         **registration_endpoint,
+    }
+
+
+OPENID_SCOPES = frozenset({"openid", "profile", "email"})  # the authorization server's, not the API's
+
+
+def resource_metadata(issuer: str) -> dict[str, Any]:
+    """RFC 9728 protected resource metadata of the API: which authorization server issues its tokens,
+    the scopes it understands, how tokens are sent (the header; DPoP-bound or bearer)."""
+    return {
+        "resource": api_identifier(issuer),
+        "authorization_servers": [issuer],
+        "scopes_supported": [scope for scope in SCOPES if scope not in OPENID_SCOPES],
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": list(ALGORITHMS),
+        "dpop_bound_access_tokens_required": False,
+        "resource_name": "RESTful API Server",
+        "resource_documentation": f"{issuer}/api/v1/",
     }

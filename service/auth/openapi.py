@@ -43,6 +43,12 @@ LOGOUT_URI_PATTERN = (
     rf"^(https://{_LABEL}(\.{_LABEL})*{_PORT}|http://(127\.0\.0\.1|\[::1\]|localhost){_PORT}(?=[/?]|$))"
     rf"(/{_PCHARS}*)*(\?({_PCHARS}|[/?])*)?$"
 )
+_RESOURCE = {
+    "type": "string",
+    "format": "uri",
+    "description": "RFC 8707: the resource the token is for, an absolute URI without a fragment; this server "
+    "protects one, `<issuer>/api/v1` (the default); anything else is invalid_target. May be sent more than once.",
+}
 _PROMPT = r"^\s*((none|login|consent|select_account)(\s+|$))*$"
 
 
@@ -135,6 +141,7 @@ _AUTHORIZATION_REQUEST = {
         "used (prompt=none: login_required).",
     },
     "response_mode": {"type": "string", "enum": ["query"]},
+    "resource": _RESOURCE,
 }
 _LOGOUT_REQUEST = {
     "id_token_hint": {"type": "string", "maxLength": 4096},
@@ -231,6 +238,7 @@ PATHS: dict[str, Any] = {
                     "code": _STRING,
                     "redirect_uri": _STRING,
                     "code_verifier": {"type": "string", "pattern": PKCE_PATTERN},
+                    "resource": _RESOURCE,
                     **_CLIENT,
                 },
                 ["grant_type"],
@@ -254,7 +262,9 @@ PATHS: dict[str, Any] = {
             "polls the token endpoint every `interval` seconds.",
             "operationId": "deviceAuthorization",
             "security": _CLIENT_AUTH,
-            "requestBody": _form({"scope": {"type": "string", "description": "Space-separated."}, **_CLIENT}, []),
+            "requestBody": _form(
+                {"scope": {"type": "string", "description": "Space-separated."}, "resource": _RESOURCE, **_CLIENT}, []
+            ),
             "responses": {
                 "200": {
                     "description": "The codes (Cache-Control: no-store).",
@@ -544,6 +554,22 @@ PATHS: dict[str, Any] = {
             "security": [],
             "responses": {"200": {"description": "Metadata.", "content": _JSON_OBJECT}},
         },
+    },
+    **{
+        path: {
+            "servers": ROOT,
+            "get": {
+                "tags": ["oauth2"],
+                "summary": "Protected resource metadata of the API (RFC 9728)",
+                "operationId": operation_id,
+                "security": [],
+                "responses": {"200": {"description": "Metadata.", "content": _JSON_OBJECT}},
+            },
+        }
+        for path, operation_id in (
+            ("/.well-known/oauth-protected-resource/api/v1", "protectedResourceMetadata"),
+            ("/.well-known/oauth-protected-resource", "protectedResourceMetadataRoot"),
+        )
     },
     "/.well-known/openid-configuration": {
         "servers": ROOT,

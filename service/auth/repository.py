@@ -125,6 +125,7 @@ class TokenDocument(TypedDict):
     auth_time: int  # when the user last signed in (Unix time), for ID tokens
     amr: NotRequired[list[str]]  # how they signed in (RFC 8176), kept through refreshes; absent: ["pwd"]
     sid: NotRequired[str]  # the sign-in session it came from (authorization code grant), for ID tokens
+    aud: NotRequired[list[str]]  # RFC 8707: the resources it is for; absent on tokens issued before (the API)
     jkt: NotRequired[str]  # DPoP (RFC 9449): the thumbprint of the key the access token is bound to
     refresh_jkt: NotRequired[str]  # and the refresh token's (public clients' only, RFC 9449 5)
 
@@ -256,6 +257,7 @@ class CodeDocument(TypedDict):
     auth_time: int
     amr: NotRequired[list[str]]  # how the user signed in on the page (RFC 8176): ["pwd"] or ["pwd", "otp"]
     sid: NotRequired[str]  # the sign-in session that approved it
+    resources: NotRequired[list[str]]  # RFC 8707: the resources asked for (absent or empty: the API)
     expires_at: datetime
     used: bool
     replays: NotRequired[int]  # presentations after it was used (see note_replay)

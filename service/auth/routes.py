@@ -126,6 +126,14 @@ async def server_metadata(request: web.Request) -> web.Response:
     return json_response(introspection.metadata(ctx.issuer, ctx.settings.registration != "closed"))
 
 
+@oauth_routes.get("/.well-known/oauth-protected-resource")
+@oauth_routes.get("/.well-known/oauth-protected-resource/api/v1")
+async def protected_resource_metadata(request: web.Request) -> web.Response:
+    """RFC 9728 3: the API's metadata, at its identifier's path after the well-known part (and, for
+    clients that look there first, without it: the API is the only resource)."""
+    return json_response(introspection.resource_metadata(Context.of(request).issuer))
+
+
 @oauth_routes.get("/.well-known/openid-configuration")
 async def openid_configuration(request: web.Request) -> web.Response:
     ctx = Context.of(request)
@@ -318,7 +326,7 @@ async def _checked_request(
     """The validated authorization request, or the response that refuses it (page or redirect)."""
     params, repeated = grants.single_values(pairs)
     try:
-        return await authorize.check_authorization_request(Context.of(request).db, params, repeated)
+        return await authorize.check_authorization_request(Context.of(request), params, repeated)
     except authorize.AuthorizePageError as exc:
         return _error_page(request, str(exc))
     except OAuth2Error as exc:
