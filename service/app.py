@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from service import audit, auth, fixtures, keys, mail, metrics, openapi, teams, tracing, users
+from service import audit, auth, fixtures, idempotency, keys, mail, metrics, openapi, teams, tracing, users
 from service.auth.bearer import bearer_middleware
 from service.cache import PRINCIPAL_CACHE, PrincipalCache
 from service.config import SETTINGS, Settings
@@ -88,6 +88,7 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app[STORAGE] = Storage()
     app[STORAGE].declare(migrations=[("0001_backfill_versions", _backfill_versions)])
     app[STORAGE].declare(mail.INDEXES)
+    app[STORAGE].declare(idempotency.INDEXES)
     app[PRINCIPAL_CACHE] = PrincipalCache()
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(_metrics_listener_ctx)
@@ -97,8 +98,16 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app.router.add_get("/readyz", readyz)
     app.router.add_get(openapi.API_PREFIX, openapi.swagger_ui)
     # The API: authentication runs before validation, so an anonymous caller never gets a body parsed.
-    # The per-token limit needs the caller, and refuses before anything costs a database operation.
-    api = web.Application(middlewares=[bearer_middleware, api_rate_limit_middleware, validation_middleware])
+    # The per-token limit needs the caller, and refuses before anything costs a database operation;
+    # Idempotency-Key needs the caller too, and replays before validation would parse the body again.
+    api = web.Application(
+        middlewares=[
+            bearer_middleware,
+            api_rate_limit_middleware,
+            idempotency.idempotency_middleware,
+            validation_middleware,
+        ]
+    )
     # Each domain adds its state, cleanup contexts, routes, indexes, migrations and scopes. Order: a
     # domain after those it builds on (auth lists every domain's scopes in its OAuth2 scheme).
     for domain in (audit, users, teams, auth):

@@ -91,6 +91,10 @@ def build_openapi(api: web.Application) -> dict[str, Any]:
                     body["content"]["application/json"]["schema"]["minItems"] = 1
                     body["content"]["application/json-patch+json"] = body["content"]["application/json"]
             _declare_common_refusals(operation, has_body=bool(body))
+            if "post" in operations and operation is operations["post"]:
+                _declare_idempotency(operation)
+            if any(requirement for requirement in operation.get("security", ())):
+                _declare_token_rate_limit(operation)
             refinement = BODY_RULES.get(operation.get("operationId", ""))
             if refinement:
                 refinement(operation, document["components"]["schemas"])
@@ -128,6 +132,58 @@ def _declare_common_refusals(operation: dict[str, Any], *, has_body: bool) -> No
         for status, description in _BODY_REFUSALS.items():
             responses.setdefault(str(status), _problem_ref(description))
     responses.setdefault("503", _problem_ref("The database is unavailable; nothing was changed.", _RETRY_AFTER))
+
+
+IDEMPOTENCY_KEY = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    # service/idempotency.py: 1 to 255 printable ASCII characters (also accepted as an sf-string, "key").
+    # Surrounding blanks are not the key's (HTTP drops them), and count towards no limit.
+    "schema": {"type": "string", "pattern": "^[ \\t]*[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?[ \\t]*$"},
+    "description": "Makes the POST safe to retry (draft-ietf-httpapi-idempotency-key-header): for 24 h the "
+    "same key and request (method, path, body) from the same caller (token's client and user) replays the "
+    "first answer (status, Location, ETag, body) with `Idempotent-Replayed: true` instead of acting again. "
+    "Ignored (if well-formed) without a bearer token. A request that failed (an error, 5xx) frees its key.",
+}
+_REPLAYED = {
+    "schema": {"type": "string", "enum": ["true"]},
+    "description": "This answer is a replay (Idempotency-Key).",
+}
+_IDEMPOTENCY_REFUSALS = {
+    "400": "A malformed Idempotency-Key (not 1 to 255 printable ASCII characters), or two of them.",
+    "409": "The first request with this Idempotency-Key is still running; retry after `Retry-After` seconds.",
+    "422": "This Idempotency-Key was used for another request (method, path or body).",
+}
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {
+        "schema": {"type": "string"},
+        "description": 'draft-ietf-httpapi-ratelimit-headers-10, e.g. `"api";q=200;w=4`.',
+    },
+    "RateLimit": {"schema": {"type": "string"}, "description": 'What is left, e.g. `"api";r=0;t=4`.'},
+}
+
+
+def _declare_idempotency(operation: dict[str, Any]) -> None:
+    """Every POST under /api/v1 takes an Idempotency-Key (service/idempotency.py, a middleware)."""
+    operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+    responses = operation["responses"]
+    for status, response in responses.items():
+        if status.startswith("2"):
+            response["headers"] = {**response.get("headers", {}), "Idempotent-Replayed": _REPLAYED}
+    for status, description in _IDEMPOTENCY_REFUSALS.items():
+        if status in responses:
+            responses[status]["description"] += f" Or: {description[0].lower()}{description[1:]}"
+        else:
+            responses[status] = _problem_ref(description, _RETRY_AFTER if status == "409" else None)
+    if "409" in responses:
+        responses["409"]["headers"] = {**responses["409"].get("headers", {}), **_RETRY_AFTER}
+
+
+def _declare_token_rate_limit(operation: dict[str, Any]) -> None:
+    """A token's requests are under its per-token budget (service/ratelimit.py)."""
+    refusal = operation["responses"].setdefault("429", _problem_ref("Too many requests with this access token."))
+    refusal["headers"] = {**refusal.get("headers", {}), **_RETRY_AFTER, **_RATE_LIMIT_HEADERS}
 
 
 def _patch_user_rules(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
