@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from service.config import Settings, SettingsError
 from service.ratelimit import TokenBuckets
+from tests.helpers import service_processes, wait_ready
 
 TOKEN = "/auth/oauth2/token"
 # One List member each: an sf-string policy name and its integer parameters.
@@ -118,3 +121,31 @@ def test_the_settings_are_read_and_checked() -> None:
     assert (Settings().api_rate_limit, Settings().api_rate_burst) == (50.0, 200)
     with pytest.raises(SettingsError, match="API_RATE_BURST"):
         Settings.from_env({"API_RATE_BURST": "0"})
+
+
+async def test_two_processes_each_hold_their_own_budget_and_say_so(
+    backend: str, settings: Settings, seeded, tmp_path: Path
+) -> None:
+    """Per process, as documented: a token spent on one replica still has the other's budget, and each
+    replica's headers say what is left there (the reverse proxy holds the line for the deployment)."""
+    if backend != "secantus":
+        pytest.skip("two processes need a database both can reach (--backend=secantus)")
+    env = {"API_RATE_BURST": "3", "API_RATE_LIMIT": "0.01", "PUBLIC_URL": "http://api.test"}
+    with service_processes(settings, 2, tmp_path, **env) as (first, second):
+        async with aiohttp.ClientSession() as http:
+            for base in (first, second):
+                await wait_ready(http, base)
+            form = {"grant_type": "password", "username": "root", "password": "q", "client_id": "documentation"}
+            async with http.post(f"{first}{TOKEN}", data=form) as signed_in:
+                assert signed_in.status == 200
+                assert POLICY.fullmatch(signed_in.headers["RateLimit-Policy"])
+                headers = {"Authorization": f"Bearer {(await signed_in.json())['access_token']}"}
+
+            async def me(base: str) -> tuple[int, tuple[int, int]]:
+                async with http.get(f"{base}/api/v1/users/me", headers=headers) as response:
+                    assert response.headers["RateLimit-Policy"] == '"api";q=3;w=300'
+                    return response.status, state(response.headers, "api")
+
+            assert [await me(first) for _ in range(3)] == [(200, (2, 100)), (200, (1, 200)), (200, (0, 300))]
+            assert await me(first) == (429, (0, 300))
+            assert await me(second) == (200, (2, 100))
