@@ -3,8 +3,9 @@
 Starts the service on the embedded database (--workers 1, then 2) and a bare aiohttp app, drives each
 scenario with wrk for a fixed time, and measures requests/s, p50/p99, errors, and the service's own
 CPU time per request (from /proc, excluding the database and wrk) and the database operations per
-request (the embedded server's opcounters, change-stream getMores excluded). Prints a table and
-writes JSON.
+request (the embedded server's opcounters, change-stream getMores excluded). /users/me is measured
+with a bearer token and, next to it (1 worker), with a DPoP-bound token and a fresh proof per request
+(ops/bench/dpop.py). Prints a table and writes JSON.
 Bounded: about six minutes in all.
 """
 
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dpop  # the DPoP scenario's token and proofs (ops/bench/dpop.py, next to this file)
 import psutil
 from pymongo import MongoClient
 
@@ -407,6 +409,10 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
                 )
                 root_pid = service.process.pid
                 results.append(measure("GET /users/me", workers, root_pid, f"{base}/api/v1/users/me", seconds, 32, me))
+                if workers == 1:  # the same read with a DPoP-bound token and a fresh proof per request
+                    proofs = dpop.proof_script(work, base, ROOT_SIGN_IN, dpop.proofs_needed(results[-1].rps, seconds))
+                    url = f"{base}/api/v1/users/me"
+                    results.append(measure("GET /users/me, DPoP", workers, root_pid, url, seconds, 32, proofs))
                 results.append(measure("GET /teams/ (20)", workers, root_pid, f"{base}/api/v1/teams/", seconds, 32, me))
                 results.append(
                     measure(
@@ -580,6 +586,13 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "users_me_cpu_us_metrics_on": round(metered["service_cpu_us"], 1),
         "extra_cpu_per_request (<= 10%)": f"{metered['service_cpu_us'] / rows[('GET /users/me', 1)]['service_cpu_us'] - 1:+.1%}",
         "users_me_rps_metrics_off_vs_on": [round(rows[("GET /users/me", 1)]["rps"]), round(metered["rps"])],
+    }
+    bearer, dpop_row = rows[("GET /users/me", 1)], rows[("GET /users/me, DPoP", 1)]
+    summary["dpop"] = {
+        "users_me_cpu_us_bearer": round(bearer["service_cpu_us"], 1),
+        "users_me_cpu_us_dpop": round(dpop_row["service_cpu_us"], 1),
+        "dpop_vs_bearer_cpu (target <= 1.5)": round(dpop_row["service_cpu_us"] / bearer["service_cpu_us"], 2),
+        "users_me_rps_bearer_vs_dpop": [round(bearer["rps"]), round(dpop_row["rps"])],
     }
     for name in ("token_storm", "token_storm_distributed"):
         storm = report[name]

@@ -22,6 +22,7 @@ process accepts every other's nonces; the current and the previous window's nonc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -36,6 +37,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from aiohttp import web
 from authlib.oauth2.base import OAuth2Error
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -43,7 +45,7 @@ from joserfc import jwk
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from pymongo import IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from service.db import Database
 from service.errors import ApiError
@@ -55,6 +57,7 @@ IAT_WINDOW = 60  # seconds a proof's iat may differ from now, either way
 NONCE_WINDOW = 300  # seconds of one nonce window; the current and the previous one's nonces pass
 MAX_JTI = 256  # characters
 RSA_MIN_BITS = 2048
+DUPLICATE_KEY = 11000  # MongoDB's error code
 NONCE_POLICIES = ("off", "token", "all")  # DPOP_NONCES: where a server nonce is demanded
 
 INDEXES: dict[str, list[IndexModel]] = {"dpop_proofs": [IndexModel("expires_at", expireAfterSeconds=0)]}
@@ -202,8 +205,8 @@ def check(
         signed = JWSRegistry.algorithms[head.alg].verify(
             f"{segments[0]}.{segments[1]}".encode("ascii"), signature, head.key
         )
-        claims = json.loads(_b64decode(segments[1])) if signed else None
-    except (binascii.Error, ValueError, UnicodeEncodeError, JoseError):
+        claims = orjson.loads(_b64decode(segments[1])) if signed else None
+    except (binascii.Error, ValueError, UnicodeEncodeError, JoseError):  # (orjson.JSONDecodeError: a ValueError)
         raise ProofError("The DPoP proof's signature or payload is malformed.") from None
     if not signed:
         raise ProofError("The DPoP proof's signature does not verify with its jwk.")
@@ -212,7 +215,7 @@ def check(
     if claims.get("htm") != method:
         raise ProofError("The DPoP proof's htm is not this request's method.")
     htu = claims.get("htu")
-    if not isinstance(htu, str) or normalized_uri(htu) != normalized_uri(uri):
+    if not isinstance(htu, str) or (htu != uri and normalized_uri(htu) != normalized_uri(uri)):
         raise ProofError("The DPoP proof's htu is not this request's URI.")
     iat = claims.get("iat")
     if not isinstance(iat, int | float) or isinstance(iat, bool) or abs(time.time() - iat) > IAT_WINDOW:
@@ -238,6 +241,8 @@ class DPoPState:
         self._db = db
         self.policy = policy
         self._secret: bytes | None = None
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []  # jtis to claim, see `_claim`
+        self._writer: asyncio.Task[None] | None = None
 
     def demands_nonce(self, at_api: bool) -> bool:
         return self.policy == "all" or (self.policy == "token" and not at_api)
@@ -279,10 +284,49 @@ class DPoPState:
         now = time.time()
         expires = datetime.fromtimestamp(max(now, proof.iat) + IAT_WINDOW + 1, UTC)
         digest = hashlib.sha256(f"{proof.jkt} {proof.jti}".encode()).hexdigest()
+        if not await self._claim({"_id": digest, "expires_at": expires}):
+            raise ProofError("This DPoP proof was already used (jti replayed).")
+
+    async def _claim(self, document: dict[str, Any]) -> bool:
+        """Insert `document`; False if its `_id` is there already. Group commit: the claims that arrive
+        while an insert is on its way wait for it and then go together, in one unordered insert_many,
+        so a busy process pays one round trip for many requests (a quiet one, one per request, at once)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((document, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
         try:
-            await self._db.dpop_proofs.insert_one({"_id": digest, "expires_at": expires})
-        except DuplicateKeyError:
-            raise ProofError("This DPoP proof was already used (jti replayed).") from None
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._insert(batch)
+        finally:
+            self._writer = None
+
+    async def _insert(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
+        taken: set[int] = set()
+        try:
+            await self._db.dpop_proofs.insert_many([document for document, _ in batch], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors) or not errors:
+                _fail(batch, exc)
+                return
+            taken = {error["index"] for error in errors}
+        except Exception as exc:  # noqa: BLE001 - the database away: each waiting request fails as its write would
+            _fail(batch, exc)
+            return
+        for index, (_, future) in enumerate(batch):
+            if not future.done():  # (a request that went away)
+                future.set_result(index not in taken)
+
+
+def _fail(batch: list[tuple[dict[str, Any], asyncio.Future[bool]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 DPOP: web.AppKey[DPoPState] = web.AppKey("service.auth.dpop", DPoPState)

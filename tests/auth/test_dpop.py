@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -261,3 +262,18 @@ async def test_eddsa_and_rs256_proofs_are_accepted(client: TestClient, seeded) -
         access = (await issued.json())["access_token"]
         used = await call_me(client, access, key.proof("GET", str(client.make_url(ME)), access))
         assert used.status == 200, key.alg
+
+
+async def test_one_proof_sent_many_times_at_once_is_taken_once(client: TestClient, seeded) -> None:
+    """The replay cache's group commit: copies of one proof and fresh proofs arriving together go out in
+    shared inserts, and exactly the first copy is taken."""
+    key = DPoPKey()
+    access = (await bound_tokens(client, key))["access_token"]
+    url = str(client.make_url(ME))
+    proof = key.proof("GET", url, access)
+    fresh = [key.proof("GET", url, access) for _ in range(5)]
+    answers = await asyncio.gather(*(call_me(client, access, p) for p in [proof] * 6 + fresh))
+    statuses = [answer.status for answer in answers]
+    assert statuses[:6].count(200) == 1, statuses
+    assert statuses[:6].count(401) == 5, statuses
+    assert statuses[6:] == [200] * 5, statuses
