@@ -27,7 +27,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import secrets
 import time
 import warnings
@@ -121,7 +120,8 @@ class _Header:
 
 
 def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """Strict base64url (RFC 7515 2): a character outside the alphabet is an error, not skipped."""
+    return base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
 
 
 def _b64encode(raw: bytes) -> str:
@@ -139,7 +139,7 @@ def _header(segment: str) -> _Header:
     the key is imported and thumbprinted once per distinct header. A refused header raises (and is not
     cached; the size bound keeps its cost small)."""
     try:
-        header = json.loads(_b64decode(segment))
+        header = orjson.loads(_b64decode(segment))  # (nesting deeper than 1024 is an error, not a recursion)
     except (binascii.Error, ValueError):
         raise ProofError("The proof's header is not base64url JSON.") from None
     if not isinstance(header, dict):

@@ -185,6 +185,8 @@ async def test_malformed_proofs_are_refused_at_the_token_endpoint(client: TestCl
         "bad signature": key.proof("POST", url)[:-4] + "AAAA",
         "not a JWS": "not.a.jws.at.all",
         "garbage header": "e30K!.e30.AA",
+        "deeply nested header": b64(b"[" * 3000) + ".e30.AA",
+        "signature with characters outside base64url": key.proof("POST", url) + "!!",
     }
     form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     for name, proof in proofs.items():
