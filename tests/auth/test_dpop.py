@@ -6,13 +6,16 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 from joserfc import jwk
 
 from service.auth.dpop import DPOP
-from tests.helpers import DPoPKey, basic, exchange_form, get_code, pkce
+from tests.helpers import DPoPKey, basic, exchange_form, get_code, pkce, service_processes, wait_ready
 
 TOKEN = "/auth/oauth2/token"
 ME = "/api/v1/users/me"
@@ -279,3 +282,36 @@ async def test_one_proof_sent_many_times_at_once_is_taken_once(client: TestClien
     assert statuses[:6].count(200) == 1, statuses
     assert statuses[:6].count(401) == 5, statuses
     assert statuses[6:] == [200] * 5, statuses
+
+
+async def test_replays_and_nonces_are_shared_by_every_process(backend: str, settings, seeded, tmp_path: Path) -> None:
+    """Two real `serve` processes on one database, one public URL (so a proof fits either) and nonces at the
+    API too: a nonce one gave is good at the other, a proof one took is a replay at the other, and of one
+    proof sent to both at once exactly one passes."""
+    if backend != "secantus":
+        pytest.skip("two processes need a database both can reach (--backend=secantus)")
+    key, public = DPoPKey(), "http://dpop.test"
+    form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+    env = {"DPOP_NONCES": "all", "PUBLIC_URL": public, "API_RATE_BURST": "100000"}
+    with service_processes(settings, 2, tmp_path, **env) as (one, two):
+        async with aiohttp.ClientSession() as http:
+            for base in (one, two):
+                await wait_ready(http, base)
+            async with http.post(f"{one}{TOKEN}", data=form, headers={"DPoP": key.proof("POST", public + TOKEN)}) as r:
+                assert (await r.json())["error"] == "use_dpop_nonce"
+                nonce = r.headers["DPoP-Nonce"]  # given by one, taken by two
+            proof = key.proof("POST", public + TOKEN, nonce=nonce)
+            async with http.post(f"{two}{TOKEN}", data=form, headers={"DPoP": proof}) as r:
+                assert r.status == 200, await r.text()
+                access = (await r.json())["access_token"]
+
+            async def me(base: str, proof: str) -> int:
+                async with http.get(f"{base}{ME}", headers={"Authorization": f"DPoP {access}", "DPoP": proof}) as r:
+                    return r.status
+
+            for _ in range(10):
+                proof = key.proof("GET", public + ME, access, nonce=nonce)
+                assert await me(one, proof) == 200
+                assert await me(two, proof) == 401  # taken by the other process
+                proof = key.proof("GET", public + ME, access, nonce=nonce)
+                assert sorted(await asyncio.gather(me(one, proof), me(two, proof))) == [200, 401]
