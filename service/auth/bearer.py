@@ -68,6 +68,8 @@ async def _dpop_token(request: web.Request, token: str) -> dict[str, Any]:
         await dpop.verify(state[dpop.DPOP], proofs, (request.method, uri), token, found["jkt"])
     except dpop.ProofError as exc:
         raise DPoPUnauthorized.of(exc) from None
+    if state[dpop.DPOP].demands_nonce(at_api=True):  # RFC 9449 9: the nonce to use next, on the answer
+        request[dpop.NEXT_NONCE] = await state[dpop.DPOP].nonce()
     return found
 
 
@@ -102,7 +104,11 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
         if requirement.admin and not principal.is_admin:
             raise Forbidden("Only administrators may do this.")
         request[CALLER] = principal
-    return await handler(request)
+    response = await handler(request)
+    nonce = request.get(dpop.NEXT_NONCE)
+    if nonce is not None and not response.prepared:
+        response.headers["DPoP-Nonce"] = nonce
+    return response
 
 
 def resource_metadata_url(issuer: str) -> str:

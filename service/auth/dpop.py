@@ -330,6 +330,8 @@ def _fail(batch: list[tuple[dict[str, Any], asyncio.Future[bool]]], exc: BaseExc
 
 
 DPOP: web.AppKey[DPoPState] = web.AppKey("service.auth.dpop", DPoPState)
+# On a DPoP request to the API where nonces are demanded: the nonce its response carries (RFC 9449 9).
+NEXT_NONCE: web.RequestKey[str] = web.RequestKey("service.auth.dpop.next_nonce", str)
 
 
 async def verify(

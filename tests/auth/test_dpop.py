@@ -125,7 +125,9 @@ async def test_the_api_refuses_what_does_not_prove_possession(client: TestClient
 
 async def test_bearer_tokens_keep_working_and_are_not_dpop_tokens(client: TestClient, bearer, login) -> None:
     headers = await bearer("user")
-    assert (await client.get(ME, headers=headers)).status == 200
+    plain = await client.get(ME, headers=headers)
+    assert plain.status == 200
+    assert "DPoP-Nonce" not in plain.headers
     token = headers["Authorization"].split()[1]
     as_dpop = await call_me(client, token, DPoPKey().proof("GET", str(client.make_url(ME)), token))
     assert as_dpop.status == 401
@@ -229,6 +231,9 @@ async def test_the_nonce_flow_at_the_token_endpoint_and_the_api(client: TestClie
     api_nonce = asked.headers["DPoP-Nonce"]
     answered = await call_me(client, access, key.proof("GET", me, access, nonce=api_nonce))
     assert answered.status == 200, await answered.text()
+    following = answered.headers["DPoP-Nonce"]  # the nonce to use next (RFC 9449 9)
+    again = await call_me(client, access, key.proof("GET", me, access, nonce=following))
+    assert again.status == 200
 
 
 async def test_a_client_registered_for_dpop_must_send_a_proof_and_introspection_shows_the_key(
