@@ -57,7 +57,6 @@ NONCE_WINDOW = 300  # seconds of one nonce window; the current and the previous 
 MAX_JTI = 256  # characters
 RSA_MIN_BITS = 2048
 DUPLICATE_KEY = 11000  # MongoDB's error code
-NONCE_POLICIES = ("off", "token", "all")  # DPOP_NONCES: where a server nonce is demanded
 
 INDEXES: dict[str, list[IndexModel]] = {"dpop_proofs": [IndexModel("expires_at", expireAfterSeconds=0)]}
 
