@@ -99,6 +99,19 @@ async def test_a_membership_change_costs_one_read_and_its_writes(
     assert costs == {"add": 3, "promote": 2, "demote": 2, "remove": 3}, costs
 
 
+async def test_an_idempotency_key_costs_two_operations_and_a_replay_two(client: TestClient, bearer, operations) -> None:
+    """Idempotency-Key: the claim (an insert) and the kept answer (an update) around the request; a
+    replay is the refused insert and the read of the kept answer, and nothing of the request's own."""
+    admin = await bearer("root")
+    await warm(client, admin)
+    create = ok(client, "POST", "/api/v1/teams/", admin, json={"title": "Keyless"})
+    plain = await operations(create)
+    keyed = {**admin, "Idempotency-Key": "counted-once"}
+    first = await operations(ok(client, "POST", "/api/v1/teams/", keyed, json={"title": "Keyed"}))
+    replay = await operations(ok(client, "POST", "/api/v1/teams/", keyed, json={"title": "Keyed"}))
+    assert (first - plain, replay) == (2, 2), (plain, first, replay)
+
+
 async def test_a_password_grant_costs_three_operations_at_most(client: TestClient, seeded, operations) -> None:
     form = {"grant_type": "password", "client_id": "documentation", "username": "root", "password": "q"}
 
