@@ -63,7 +63,7 @@ async def _dpop_token(request: web.Request, token: str) -> dict[str, Any]:
     proofs = request.headers.getall("DPoP", [])
     if not proofs:
         raise DPoPUnauthorized("A DPoP-bound access token needs a DPoP proof.", error="invalid_dpop_proof")
-    uri = f"{state[SETTINGS].public_url or f'{request.scheme}://{request.host}'}{request.path}"
+    uri = f"{state[SETTINGS].public_url or f'{request.scheme}://{request.host}'}{request.rel_url.raw_path}"  # as sent
     try:
         await dpop.verify(state[dpop.DPOP], proofs, (request.method, uri), token, found["jkt"])
     except dpop.ProofError as exc:

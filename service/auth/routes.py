@@ -95,7 +95,7 @@ async def token(request: web.Request) -> web.Response:
     ctx = Context.of(request)
     proofs, proof = request.headers.getall("DPoP", []), None
     if proofs:  # RFC 9449 5: the proof is checked (and its jti claimed) before the grant runs
-        proof = await dpop.verify(ctx[dpop.DPOP], proofs, (request.method, f"{ctx.issuer}{request.path}"))
+        proof = await dpop.verify(ctx[dpop.DPOP], proofs, (request.method, f"{ctx.issuer}{request.rel_url.raw_path}"))
     response = json_response(await grants.token(ctx, params, request.headers.get("Authorization"), proof))
     if proof is not None and ctx[dpop.DPOP].demands_nonce(at_api=False):
         response.headers["DPoP-Nonce"] = await ctx[dpop.DPOP].nonce()  # RFC 9449 8.2: the next one to use

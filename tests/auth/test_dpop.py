@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from joserfc import jwk
+from yarl import URL
 
 from service.auth.dpop import DPOP
 from tests.helpers import DPoPKey, basic, exchange_form, get_code, pkce, service_processes, wait_ready
@@ -320,3 +321,17 @@ async def test_replays_and_nonces_are_shared_by_every_process(backend: str, sett
                 assert await me(two, proof) == 401  # taken by the other process
                 proof = key.proof("GET", public + ME, access, nonce=nonce)
                 assert sorted(await asyncio.gather(me(one, proof), me(two, proof))) == [200, 401]
+
+
+async def test_htu_is_the_uri_as_sent_percent_encoding_included(client: TestClient, seeded) -> None:
+    """A path with a percent-encoded character: the proof names it as the client sent it."""
+    key = DPoPKey()
+    access = (await bound_tokens(client, key))["access_token"]
+    path = "/api/v1/users/me/sessions/x%20y"
+    url = URL(str(client.make_url("/")).rstrip("/") + path, encoded=True)
+    proof = key.proof("DELETE", str(url), access)
+    response = await client.session.delete(url, headers={"Authorization": f"DPoP {access}", "DPoP": proof})
+    assert response.status != 401, await response.text()  # past authentication: the proof fits
+    other = key.proof("DELETE", str(url).replace("%20", "-"), access)
+    refused = await client.session.delete(url, headers={"Authorization": f"DPoP {access}", "DPoP": other})
+    assert refused.status == 401
