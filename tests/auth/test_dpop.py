@@ -335,3 +335,22 @@ async def test_htu_is_the_uri_as_sent_percent_encoding_included(client: TestClie
     other = key.proof("DELETE", str(url).replace("%20", "-"), access)
     refused = await client.session.delete(url, headers={"Authorization": f"DPoP {access}", "DPoP": other})
     assert refused.status == 401
+
+
+async def test_userinfo_takes_a_bound_token_with_its_proof_only(client: TestClient, seeded) -> None:
+    key = DPoPKey()
+    form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
+    issued = await token_request(client, {**form, "scope": "openid profile"}, key)
+    access = (await issued.json())["access_token"]
+    path = "/auth/oauth2/userinfo"
+    url = str(client.make_url(path))
+    answered = await client.get(
+        path, headers={"Authorization": f"DPoP {access}", "DPoP": key.proof("GET", url, access)}
+    )
+    assert answered.status == 200, await answered.text()
+    assert (await answered.json())["preferred_username"] == "user"
+    as_bearer = await client.get(path, headers={"Authorization": f"Bearer {access}"})
+    assert as_bearer.status == 401
+    assert challenge_error(as_bearer) == "invalid_token"
+    in_a_form = await client.post(path, data={"access_token": access})
+    assert in_a_form.status == 401
