@@ -29,6 +29,7 @@ SignedIn = tuple[sessions.SessionDocument, UserDocument]
 
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 MAX_AGE = re.compile(r"[0-9]{1,9}")
+JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # an RFC 7638 SHA-256 thumbprint, base64url; fullmatch
 HINT_MAX = 4096  # an ID token of ours is about 1 KB; a longer "hint" is not one (and fits in a URL)
 
 
@@ -48,6 +49,7 @@ class AuthorizationRequest:
     max_age: int | None = None  # seconds since the last password sign-in beyond which it is asked again
     id_token_hint: str | None = None  # the ID token of who the client expects (checked in `next_step`)
     resources: tuple[str, ...] = ()  # RFC 8707: the resources asked for (none: the API)
+    dpop_jkt: str | None = None  # RFC 9449 10: the DPoP key's thumbprint the code will be bound to
 
     def as_form(self) -> dict[str, str]:
         """The request as hidden form fields, re-validated when the form comes back."""
@@ -65,6 +67,8 @@ class AuthorizationRequest:
             fields["nonce"] = self.nonce
         if self.resources:
             fields["resource"] = " ".join(self.resources)  # (one, known resource at most: no space)
+        if self.dpop_jkt:
+            fields["dpop_jkt"] = self.dpop_jkt
         return fields
 
 
@@ -131,6 +135,9 @@ async def check_authorization_request(
             raise oauth.InvalidRequestError("code_challenge is malformed.", **where)
     elif client["client_type"] == "public":
         raise oauth.InvalidRequestError("Public clients must use PKCE (code_challenge with S256).", **where)
+    dpop_jkt = params.get("dpop_jkt") or None
+    if dpop_jkt is not None and not JKT.fullmatch(dpop_jkt):
+        raise oauth.InvalidRequestError("dpop_jkt must be a base64url SHA-256 JWK thumbprint (RFC 9449 10).", **where)
     return AuthorizationRequest(
         client,
         redirect_uri,
@@ -142,6 +149,7 @@ async def check_authorization_request(
         int(max_age) if max_age is not None else None,
         hint,
         resources,
+        dpop_jkt,
     )
 
 
@@ -190,25 +198,25 @@ async def issue_code(ctx: Context, request: AuthorizationRequest, signed: Signed
     give; the session notes the client (for logout) and the grant is remembered (consent)."""
     session, user = signed
     code = new_token()
-    await repository.insert_code(
-        ctx.db,
-        {
-            "_id": hash_secret(code),
-            "client_id": request.client["_id"],
-            "redirect_uri": request.redirect_uri,
-            "scopes": request.scopes,
-            "user_id": user["_id"],
-            "generation": user.get("token_generation", 0),
-            "code_challenge": request.code_challenge,
-            "nonce": request.nonce,
-            "auth_time": session["auth_time"],
-            "amr": session["amr"],
-            "sid": session["sid"],
-            "resources": list(request.resources),
-            "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
-            "used": False,
-        },
-    )
+    document: repository.CodeDocument = {
+        "_id": hash_secret(code),
+        "client_id": request.client["_id"],
+        "redirect_uri": request.redirect_uri,
+        "scopes": request.scopes,
+        "user_id": user["_id"],
+        "generation": user.get("token_generation", 0),
+        "code_challenge": request.code_challenge,
+        "nonce": request.nonce,
+        "auth_time": session["auth_time"],
+        "amr": session["amr"],
+        "sid": session["sid"],
+        "resources": list(request.resources),
+        "expires_at": utcnow() + timedelta(seconds=ctx.settings.auth_code_ttl),
+        "used": False,
+    }
+    if request.dpop_jkt:
+        document["dpop_jkt"] = request.dpop_jkt
+    await repository.insert_code(ctx.db, document)
     await sessions.signed_in_to(ctx, session, request.client["_id"])
     await consent.remember(ctx, user["_id"], request.client["_id"], request.scopes)
     return code

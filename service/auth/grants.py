@@ -57,6 +57,7 @@ DEFINED_PARAMETERS = frozenset(
         "step",  # the consent screen's form
         *("post_logout_redirect_uri", "logout_hint"),  # RP-Initiated Logout 1.0
         "user_code",  # the device page (RFC 8628)
+        "dpop_jkt",  # RFC 9449 10: the DPoP key an authorization code is bound to
         "resource",  # RFC 8707 resource indicators (may repeat)
     }
 )
@@ -458,6 +459,9 @@ async def authorization_code_grant(ctx: Context, client: ClientDocument, params:
     elif verifier:
         raise oauth.InvalidRequestError("No code challenge was sent with the authorization request.")
     resources = tuple(audience(ctx, params, stored.get("resources")))
+    bound, proof = stored.get("dpop_jkt"), PROOF.get()
+    if bound is not None and (proof is None or not secrets.compare_digest(proof.jkt, bound)):
+        raise dpop.ProofError("This code is bound to a DPoP key (dpop_jkt): send a proof signed with it.")
     issued = {"code_id": digest}
     if not await repository.claim_code(ctx.db, digest):
         if not await repository.note_replay(ctx.db, code_digest=digest):

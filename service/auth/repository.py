@@ -257,6 +257,7 @@ class CodeDocument(TypedDict):
     auth_time: int
     amr: NotRequired[list[str]]  # how the user signed in on the page (RFC 8176): ["pwd"] or ["pwd", "otp"]
     sid: NotRequired[str]  # the sign-in session that approved it
+    dpop_jkt: NotRequired[str]  # RFC 9449 10: only a proof with this key's thumbprint may exchange it
     resources: NotRequired[list[str]]  # RFC 8707: the resources asked for (absent or empty: the API)
     expires_at: datetime
     used: bool

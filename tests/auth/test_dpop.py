@@ -16,7 +16,19 @@ from joserfc import jwk
 from yarl import URL
 
 from service.auth.dpop import DPOP
-from tests.helpers import DPoPKey, basic, exchange_form, get_code, pkce, service_processes, wait_ready
+from tests.helpers import (
+    DPoPKey,
+    basic,
+    decide,
+    exchange_form,
+    get_code,
+    open_page,
+    pkce,
+    query,
+    redirect_params,
+    service_processes,
+    wait_ready,
+)
 
 TOKEN = "/auth/oauth2/token"
 ME = "/api/v1/users/me"
@@ -354,3 +366,23 @@ async def test_userinfo_takes_a_bound_token_with_its_proof_only(client: TestClie
     assert challenge_error(as_bearer) == "invalid_token"
     in_a_form = await client.post(path, data={"access_token": access})
     assert in_a_form.status == 401
+
+
+async def test_a_code_asked_for_with_dpop_jkt_is_exchanged_only_with_that_key(client: TestClient, seeded) -> None:
+    """RFC 9449 10: `dpop_jkt` on the authorization request binds the code to the key; it survives the
+    sign-in form's round trip, and an exchange without that key is refused without using the code up."""
+    key = DPoPKey()
+    verifier, challenge = pkce()
+    malformed, html = await open_page(client, query(challenge, dpop_jkt="not a thumbprint"))
+    assert malformed.status in (302, 303)
+    assert redirect_params(malformed)["error"] == "invalid_request"
+    client.session.cookie_jar.clear()
+    _, html = await open_page(client, query(challenge, dpop_jkt=key.jkt))
+    code = redirect_params(await decide(client, html))["code"]
+    form = exchange_form(code, verifier)
+    for refused in (await client.post(TOKEN, data=form), await token_request(client, form, DPoPKey())):
+        assert refused.status == 400
+        assert (await refused.json())["error"] == "invalid_dpop_proof"
+    issued = await token_request(client, form, key)
+    assert issued.status == 200, await issued.text()
+    assert (await issued.json())["token_type"] == "DPoP"
