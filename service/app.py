@@ -41,7 +41,9 @@ SERVER_HEADER = "service"
 # How the app is served, by `serve` and by the tests alike. Request bodies are decoded from their
 # Content-Encoding by service.bodies, where a body that is not what it claims is a clean 400; aiohttp's
 # own decoding fails inside its parser, outside every middleware.
-SERVE_OPTIONS: dict[str, Any] = {"access_log_class": AccessLogger, "auto_decompress": False}
+# max_line_size: an OpenID Connect request line carries an ID token (id_token_hint) beside state and the
+# rest, percent-encoded; aiohttp's 8190 bytes refuse some that browsers send (they allow far more).
+SERVE_OPTIONS: dict[str, Any] = {"access_log_class": AccessLogger, "auto_decompress": False, "max_line_size": 32768}
 
 
 def _prepare_process() -> None:

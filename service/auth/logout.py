@@ -20,6 +20,7 @@ from service.auth.signing import KEYRING
 from service.context import Context
 
 STATE_MAX = 1024
+HINT_NAME_MAX = 256  # logout_hint (accepted, not used)
 
 
 class LogoutPageError(Exception):
@@ -70,6 +71,8 @@ async def check_logout_request(
     state = params.get("state")
     if state is not None and len(state) > STATE_MAX:
         raise LogoutPageError("state is too long.")
+    if len(params.get("logout_hint", "")) > HINT_NAME_MAX:
+        raise LogoutPageError("logout_hint is too long.")
     return LogoutRequest(client, redirect_uri, state, hint, claims["sub"] if claims else None)
 
 

@@ -136,7 +136,7 @@ _AUTHORIZATION_REQUEST = {
     },
     "id_token_hint": {
         "type": "string",
-        "maxLength": 4096,
+        "pattern": r"^[A-Za-z0-9_.=-]{0,4096}$",
         "description": "An ID token this server issued (expired ones too): a session of another user is not "
         "used (prompt=none: login_required).",
     },
@@ -144,11 +144,11 @@ _AUTHORIZATION_REQUEST = {
     "resource": _RESOURCE,
 }
 _LOGOUT_REQUEST = {
-    "id_token_hint": {"type": "string", "maxLength": 4096},
-    "client_id": _STRING,
-    "post_logout_redirect_uri": _STRING,
+    "id_token_hint": {"type": "string", "pattern": r"^[A-Za-z0-9_.=-]{0,4096}$", "description": "An ID token."},
+    "client_id": {"type": "string", "maxLength": 100},
+    "post_logout_redirect_uri": {"type": "string", "pattern": f"(^$)|{LOGOUT_URI_PATTERN}", "maxLength": 2048},
     "state": {"type": "string", "maxLength": 1024},
-    "logout_hint": _STRING,
+    "logout_hint": {"type": "string", "maxLength": 256, "description": "Accepted and ignored."},
 }
 _LOGOUT_FORM = {
     "action": {"type": "string", "enum": ["logout", "stay"], "description": "The confirmation page's answer."},
