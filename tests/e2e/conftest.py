@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,18 @@ def shot(request: pytest.FixtureRequest, page) -> Iterator[Callable[[str], Corou
     yield take
     if not request.node.stash.get(FAILED, True):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def npm_install(tmp_path_factory: pytest.TempPathFactory, name: str, *packages: str) -> Path:
+    """A fresh folder with `packages` (exact versions) installed from npm: the software nobody here wrote
+    that an end-to-end test drives. Fails the test, with the reason, when npm is missing."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(f"npm is missing: this test installs {' '.join(packages)} from npm")
+    folder = tmp_path_factory.mktemp(name)
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), *packages],
+        check=True,
+        timeout=300,
+    )
+    return folder

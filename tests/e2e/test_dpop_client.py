@@ -14,7 +14,6 @@ import base64
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import aiohttp
 import pytest
 
 from service.crypto import hash_secret
+from tests.e2e.conftest import npm_install
 from tests.helpers import DPoPKey, form_of, jwt_claims
 
 OAUTH4WEBAPI = "oauth4webapi@3.8.3"
@@ -117,15 +117,7 @@ try {
 @pytest.fixture(scope="session")
 def oauth4webapi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with oauth4webapi installed from npm by this test's own setup, and the script."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is missing: the DPoP client test installs oauth4webapi from npm")
-    folder = tmp_path_factory.mktemp("oauth4webapi")
-    subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), OAUTH4WEBAPI],
-        check=True,
-        timeout=300,
-    )
+    folder = npm_install(tmp_path_factory, "oauth4webapi", OAUTH4WEBAPI)
     (folder / "dpop.mjs").write_text(SCRIPT)
     return folder
 

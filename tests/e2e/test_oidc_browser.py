@@ -5,14 +5,14 @@ token exchange and UserInfo, all from the browser (which needs CORS on those end
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 from playwright.async_api import Page, expect
+
+from tests.e2e.conftest import npm_install
 
 OIDC_CLIENT_TS = "oidc-client-ts@3.5.0"
 TIMEOUT = 20_000
@@ -35,15 +35,7 @@ new oidc.UserManager(SETTINGS).signinRedirectCallback()
 @pytest.fixture(scope="session")
 def oidc_client_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The library's browser bundle, installed from npm by this test's own setup."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is missing: the OIDC browser test installs oidc-client-ts from npm")
-    folder = tmp_path_factory.mktemp("npm")
-    subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), OIDC_CLIENT_TS],
-        check=True,
-        timeout=300,
-    )
+    folder = npm_install(tmp_path_factory, "npm", OIDC_CLIENT_TS)
     return folder / "node_modules" / "oidc-client-ts" / "dist" / "browser" / "oidc-client-ts.min.js"
 
 

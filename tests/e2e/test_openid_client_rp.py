@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
+from tests.e2e.conftest import npm_install
 from tests.helpers import AUTHORIZE, form_of
 
 PACKAGES = ("openid-client@5.7.1", "jose@5.9.6")
@@ -92,15 +92,7 @@ const out = (value) => console.log(JSON.stringify(value));
 @pytest.fixture(scope="session")
 def relying_party_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with openid-client and jose installed from npm by this test's own setup, and the script."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is missing: the relying-party test installs openid-client and jose from npm")
-    folder = tmp_path_factory.mktemp("openid-client-rp")
-    subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), *PACKAGES],
-        check=True,
-        timeout=300,
-    )
+    folder = npm_install(tmp_path_factory, "openid-client-rp", *PACKAGES)
     (folder / "rp.js").write_text(SCRIPT)
     return folder
 

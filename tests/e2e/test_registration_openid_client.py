@@ -11,13 +11,14 @@ import asyncio
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from authlib.oauth2.rfc7591 import ClientMetadataClaims
+
+from tests.e2e.conftest import npm_install
 
 OPENID_CLIENT = "openid-client@5.7.1"
 NODE = shutil.which("node") or "/usr/bin/node"
@@ -65,15 +66,7 @@ function refusal(error) {
 @pytest.fixture(scope="session")
 def openid_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with openid-client installed from npm by this test's own setup, and the script."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is missing: the registration test installs openid-client from npm")
-    folder = tmp_path_factory.mktemp("openid-client")
-    subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), OPENID_CLIENT],
-        check=True,
-        timeout=300,
-    )
+    folder = npm_install(tmp_path_factory, "openid-client", OPENID_CLIENT)
     (folder / "registration.js").write_text(SCRIPT)
     return folder
 
