@@ -4,13 +4,14 @@ enforces each route's `@requires` declaration, before anything else looks at the
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.auth import dpop
 from service.auth.dpop import DPoPUnauthorized
-from service.auth.grants import api_identifier
+from service.auth.grants import API_PATH, api_identifier
 from service.auth.principals import live_token
 from service.cache import PRINCIPAL_CACHE
 from service.caller import CALLER, Principal
@@ -75,7 +76,7 @@ async def _dpop_token(request: web.Request, token: str) -> dict[str, Any]:
 
 def _principal(found: dict[str, Any], resource: str | None) -> Principal:
     audience = found.get("aud")
-    if resource is not None and audience is not None and resource not in audience:
+    if resource is not None and audience is not None and not _names(audience, resource):
         raise Unauthorized("The access token is not meant for this API (its audience, RFC 8707).")
     return Principal(
         user=found["user"], scopes=frozenset(found["scopes"]), client_id=found["client_id"], token_id=found["_id"]
@@ -88,9 +89,10 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
     requirement: Requirement | None = getattr(request.match_info.handler, "__requirement__", None)
     if requirement is None:
         return await handler(request)
-    origin = request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"
+    public_url = request.config_dict[SETTINGS].public_url
+    origin = public_url or f"{request.scheme}://{request.host}"
     try:
-        principal = await authenticate(request, resource=api_identifier(origin))
+        principal = await authenticate(request, resource=api_identifier(public_url) if public_url else API_PATH)
         if principal is None and not requirement.optional:
             raise Unauthorized("A bearer token is required.", error=None)
     except (Unauthorized, DPoPUnauthorized) as exc:  # RFC 9728 5.1: where to learn how to get a token
@@ -114,3 +116,11 @@ async def bearer_middleware(request: web.Request, handler: Handler) -> web.Strea
 def resource_metadata_url(issuer: str) -> str:
     """RFC 9728 3.1: the API's protected resource metadata, its identifier's path after the well-known part."""
     return f"{issuer}/.well-known/oauth-protected-resource/api/v1"
+
+
+def _names(audience: list[str], resource: str) -> bool:
+    """Whether a token's audience names the API: its identifier under PUBLIC_URL; without PUBLIC_URL the
+    server's own names are unknown (the issuer is whatever host a request used), so by path alone."""
+    if resource in audience:
+        return True
+    return resource == API_PATH and any(urlsplit(value).path == API_PATH for value in audience)

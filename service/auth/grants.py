@@ -93,9 +93,12 @@ class InvalidTargetError(OAuth2Error):  # type: ignore[misc]  # authlib is untyp
     error = "invalid_target"
 
 
+API_PATH = "/api/v1"
+
+
 def api_identifier(issuer: str) -> str:
     """The API's resource identifier (RFC 8707), the audience of the tokens it accepts."""
-    return f"{issuer}/api/v1"
+    return f"{issuer}{API_PATH}"
 
 
 def audience(ctx: Context, params: Mapping[str, str], granted: Iterable[str] | None = None) -> list[str]:

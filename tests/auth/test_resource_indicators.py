@@ -151,3 +151,37 @@ async def test_the_protected_resource_metadata(client: TestClient, seeded, path)
     assert "ES256" in document["dpop_signing_alg_values_supported"]
     issuer = await (await client.get("/.well-known/oauth-authorization-server")).json()
     assert issuer["issuer"] in document["authorization_servers"]
+
+
+async def test_without_public_url_the_api_is_named_by_its_path(client: TestClient, seeded, db) -> None:
+    """The server does not know its own names then: a token from http://localhost:8080 works through
+    http://127.0.0.1:8080 (the issuer is whatever host a request used)."""
+    token = (await (await password_grant(client)).json())["access_token"]
+    other_name = {"$set": {"aud": ["http://localhost:8080/api/v1"]}}
+    await db.oauth2_tokens.update_one({"_id": hash_secret(token)}, other_name)
+    assert (await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})).status == 200
+
+
+async def test_with_public_url_the_audience_must_be_exactly_the_api(aiohttp_client, settings, mongo_client) -> None:
+    import dataclasses
+
+    from service import fixtures
+    from service.app import create_app
+    from service.passwords import HASHER
+
+    app = create_app(dataclasses.replace(settings, public_url="https://api.example"), mongo_client=mongo_client)
+    client = await aiohttp_client(app)
+    db = mongo_client[settings.mongodb_db]
+    await fixtures.load(db, app[HASHER], fixtures.default_files())
+    token = (await (await password_grant(client)).json())["access_token"]
+    stored = await db.oauth2_tokens.find_one({"_id": hash_secret(token)})
+    assert stored["aud"] == ["https://api.example/api/v1"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/v1/users/me", headers=headers)).status == 200
+    await db.oauth2_tokens.update_one({"_id": stored["_id"]}, {"$set": {"aud": ["https://elsewhere.example/api/v1"]}})
+    refused = await client.get("/api/v1/users/me", headers=headers)
+    assert refused.status == 401
+    assert (
+        'resource_metadata="https://api.example/.well-known/oauth-protected-resource/api/v1"'
+        in (refused.headers["WWW-Authenticate"])
+    )
