@@ -112,14 +112,15 @@ async def test_the_device_request_checks_its_resource(client: TestClient, seeded
 async def test_the_api_refuses_a_token_for_another_audience(client: TestClient, seeded, db) -> None:
     token = (await (await password_grant(client)).json())["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
-    await db.oauth2_tokens.update_one({"_id": hash_secret(token)}, {"$set": {"aud": ["https://other.example/api"]}})
+    # (changed before its first use: a used token is in the principal cache)
+    changed = {"$set": {"aud": ["https://other.example/api"]}, "$addToSet": {"scopes": "openid"}}
+    await db.oauth2_tokens.update_one({"_id": hash_secret(token)}, changed)
     refused = await client.get("/api/v1/users/me", headers=headers)
     assert refused.status == 401
     challenge = refused.headers["WWW-Authenticate"]
     assert 'error="invalid_token"' in challenge
     assert f'resource_metadata="{origin(client)}/.well-known/oauth-protected-resource/api/v1"' in challenge
     # the authorization server's own UserInfo is not the API: the token still works there
-    await db.oauth2_tokens.update_one({"_id": hash_secret(token)}, {"$set": {"scopes": ["openid"]}})
     assert (await client.get("/auth/oauth2/userinfo", headers=headers)).status == 200
 
 
@@ -176,10 +177,11 @@ async def test_with_public_url_the_audience_must_be_exactly_the_api(aiohttp_clie
     token = (await (await password_grant(client)).json())["access_token"]
     stored = await db.oauth2_tokens.find_one({"_id": hash_secret(token)})
     assert stored["aud"] == ["https://api.example/api/v1"]
-    headers = {"Authorization": f"Bearer {token}"}
-    assert (await client.get("/api/v1/users/me", headers=headers)).status == 200
-    await db.oauth2_tokens.update_one({"_id": stored["_id"]}, {"$set": {"aud": ["https://elsewhere.example/api/v1"]}})
-    refused = await client.get("/api/v1/users/me", headers=headers)
+    assert (await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})).status == 200
+    other = (await (await password_grant(client)).json())["access_token"]  # changed before its first use
+    elsewhere = {"$set": {"aud": ["https://elsewhere.example/api/v1"]}}
+    await db.oauth2_tokens.update_one({"_id": hash_secret(other)}, elsewhere)
+    refused = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {other}"})
     assert refused.status == 401
     assert (
         'resource_metadata="https://api.example/.well-known/oauth-protected-resource/api/v1"'
