@@ -59,6 +59,15 @@ def counted(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
+async def wait_counted(name: str, value: float, timeout: float = 5.0) -> float:
+    """The worker counts an outcome just after storing it, so a test that saw the state may run ahead of the count."""
+    for _ in range(int(timeout / 0.02)):
+        if counted(name) >= value:
+            break
+        await asyncio.sleep(0.02)
+    return counted(name)
+
+
 async def wait_state(db: Any, message_id: ObjectId, state: str, timeout: float = 10.0) -> dict[str, Any]:
     for _ in range(int(timeout / 0.02)):
         document = await db.outbox.find_one({"_id": message_id})
@@ -96,7 +105,7 @@ async def test_a_queued_message_arrives_once_with_both_parts_and_its_headers(cli
     assert document["attempts"] == 1
     assert "claimed_until" not in document
     assert document["expires_at"] - document["sent_at"] == mail.KEEP_DONE
-    assert counted("mail_sent_total") == sent_before + 1
+    assert await wait_counted("mail_sent_total", sent_before + 1) == sent_before + 1
     await asyncio.sleep(0.3)  # several polls later: still once
     assert len(smtp_server.messages) == 1
 
@@ -154,8 +163,8 @@ async def test_a_message_that_keeps_failing_ends_failed_and_counted(client, db, 
         assert document["attempts"] == 4  # MAIL_MAX_ATTEMPTS, then no more
         assert "451" in document["last_error"]
         assert document["expires_at"] - document["failed_at"] == mail.KEEP_DONE
-        assert counted("mail_failed_total") == failed_before + 1
-        assert counted("mail_deferred_total") == deferred_before + 3
+        assert await wait_counted("mail_failed_total", failed_before + 1) == failed_before + 1
+        assert await wait_counted("mail_deferred_total", deferred_before + 3) == deferred_before + 3
         await asyncio.sleep(0.5)  # never retried again
     assert (await db.outbox.find_one({"_id": message_id}))["attempts"] == 4
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
