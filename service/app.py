@@ -30,7 +30,6 @@ from service.ratelimit import (
     RATE_LIMITER,
     TokenBuckets,
     advertise_rate_limits,
-    api_rate_limit_middleware,
     oauth_rate_limit_middleware,
 )
 
@@ -100,12 +99,11 @@ def create_app(settings: Settings, *, mongo_client: Client | None = None) -> web
     app.router.add_get("/readyz", readyz)
     app.router.add_get(openapi.API_PREFIX, openapi.swagger_ui)
     # The API: authentication runs before validation, so an anonymous caller never gets a body parsed.
-    # The per-token limit needs the caller, and refuses before anything costs a database operation;
-    # Idempotency-Key needs the caller too, and replays before validation would parse the body again.
+    # The bearer middleware also spends the caller's per-token budget, before anything costs a database
+    # operation; Idempotency-Key needs the caller too, and replays before validation would parse the body again.
     api = web.Application(
         middlewares=[
             bearer_middleware,
-            api_rate_limit_middleware,
             idempotency.idempotency_middleware,
             validation_middleware,
         ]

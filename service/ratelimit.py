@@ -29,7 +29,6 @@ from typing import Any, NamedTuple, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.caller import CALLER
 from service.config import SETTINGS
 from service.errors import problem_response
 from service.responses import json_response
@@ -134,19 +133,16 @@ async def oauth_rate_limit_middleware(request: web.Request, handler: Handler) ->
     return await handler(request)
 
 
-@web.middleware
-async def api_rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The per-token budget of the API (after the bearer middleware, so only authenticated requests
-    spend it, keyed by the access token): 429 problem details with Retry-After once it is spent.
-    Anonymous requests are the per-address limit's (`per_address_limit`)."""
-    caller = request.get(CALLER)
-    if caller is None:
-        return await handler(request)
-    wait = _spend(request, request.config_dict[API_RATE_LIMITER], caller.token_id)
-    if wait:
-        headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
-        return problem_response(429, "Too many requests with this access token; slow down.", headers=headers)
-    return await handler(request)
+def over_api_budget(request: web.Request, limiter: TokenBuckets, token_id: str) -> web.Response | None:
+    """Spend from the per-token budget of the API (`API_RATE_LIMITER`): a 429 problem with Retry-After
+    once it is spent, else None. The bearer middleware calls it as soon as it knows the caller, so only
+    authenticated requests spend it, keyed by the access token, and the hot path has no layer of its own
+    for it; anonymous requests are the per-address limit's (`per_address_limit`)."""
+    wait = _spend(request, limiter, token_id)
+    if not wait:
+        return None
+    headers = {"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"}
+    return problem_response(429, "Too many requests with this access token; slow down.", headers=headers)
 
 
 def _spend(request: web.Request, limiter: TokenBuckets, key: str) -> float:
@@ -166,8 +162,14 @@ async def advertise_rate_limits(request: web.BaseRequest, response: web.StreamRe
     noted = request.get(RATE_LIMITS)
     if not noted:
         return
-    response.headers["RateLimit-Policy"] = ", ".join(limiter.policy for limiter, _ in noted)
-    response.headers["RateLimit"] = ", ".join(
+    headers = response.headers
+    if len(noted) == 1:  # the usual case, on every API request: no list to join
+        [(limiter, spent)] = noted
+        headers["RateLimit-Policy"] = limiter.policy
+        headers["RateLimit"] = f'"{limiter.name}";r={spent.remaining};t={spent.reset}'
+        return
+    headers["RateLimit-Policy"] = ", ".join(limiter.policy for limiter, _ in noted)
+    headers["RateLimit"] = ", ".join(
         f'"{limiter.name}";r={spent.remaining};t={spent.reset}' for limiter, spent in noted
     )
 

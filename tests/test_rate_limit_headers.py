@@ -67,6 +67,16 @@ async def test_sign_up_carries_the_per_address_headers(client: TestClient, seede
     assert state(response.headers, "oauth")[0] == 3
 
 
+async def test_an_admin_creating_a_user_spends_both_budgets_and_both_are_listed(client: TestClient, bearer) -> None:
+    headers = await bearer("root")  # the sign-in spent one of the address's 4
+    body = {"username": "made-by-admin", "email": "made@example.com", "password": "long enough pw"}
+    response = await client.post("/api/v1/users/", json=body, headers=headers)
+    assert response.status == 201, await response.text()
+    assert response.headers["RateLimit-Policy"] == '"oauth";q=4;w=400, "api";q=3;w=300'
+    assert state(response.headers, "oauth")[0] == 2
+    assert state(response.headers, "api")[0] == 2
+
+
 async def test_the_api_limits_each_token_and_says_so(client: TestClient, bearer) -> None:
     headers = await bearer("root")
     remaining = []
