@@ -37,5 +37,5 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return web.Response(status=204, headers=_ALLOW)
     response = await handler(request)
     response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After, DPoP-Nonce"
+    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After, DPoP-Nonce, RateLimit, RateLimit-Policy"
     return response

@@ -257,5 +257,10 @@ async def test_browser_apps_may_call_the_oidc_endpoints_cross_origin_but_not_the
     refused = await client.get("/auth/oauth2/userinfo", headers=origin)
     assert refused.status == 401
     assert refused.headers["Access-Control-Allow-Origin"] == "*"  # the app can read why
+    # ... and a token answer's rate-limit state, so it can pace itself before a 429
+    token = await client.post("/auth/oauth2/token", data={"grant_type": "password"}, headers=origin)
+    assert "RateLimit" in token.headers
+    exposed = {name.strip() for name in token.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"WWW-Authenticate", "Retry-After", "DPoP-Nonce", "RateLimit", "RateLimit-Policy"} <= exposed
     api = await client.get("/api/v1/users/me", headers={**origin, **await bearer("user")})
     assert "Access-Control-Allow-Origin" not in api.headers
