@@ -23,7 +23,7 @@ def imports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(threading.current_thread().name)
         return parse(raw, options)
 
-    monkeypatch.setattr(signing.JsonWebKey, "import_key", counted)
+    monkeypatch.setattr(JsonWebKey, "import_key", counted)
     return seen
 
 
