@@ -28,6 +28,9 @@ _ALLOW = {
     "Access-Control-Max-Age": "600",
 }
 
+# What a page may read of an answer: why it was refused, when to retry, the DPoP nonce, its budget.
+_EXPOSE = "WWW-Authenticate, Retry-After, DPoP-Nonce, RateLimit, RateLimit-Policy"
+
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -37,5 +40,5 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return web.Response(status=204, headers=_ALLOW)
     response = await handler(request)
     response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After, DPoP-Nonce, RateLimit, RateLimit-Policy"
+    response.headers["Access-Control-Expose-Headers"] = _EXPOSE
     return response
