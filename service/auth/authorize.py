@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import errors as oauth
 from authlib.oidc.core import errors as oidc_errors
@@ -35,6 +36,31 @@ HINT_MAX = 4096  # an ID token of ours is about 1 KB; a longer "hint" is not one
 
 class AuthorizePageError(Exception):
     """The client or redirect URI cannot be trusted: show an error page, never redirect (RFC 6749 4.1.2.1)."""
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _registered(uri: str, registered: list[str]) -> bool:
+    """Whether `uri` is one of the client's redirect URIs: the same string, except for the port of an http
+    loopback URI (RFC 8252 7.3, RFC 9700 2.1), which a native app takes from the OS at the time of the
+    request. Scheme, host, path and query still match exactly; the code is bound to the URI as sent."""
+    if uri in registered:
+        return True
+    asked = _loopback_without_port(uri)
+    return asked is not None and any(_loopback_without_port(value) == asked for value in registered)
+
+
+def _loopback_without_port(uri: str) -> tuple[str, str, str, str] | None:
+    """(host, path, query, fragment) of a plain http URI on a loopback host, else None."""
+    parts = urlsplit(uri)
+    try:
+        parts.port  # noqa: B018 - a port that is not a number is no loopback URI of ours
+    except ValueError:
+        return None
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or "@" in parts.netloc:
+        return None
+    return parts.hostname, parts.path, parts.query, parts.fragment
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +111,7 @@ async def check_authorization_request(
     redirect_uri = params.get("redirect_uri")
     if redirect_uri is None and len(client["redirect_uris"]) == 1:
         redirect_uri = client["redirect_uris"][0]
-    if redirect_uri is None or redirect_uri not in client["redirect_uris"]:
+    if redirect_uri is None or not _registered(redirect_uri, client["redirect_uris"]):
         raise AuthorizePageError("The redirect URI is not registered for this client.")
     try:  # registered before the rules were tightened: never redirect there
         validate_redirect_uri(redirect_uri)

@@ -49,7 +49,7 @@ def validate_redirect_uri(uri: str) -> None:
     """RFC 9700 4.1 and RFC 8252 7: `https`, `http` on a loopback host, or a native app's private-use
     scheme with a period in it (`com.example.app:/cb`); never a fragment, a backslash or user info
     (browsers parse `http://evil.example\\@localhost/` as a request to evil.example). Matching is exact
-    later on, so nothing is normalised here."""
+    later on (but for a loopback port, see authorize), so nothing is normalised here."""
     if "#" in uri:
         raise ValidationError("A redirect URI must not contain a fragment.")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in uri):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -59,6 +60,14 @@ async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:
     [
         ({"client_id": "nobody"}, "Unknown client"),
         ({"redirect_uri": "https://evil.example.com/cb"}, "not registered"),
+        # A loopback port may vary (RFC 8252 7.3); nothing else about the URI may.
+        ({"redirect_uri": "http://127.0.0.1:9/api/v1/static/other.html"}, "not registered"),
+        ({"redirect_uri": "http://127.0.0.1:9/api/v1/static/oauth2-redirect.html?x=1"}, "not registered"),
+        ({"redirect_uri": "https://127.0.0.1:9/api/v1/static/oauth2-redirect.html"}, "not registered"),
+        ({"redirect_uri": "http://127.0.0.2:8080/api/v1/static/oauth2-redirect.html"}, "not registered"),
+        ({"redirect_uri": "http://127.0.0.1.evil.example:8080/api/v1/static/oauth2-redirect.html"}, "not registered"),
+        ({"redirect_uri": "http://evil@127.0.0.1:8080/api/v1/static/oauth2-redirect.html"}, "not registered"),
+        ({"redirect_uri": "http://127.0.0.1:port/api/v1/static/oauth2-redirect.html"}, "not registered"),
         ({"client_id": ""}, "Unknown client"),
     ],
 )
@@ -70,6 +79,28 @@ async def test_bad_client_or_redirect_shows_an_error_page_and_never_redirects(
     assert response.status == 400
     assert "Location" not in response.headers
     assert message in html
+
+
+async def test_a_native_app_may_use_any_loopback_port_and_its_code_is_bound_to_that_one(
+    client: TestClient, seeded
+) -> None:
+    """RFC 8252 7.3: a CLI listens on whatever port the OS gives it, so the port of a registered http
+    loopback URI may differ; the token request must then name the URI exactly as the code was sent to."""
+    verifier, challenge = pkce()
+    ephemeral = "http://127.0.0.1:53117/api/v1/static/oauth2-redirect.html"
+    _, html = await open_page(client, query(challenge, redirect_uri=ephemeral))
+    response = await decide(client, html)
+    assert response.status == 303
+    location = response.headers["Location"]
+    assert location.startswith(f"{ephemeral}?")
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    registered = await exchange(client, code, verifier)  # the registered port: not where the code went
+    assert (await registered.json())["error"] == "invalid_grant"
+    sso, _ = await open_page(client, query(challenge, redirect_uri=ephemeral))  # signed in: no form again
+    assert sso.headers["Location"].startswith(f"{ephemeral}?")
+    code = parse_qs(urlsplit(sso.headers["Location"]).query)["code"][0]
+    exchanged = await exchange(client, code, verifier, redirect_uri=ephemeral)
+    assert exchanged.status == 200, await exchanged.text()
 
 
 async def test_missing_challenge_for_a_public_client_redirects_with_error(client: TestClient, seeded) -> None:
