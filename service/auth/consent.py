@@ -31,9 +31,13 @@ from service.errors import NotFound
 
 COLLECTION = "oauth2_consents"
 # The pair is the identity of a consent (unique: concurrent first sign-ins make one document); the
-# user's list reads the same index by its prefix, in client_id order.
+# user's list reads the same index by its prefix, in client_id order. A deleted client's consents go
+# with it (repository.delete_client) by the client_id index: a client registered later under the same
+# id (fixtures choose ids) must ask again.
 BY_USER_AND_CLIENT = [("user_id", ASCENDING), ("client_id", ASCENDING)]
-INDEXES: dict[str, list[IndexModel]] = {COLLECTION: [IndexModel(BY_USER_AND_CLIENT, unique=True)]}
+INDEXES: dict[str, list[IndexModel]] = {
+    COLLECTION: [IndexModel(BY_USER_AND_CLIENT, unique=True), IndexModel("client_id")]
+}
 
 
 class ConsentDocument(TypedDict):

@@ -89,14 +89,16 @@ async def update_client(
 
 
 async def delete_client(db: Database, client_id: str, version: int | None = None) -> bool:
-    """Delete the client (only at `version`, when given) first, then its tokens: a crash in between leaves
-    tokens that no longer authenticate (every token lookup joins its client), and a retry finishes the job."""
+    """Delete the client (only at `version`, when given) first, then its tokens, codes and consents: a crash
+    in between leaves tokens that no longer authenticate (every token lookup joins its client), and a retry
+    finishes the job."""
     query: dict[str, Any] = {"_id": client_id} if version is None else {"_id": client_id, "version": version}
     result = await db.oauth2_clients.delete_one(query)
     if not result.deleted_count:
         return False
     await db.oauth2_tokens.delete_many({"client_id": client_id})
     await db.oauth2_codes.delete_many({"client_id": client_id})
+    await db.oauth2_consents.delete_many({"client_id": client_id})
     return result.deleted_count == 1
 
 

@@ -177,6 +177,7 @@ async def test_the_list_shows_remembered_clients_with_their_names(client, db, be
     assert deleted.status == 204
     after = await (await client.get(LIST, headers=headers)).json()
     assert [app["client_id"] for app in after] == ["documentation"]
+    assert await db.oauth2_consents.count_documents({"client_id": other_app}) == 0  # not kept for a namesake
 
 
 async def test_sign_ins_through_the_authorization_page_are_listed_and_a_revoked_one_asks_again(
@@ -372,5 +373,9 @@ async def test_the_consent_lookup_and_the_list_use_the_index(backend, client, db
         scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
         assert scans, names
         assert all(dict(scan["keyPattern"]) == {"user_id": 1, "client_id": 1} for scan in scans), names
+    stages = index_scans(
+        (await db.oauth2_consents.find({"client_id": other_app}).explain())["queryPlanner"]["winningPlan"]
+    )
+    assert [dict(stage["keyPattern"]) for stage in stages if stage["stage"] == "IXSCAN"] == [{"client_id": 1}]
     indexes = await db.oauth2_consents.index_information()
     assert any(spec["key"] == consent.BY_USER_AND_CLIENT and spec.get("unique") for spec in indexes.values())
