@@ -6,9 +6,12 @@ clients API's schema."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from datetime import datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from authlib.oauth2.base import OAuth2Error
 from bson import ObjectId
@@ -178,6 +181,8 @@ def client_data(body: Any, policy: str, client: ClientDocument | None = None) ->
     )
     if grants is not None:
         data["grant_types"] = grants
+    if policy == "open" and isinstance(data.get("backchannel_logout_uri"), str):
+        _refuse_internal_receiver(data["backchannel_logout_uri"])
     try:
         return cast(dict[str, Any], CREATE_SCHEMA.load(data))
     except ValidationError as exc:
@@ -186,6 +191,32 @@ def client_data(body: Any, policy: str, client: ClientDocument | None = None) ->
         if "redirect_uris" in messages:
             raise RegistrationError("invalid_redirect_uri", described) from None
         raise _metadata_error(described) from None
+
+
+def _refuse_internal_receiver(uri: str) -> None:
+    """Under open registration anyone names the back-channel logout URI this server will POST to: an
+    https URI on a name or a public address only, never loopback, private or link-local ones, so an
+    anonymous registrant cannot point the server at its own or its network's internal services.
+    (A name that resolves to an internal address is the deployment's egress rules' to stop.)"""
+    parts = urlsplit(uri)
+    host = (parts.hostname or "").rstrip(".")
+    address = _address_literal(host)
+    internal = host == "localhost" or host.endswith(".localhost") or (address is not None and not address.is_global)
+    if parts.scheme != "https" or internal or (address is None and ":" in host):
+        raise _metadata_error("backchannel_logout_uri: open registration takes an https URI on a public host only.")
+
+
+def _address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` spells, in any form the resolver takes (`127.1`, `0x7f.0.0.1`, `2130706433`
+    are all 127.0.0.1 to it), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def _timestamp(value: datetime) -> int:

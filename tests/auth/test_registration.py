@@ -149,6 +149,67 @@ async def test_open_registration_takes_public_clients_only_and_gives_no_owner(cl
     assert (await db.oauth2_clients.find_one({"_id": body["client_id"]}))["client_name"] == "Renamed"
 
 
+INTERNAL_RECEIVERS = [
+    "http://rp.example.com/backchannel",  # plain http
+    "http://127.0.0.1:9/backchannel",
+    "https://127.0.0.1/backchannel",
+    "https://127.1/backchannel",  # the resolver's short and hex forms of 127.0.0.1
+    "https://0x7f.0.0.1/backchannel",
+    "https://2130706433/backchannel",
+    "https://10.1.2.3/backchannel",
+    "https://169.254.169.254/latest/meta-data",  # a cloud metadata service
+    "https://[::1]/backchannel",
+    "https://[::ffff:127.0.0.1]/backchannel",
+    "https://localhost/backchannel",
+    "https://api.localhost/backchannel",
+]
+
+
+@pytest.mark.parametrize("policy", ["open"])
+@pytest.mark.parametrize("uri", INTERNAL_RECEIVERS)
+async def test_open_registration_never_points_back_channel_logout_at_an_internal_host(
+    client: TestClient, seeded, db, uri: str
+) -> None:
+    """Anyone may register under the open policy, and the server POSTs logout tokens to the URI: not to
+    its own or its network's services."""
+    response, body = await register(client, None, **{**PUBLIC, "backchannel_logout_uri": uri})
+    assert response.status == 400, body
+    assert body["error"] == "invalid_client_metadata"
+    assert await db.oauth2_clients.count_documents({}) == 1
+
+
+@pytest.mark.parametrize("policy", ["open"])
+async def test_open_registration_takes_a_public_https_receiver_and_keeps_refusing_internal_ones(
+    client: TestClient, seeded, db
+) -> None:
+    response, body = await register(client, None, **{**PUBLIC, "backchannel_logout_uri": "https://rp.example.com/bc"})
+    assert response.status == 201, body
+    path = body["registration_client_uri"][body["registration_client_uri"].index("/auth/") :]
+    replaced = await client.put(
+        path,
+        json={
+            "client_id": body["client_id"],
+            "redirect_uris": [REDIRECT],
+            "backchannel_logout_uri": "https://10.0.0.1/",
+        },
+        headers=auth(body["registration_access_token"]),
+    )
+    assert replaced.status == 400
+    assert (await replaced.json())["error"] == "invalid_client_metadata"
+    stored = await db.oauth2_clients.find_one({"_id": body["client_id"]})
+    assert stored["backchannel_logout_uri"] == "https://rp.example.com/bc"
+
+
+async def test_a_registrant_with_an_initial_access_token_may_use_a_loopback_receiver(
+    client: TestClient, seeded, bearer
+) -> None:
+    """An admin handed out the token: development receivers on the same machine stay possible."""
+    iat = await initial_token(client, bearer)
+    response, body = await register(client, iat, **{**PUBLIC, "backchannel_logout_uri": "http://127.0.0.1:9/bc"})
+    assert response.status == 201, body
+    assert body["backchannel_logout_uri"] == "http://127.0.0.1:9/bc"
+
+
 # --- initial access tokens: expiry and use count -------------------------------------------------
 
 
