@@ -5,10 +5,9 @@ Every message has a plain-text and an HTML part rendered from `templates/mail/<n
 line is `Subject: ...`) and `<name>.html` (autoescaped). Addresses and subjects with CR or LF are
 refused (no header injection).
 
-The sender claims one message at a time with one conditional write (queued and due, or `sending` with
-an expired lease -> `sending` until `claimed_until`), so processes sharing the database never send a
-message twice, and a process that dies holding a claim leaves the message to the next one after the
-lease. Outcomes: `sent` (kept KEEP_DONE for inspection), back to `queued` with jittered exponential
+The sender claims one message at a time (service/outbox.py: one conditional write, with a lease), so
+processes sharing the database never send a message twice, and a process that dies holding a claim
+leaves the message to the next one after the lease. Outcomes: `sent` (kept KEEP_DONE for inspection), back to `queued` with jittered exponential
 backoff, or `failed` after MAIL_MAX_ATTEMPTS (or a permanent refusal), logged and counted. Without
 SMTP_URL (development) each message becomes an `.eml` file and its links are logged."""
 
@@ -18,9 +17,7 @@ import asyncio
 import functools
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Mapping
-from contextlib import suppress
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -31,8 +28,8 @@ import aiosmtplib
 import jinja2
 from aiohttp import web
 from bson import ObjectId
-from pymongo import ASCENDING, IndexModel, ReturnDocument
 
+from service import outbox
 from service.config import SETTINGS, Settings, SettingsError, SmtpServer, smtp_server
 from service.context import Context
 from service.db import MONGO, Database, aware, utcnow
@@ -40,15 +37,9 @@ from service.metrics import MAIL_DEFERRED, MAIL_FAILED, MAIL_SENT
 
 log = logging.getLogger(__name__)
 
-INDEXES: dict[str, list[IndexModel]] = {
-    "outbox": [
-        IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
-        IndexModel("expires_at", expireAfterSeconds=0),  # set once a message is sent or has failed
-    ]
-}
-KEEP_DONE = timedelta(days=7)  # how long a sent or failed message stays in the outbox for inspection
+INDEXES = outbox.indexes("outbox")
+KEEP_DONE = outbox.KEEP_DONE  # how long a sent or failed message stays in the outbox for inspection
 MAX_RETRY_DELAY = 3600.0  # seconds: the backoff stops doubling here
-STOP_GRACE = 5.0  # seconds a message being sent gets to finish at shutdown; then it is released
 
 TEMPLATES = Path(__file__).parent / "templates" / "mail"
 _TEXT = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False)  # noqa: S701  # nosec B701 - plain text, never HTML
@@ -109,7 +100,7 @@ async def enqueue(db: Database, to: str, subject: str, text: str, html: str) -> 
         "created": now,
     }
     await db.outbox.insert_one(document)
-    _wake(db)
+    outbox.wake(db, Sender)
     return message_id
 
 
@@ -125,95 +116,32 @@ def check_delivery(settings: Settings) -> None:
 
 # --- the background sender -----------------------------------------------------------------------
 
-_LIVE: set[Sender] = set()  # the senders running in this process, woken by `enqueue`
 
-
-def _wake(db: Database) -> None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    for sender in _LIVE:
-        if sender.loop is loop and sender.db.name == db.name:
-            sender.wake()
-
-
-class Sender:
+class Sender(outbox.Worker):
     """Delivers the outbox of one database, one message at a time, until `stop`."""
 
+    name = "mail sender"
+
     def __init__(self, db: Database, settings: Settings) -> None:
-        self.db, self.settings = db, settings
+        super().__init__(db, settings.mail_poll_seconds)
+        self.settings = settings
         self.server: SmtpServer | None = smtp_server(settings.smtp_url) if settings.smtp_url else None
         # A delivery never outlives its claim: the SMTP dialogue gets `deadline`, the lease more.
         self.deadline = 4 * settings.smtp_timeout
-        self.lease = timedelta(seconds=self.deadline + 30)
-        self.loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def start(self) -> None:
-        _LIVE.add(self)
-        self._task = asyncio.create_task(self._run(), name="mail-sender")
-
-    async def stop(self) -> None:
-        """Finish the message being sent (STOP_GRACE at most; else release it for another process)."""
-        _LIVE.discard(self)
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
-        except TimeoutError:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.drain()
-            except Exception as exc:  # noqa: BLE001 - the database may be away: the next poll tries again
-                log.warning(
-                    "mail sender: %s; trying again in %g s", type(exc).__name__, self.settings.mail_poll_seconds
-                )
-            if self._stopping:
-                break
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.mail_poll_seconds)
+        self.outbox = outbox.Outbox(db, "outbox", lease=timedelta(seconds=self.deadline + 30))
 
     async def drain(self) -> int:
         """Deliver every message that is due; how many were claimed."""
         connection = _Connection(self.server, self.settings) if self.server is not None else None
         claimed = 0
         try:
-            while not self._stopping and (message := await self.claim()) is not None:
+            while not self.stopping and (message := await self.outbox.claim()) is not None:
                 claimed += 1
                 await self._deliver(message, connection)
         finally:
             if connection is not None:
                 await connection.close()
         return claimed
-
-    async def claim(self) -> dict[str, Any] | None:
-        """One conditional write: a due message (or one whose claim expired) becomes this process's."""
-        now = utcnow()
-        return await self.db.outbox.find_one_and_update(
-            {
-                "$or": [
-                    {"state": "queued", "next_attempt_at": {"$lte": now}},
-                    {"state": "sending", "claimed_until": {"$lte": now}},
-                ]
-            },
-            {"$set": {"state": "sending", "claimed_until": now + self.lease}, "$inc": {"attempts": 1}},
-            sort=[("next_attempt_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
 
     async def _deliver(self, message: dict[str, Any], connection: _Connection | None) -> None:
         attempt = int(message["attempts"])
@@ -232,22 +160,18 @@ class Sender:
                 else:
                     await self._write_file(message, mime)
         except asyncio.CancelledError:
-            await asyncio.shield(self._release(message))
+            await asyncio.shield(self.outbox.release(message))
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            reason = _describe(exc)
+            reason = outbox.describe(exc)
             if _permanent(exc) or attempt >= self.settings.mail_max_attempts:
                 await self._give_up(message, reason)
             else:
                 await self._defer(message, reason)
             return
-        now = utcnow()
-        done = await self.db.outbox.update_one(
-            _claimed(message),
-            {"$set": {"state": "sent", "sent_at": now, "expires_at": now + KEEP_DONE}, "$unset": {"claimed_until": ""}},
-        )
+        done = await self.outbox.finish(message, "sent")
         MAIL_SENT.inc()
-        if done.modified_count == 0:
+        if not done:
             log.warning("mail %s was sent after its claim expired (another process may send it too)", message["_id"])
 
     def mime(self, message: dict[str, Any]) -> EmailMessage:
@@ -285,45 +209,15 @@ class Sender:
 
     async def _defer(self, message: dict[str, Any], reason: str) -> None:
         attempt = int(message["attempts"])
-        delay = min(self.settings.mail_retry_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
-        delay *= 0.75 + secrets.randbelow(501) / 1000  # jitter: x0.75 to x1.25, so retries do not bunch
-        await self.db.outbox.update_one(
-            _claimed(message),
-            {
-                "$set": {
-                    "state": "queued",
-                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
-                    "last_error": reason,
-                },
-                "$unset": {"claimed_until": ""},
-            },
-        )
+        delay = outbox.backoff(self.settings.mail_retry_seconds, attempt, MAX_RETRY_DELAY)
+        await self.outbox.defer(message, delay, reason)
         MAIL_DEFERRED.inc()
         log.info("mail %s: attempt %d failed (%s); next in %.0f s", message["_id"], attempt, reason, delay)
 
     async def _give_up(self, message: dict[str, Any], reason: str) -> None:
-        now = utcnow()
-        await self.db.outbox.update_one(
-            _claimed(message),
-            {
-                "$set": {"state": "failed", "failed_at": now, "expires_at": now + KEEP_DONE, "last_error": reason},
-                "$unset": {"claimed_until": ""},
-            },
-        )
+        await self.outbox.give_up(message, reason)
         MAIL_FAILED.inc()
         log.warning("mail %s failed after %d attempts: %s", message["_id"], message["attempts"], reason)
-
-    async def _release(self, message: dict[str, Any]) -> None:
-        """Shutdown interrupted the attempt: the message is due again at once, and the attempt is not counted."""
-        with suppress(Exception):
-            await self.db.outbox.update_one(
-                _claimed(message),
-                {
-                    "$set": {"state": "queued", "next_attempt_at": utcnow()},
-                    "$inc": {"attempts": -1},
-                    "$unset": {"claimed_until": ""},
-                },
-            )
 
 
 class _Connection:
@@ -368,11 +262,6 @@ class _Connection:
 _LINK = re.compile(r"https?://[^\s<>\"']+")
 
 
-def _claimed(message: dict[str, Any]) -> dict[str, Any]:
-    """The filter that matches `message` only while this claim holds."""
-    return {"_id": message["_id"], "state": "sending", "attempts": message["attempts"]}
-
-
 def _domain(address: str) -> str:
     return parseaddr(address)[1].rpartition("@")[2] or "localhost"
 
@@ -382,12 +271,6 @@ def _permanent(exc: BaseException) -> bool:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         return all(refusal.code >= 500 for refusal in exc.recipients)
     return isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError) and exc.code >= 500
-
-
-def _describe(exc: BaseException) -> str:
-    """What went wrong, for the log and the outbox: the error's kind and the server's words, short."""
-    detail = str(exc).replace("\r", " ").replace("\n", " ").strip()
-    return f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
 
 
 MAIL_SENDER: web.AppKey[Sender] = web.AppKey("service.mail.sender", Sender)

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, unused_port
 from bson import ObjectId
 from prometheus_client import REGISTRY
 
-from service import mail
+from service import mail, outbox
 from service.app import create_app
 from service.config import Settings, SettingsError, smtp_server
 from service.context import Context
@@ -243,7 +243,7 @@ async def test_two_processes_racing_over_twenty_messages_send_each_once(
                 for number, message_id in enumerate(ids)
             ]
         )
-        mail._wake(db)  # both senders at once
+        outbox.wake(db, mail.Sender)  # both senders at once
         messages = await smtp_server.wait_for(20)
         await asyncio.sleep(0.3)
         assert len(smtp_server.messages) == 20

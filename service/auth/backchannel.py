@@ -4,9 +4,9 @@ that registered a `backchannel_logout_uri` is told so by a signed logout token P
 Like mail (service/mail.py), a logout never waits on a client: `enqueue` writes one durable message
 per (session, client) to the `logout_outbox` collection, and a deliverer per process sends them.
 
-- Claims: one conditional write (queued and due, or `sending` with an expired lease -> `sending` until
-  `claimed_until`), so processes sharing the database never send one message at the same time, and a
-  process that dies holding a claim leaves the message to the next one after LEASE.
+- Claims (service/outbox.py): one conditional write, so processes sharing the database never send one
+  message at the same time, and a process that dies holding a claim leaves the message to the next one
+  after LEASE.
 - The logout token (§2.4) is signed at each attempt with the ID-token key ring (RS256, the key's
   `kid`, `typ: logout+jwt` as §2.4 recommends): `iss`, `aud` (the client), `iat`, `exp` (iat +
   TOKEN_LIFETIME), a fresh `jti`, `sid`, `sub`, `events` with the back-channel logout event; never a
@@ -27,14 +27,13 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pymongo import ASCENDING, IndexModel, ReturnDocument
 
+from service import outbox
 from service.auth.jose import jwt
 from service.auth.signing import ALGORITHM, KEYRING, KeyRing
 from service.config import SETTINGS
@@ -45,23 +44,17 @@ from service.metrics import BACKCHANNEL_LOGOUTS
 log = logging.getLogger(__name__)
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
-INDEXES: dict[str, list[IndexModel]] = {
-    "logout_outbox": [
-        IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
-        IndexModel("expires_at", expireAfterSeconds=0),  # set once a message is delivered or has failed
-    ]
-}
+INDEXES = outbox.indexes("logout_outbox")
 MAX_ATTEMPTS = 8
 FIRST_RETRY_SECONDS = 30.0  # 30, 60, 120, ... 1920 s between the 8 attempts: about an hour in all
 MAX_RETRY_DELAY = 1920.0
 MAX_AGE = timedelta(hours=2)  # a logout this late is given up on, whatever its attempts
-KEEP_DONE = timedelta(days=7)  # how long a delivered or failed message stays for inspection
+KEEP_DONE = outbox.KEEP_DONE  # how long a delivered or failed message stays for inspection
 TOKEN_LIFETIME = 120  # seconds: the logout token's `exp` after its `iat`
 REQUEST_TIMEOUT = 10.0  # seconds for one POST, connection included
 LEASE = timedelta(seconds=REQUEST_TIMEOUT + 50)  # a claim outlives its attempt
 CONCURRENCY = 8  # messages one deliverer sends at the same time: one slow client does not hold the rest
 MIN_POLL_SECONDS = 5.0  # an idle deliverer asks the database at most this often
-STOP_GRACE = 5.0  # seconds deliveries under way get to finish at shutdown; then they are released
 
 
 async def enqueue(ctx: Context, sessions: Iterable[Mapping[str, Any]]) -> int:
@@ -93,7 +86,7 @@ async def enqueue(ctx: Context, sessions: Iterable[Mapping[str, Any]]) -> int:
     ]
     if messages:
         await ctx.db.logout_outbox.insert_many(messages)
-        _wake(ctx.db)
+        outbox.wake(ctx.db, Deliverer)
     return len(messages)
 
 
@@ -128,55 +121,21 @@ async def logout_token(keyring: KeyRing, message: Mapping[str, Any]) -> str:
 
 # --- the deliverer -------------------------------------------------------------------------------
 
-_LIVE: set[Deliverer] = set()  # the deliverers running in this process, woken by `enqueue`
-
-
-def _wake(db: Database) -> None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    for deliverer in _LIVE:
-        if deliverer.loop is loop and deliverer.db.name == db.name:
-            deliverer.wake()
-
 
 class _Refused(Exception):
     """The client answered, but not with a 2xx."""
 
 
-class Deliverer:
+class Deliverer(outbox.Worker):
     """Delivers the logout outbox of one database until `stop`; `drain` delivers what is due now."""
 
+    name = "back-channel logout"
+
     def __init__(self, db: Database, keyring: KeyRing, poll_seconds: float) -> None:
-        self.db, self.keyring, self.poll_seconds = db, keyring, poll_seconds
-        self.loop = asyncio.get_running_loop()
+        super().__init__(db, poll_seconds)
+        self.keyring = keyring
+        self.outbox = outbox.Outbox(db, "logout_outbox", LEASE)
         self._http: aiohttp.ClientSession | None = None
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def start(self) -> None:
-        _LIVE.add(self)
-        self._task = asyncio.create_task(self._run(), name="backchannel-logout")
-
-    async def stop(self) -> None:
-        """Finish the deliveries under way (STOP_GRACE at most; else release them for another process)."""
-        _LIVE.discard(self)
-        self._stopping = True
-        self._wakeup.set()
-        task, self._task = self._task, None  # stopping twice (tests, then the app's cleanup) is harmless
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
-            except TimeoutError:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-        await self.close()
 
     async def close(self) -> None:
         http, self._http = self._http, None
@@ -192,31 +151,17 @@ class Deliverer:
             )
         return self._http
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.drain()
-            except Exception as exc:  # noqa: BLE001 - the database may be away: the next poll tries again
-                errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
-                kinds = ", ".join(sorted({type(error).__name__ for error in errors}))
-                log.warning("back-channel logout: %s; trying again in %g s", kinds, self.poll_seconds)
-            if self._stopping:
-                break
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-
     async def drain(self) -> int:
         """Deliver every message that is due (CONCURRENCY at a time); how many were claimed. An idle
         poll costs one query: the other lanes start only once a message was found."""
-        first = None if self._stopping else await self.claim()
+        first = None if self.stopping else await self.outbox.claim()
         if first is None:
             return 0
         # The key ring loads once before the lanes sign (on a new database the first load makes a key).
         try:
             await self.keyring.signing_key()
         except BaseException:
-            await asyncio.shield(self._release(first))
+            await asyncio.shield(self.outbox.release(first))
             raise
         # A lane that fails (the database went away) has put its message back; the others are not
         # cancelled (one cancelled while its claim is on the wire would leave a message to its lease).
@@ -232,25 +177,10 @@ class Deliverer:
         if message is not None:
             claimed += 1
             await self._deliver(message)
-        while not self._stopping and (message := await self.claim()) is not None:
+        while not self.stopping and (message := await self.outbox.claim()) is not None:
             claimed += 1
             await self._deliver(message)
         return claimed
-
-    async def claim(self) -> dict[str, Any] | None:
-        """One conditional write: a due message (or one whose claim expired) becomes this deliverer's."""
-        now = utcnow()
-        return await self.db.logout_outbox.find_one_and_update(
-            {
-                "$or": [
-                    {"state": "queued", "next_attempt_at": {"$lte": now}},
-                    {"state": "sending", "claimed_until": {"$lte": now}},
-                ]
-            },
-            {"$set": {"state": "sending", "claimed_until": now + LEASE}, "$inc": {"attempts": 1}},
-            sort=[("next_attempt_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
 
     async def _deliver(self, message: dict[str, Any]) -> None:
         attempt = int(message["attempts"])
@@ -264,25 +194,18 @@ class Deliverer:
             token = await logout_token(self.keyring, message)
             await self._post(message["uri"], token)
         except (_Refused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # the client's doing
-            reason = _describe(exc)
+            reason = outbox.describe(exc)
             if attempt >= MAX_ATTEMPTS:
                 await self._give_up(message, reason)
             else:
                 await self._defer(message, reason)
             return
         except BaseException:  # shutdown, or ours (the database went away while signing): not an attempt
-            await asyncio.shield(self._release(message))
+            await asyncio.shield(self.outbox.release(message))
             raise
-        now = utcnow()
-        done = await self.db.logout_outbox.update_one(
-            _claimed(message),
-            {
-                "$set": {"state": "delivered", "delivered_at": now, "expires_at": now + KEEP_DONE},
-                "$unset": {"claimed_until": "", "last_error": ""},
-            },
-        )
+        done = await self.outbox.finish(message, "delivered")
         BACKCHANNEL_LOGOUTS.labels(outcome="delivered").inc()
-        if done.modified_count == 0:
+        if not done:
             log.warning("logout %s was delivered after its claim expired (it may be delivered again)", message["_id"])
 
     async def _post(self, uri: str, token: str) -> None:
@@ -295,19 +218,8 @@ class Deliverer:
 
     async def _defer(self, message: dict[str, Any], reason: str) -> None:
         attempt = int(message["attempts"])
-        delay = min(FIRST_RETRY_SECONDS * 2 ** (attempt - 1), MAX_RETRY_DELAY)
-        delay *= 0.75 + secrets.randbelow(501) / 1000  # jitter: x0.75 to x1.25, so retries do not bunch
-        await self.db.logout_outbox.update_one(
-            _claimed(message),
-            {
-                "$set": {
-                    "state": "queued",
-                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
-                    "last_error": reason,
-                },
-                "$unset": {"claimed_until": ""},
-            },
-        )
+        delay = outbox.backoff(FIRST_RETRY_SECONDS, attempt, MAX_RETRY_DELAY)
+        await self.outbox.defer(message, delay, reason)
         BACKCHANNEL_LOGOUTS.labels(outcome="deferred").inc()
         log.info(
             "logout %s to client %s: attempt %d failed (%s); next in %.0f s",
@@ -319,14 +231,7 @@ class Deliverer:
         )
 
     async def _give_up(self, message: dict[str, Any], reason: str) -> None:
-        now = utcnow()
-        await self.db.logout_outbox.update_one(
-            _claimed(message),
-            {
-                "$set": {"state": "failed", "failed_at": now, "expires_at": now + KEEP_DONE, "last_error": reason},
-                "$unset": {"claimed_until": ""},
-            },
-        )
+        await self.outbox.give_up(message, reason)
         BACKCHANNEL_LOGOUTS.labels(outcome="failed").inc()
         log.warning(
             "logout %s to client %s given up after %d attempts: %s",
@@ -335,30 +240,6 @@ class Deliverer:
             message["attempts"],
             reason,
         )
-
-    async def _release(self, message: dict[str, Any]) -> None:
-        """Shutdown (or a failure of ours) interrupted the attempt: the message is due again at once, and
-        the attempt is not counted."""
-        with suppress(Exception):
-            await self.db.logout_outbox.update_one(
-                _claimed(message),
-                {
-                    "$set": {"state": "queued", "next_attempt_at": utcnow()},
-                    "$inc": {"attempts": -1},
-                    "$unset": {"claimed_until": ""},
-                },
-            )
-
-
-def _claimed(message: dict[str, Any]) -> dict[str, Any]:
-    """The filter that matches `message` only while this claim holds."""
-    return {"_id": message["_id"], "state": "sending", "attempts": message["attempts"]}
-
-
-def _describe(exc: BaseException) -> str:
-    """What went wrong, for the log and the outbox: the error's kind and its words, short."""
-    detail = str(exc).replace("\r", " ").replace("\n", " ").strip()
-    return f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
 
 
 DELIVERER: web.AppKey[Deliverer] = web.AppKey("service.auth.backchannel.deliverer", Deliverer)

@@ -342,7 +342,7 @@ async def test_stopping_the_app_deliverer_stops_its_polling(client: TestClient, 
 async def test_a_deliverer_stopping_mid_delivery_puts_the_message_back_uncounted(
     client: TestClient, db, bearer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backchannel, "STOP_GRACE", 0.1)
+    monkeypatch.setattr(Deliverer, "stop_grace", 0.1)
     receiver.hold = asyncio.Event()  # the client never answers while the deliverer stops
     client_id = await register(client, await bearer("user"), receiver.uri)
     running = client.app[DELIVERER]
