@@ -114,10 +114,17 @@ def proofs_needed(bearer_rps: float, seconds: int) -> int:
 
 def main() -> int:
     import argparse
-    import os
     import tempfile
 
-    from run import PYTHON, ROOT_SIGN_IN, Server, free_port, measure, root_token  # the harness next to this file
+    from run import (  # the harness next to this file
+        PYTHON,
+        ROOT_SIGN_IN,
+        Server,
+        free_port,
+        measure,
+        root_token,
+        service_env,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="duration of each run (proofs last 60 s)")
@@ -125,17 +132,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-dpop-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "SERVICE_DATA_DIR": str(work / "db"),
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        # One token makes every request here: the per-token API limit would answer most of them with 429.
-        "API_RATE_LIMIT": "1000000",
-        "API_RATE_BURST": "1000000",
-    }
-    env.pop("MONGODB_URL", None)
-    service = Server([PYTHON, "-m", "service", "serve", "--workers", "1"], env, f"{base}/readyz")
+    service = Server([PYTHON, "-m", "service", "serve", "--workers", "1"], service_env(work, port), f"{base}/readyz")
     rows = []
     try:
         bearer = (work / "me.lua").resolve()

@@ -363,6 +363,22 @@ def parse_latency(output: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+def service_env(work: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a measured service: the embedded database under `work`, quiet logs, and the
+    per-token API limit lifted (one token makes every /api/v1 request of a run: most would be 429s)."""
+    env = {
+        **os.environ,
+        "SERVICE_DATA_DIR": str(work / "db"),
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "API_RATE_LIMIT": "1000000",
+        "API_RATE_BURST": "1000000",
+        **extra,
+    }
+    env.pop("MONGODB_URL", None)
+    return env
+
+
 def run(seconds: int, memory_requests: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     results: list[Result] = []
@@ -370,19 +386,9 @@ def run(seconds: int, memory_requests: int) -> dict[str, Any]:
     try:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "SERVICE_DATA_DIR": str(work / "db"),
-            "PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-            # wrk stands in for a proxy: sign-in scripts send X-Forwarded-For, so each request counts as
-            # a client of its own and the per-address limit (defaults kept) does not cap what is measured.
-            "TRUSTED_PROXIES": "127.0.0.1",
-            # One token makes every /api/v1 request here: the per-token limit would answer most with 429.
-            "API_RATE_LIMIT": "1000000",
-            "API_RATE_BURST": "1000000",
-        }
-        env.pop("MONGODB_URL", None)
+        # wrk stands in for a proxy: sign-in scripts send X-Forwarded-For, so each request counts as a
+        # client of its own and the per-address limit (defaults kept) does not cap what is measured.
+        env = service_env(work, port, TRUSTED_PROXIES="127.0.0.1")
         report["argon2_hash_ms"] = argon2_hash_ms()
         report["argon2_parallel_verifies_per_s"] = round(argon2_parallel_verifies_per_s(), 1)
 
