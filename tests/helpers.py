@@ -234,6 +234,17 @@ def hidden_field(html: str, name: str) -> str:
     return found.group(1)
 
 
+def device_decision(html: str, action: str = "approve", **fields: str) -> dict[str, str]:
+    """The /auth/device decision form of the consent page `html`: its CSRF token and user code, `action`
+    and what the step asks for (`username` and `password`, `signin_token` and `otp`, or `step`)."""
+    return {
+        "csrf_token": hidden_field(html, "csrf_token"),
+        "user_code": hidden_field(html, "user_code"),
+        **fields,
+        "action": action,
+    }
+
+
 async def past_refresh_grace(db: Any, refresh_token: str, seconds: int = 60) -> None:
     """Make a rotated-out refresh token's rotation `seconds` older: past REFRESH_REUSE_GRACE (default 10 s),
     where presenting it again is a replay, without sleeping."""

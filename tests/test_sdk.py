@@ -467,7 +467,7 @@ async def test_device_flow_polls_until_the_person_approves(base: str, client: Te
     from service.auth.device import COLLECTION
     from service.crypto import hash_secret
     from service.db import utcnow
-    from tests.helpers import hidden_field
+    from tests.helpers import device_decision, hidden_field
 
     tv = await register_client(
         "user",
@@ -484,13 +484,7 @@ async def test_device_flow_polls_until_the_person_approves(base: str, client: Te
         form = {"csrf_token": hidden_field(await page.text(), "csrf_token"), "user_code": user_code}
         consent = await client.post("/auth/device", data=form)
         html = await consent.text()
-        decision = {
-            "csrf_token": hidden_field(html, "csrf_token"),
-            "user_code": hidden_field(html, "user_code"),
-            "username": "user",
-            "password": "w",
-            "action": "approve",
-        }
+        decision = device_decision(html, username="user", password="w")
         assert (await client.post("/auth/device", data=decision)).status == 200
 
     async def sleep(seconds: float) -> None:

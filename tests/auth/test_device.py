@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from service.auth.device import COLLECTION, GRANT_TYPE
 from service.crypto import hash_secret
 from service.db import utcnow
-from tests.helpers import enroll_totp, hidden_field, steady_step, totp_code
+from tests.helpers import device_decision, enroll_totp, hidden_field, steady_step, totp_code
 
 DEVICE_AUTHORIZATION = "/auth/oauth2/device_authorization"
 TOKEN = "/auth/oauth2/token"
@@ -59,14 +59,7 @@ async def decide(client: TestClient, user_code: str, action: str = "approve", pa
     consent = await enter_code(client, user_code)
     assert consent.status == 200, await consent.text()
     html = await consent.text()
-    form = {
-        "csrf_token": hidden_field(html, "csrf_token"),
-        "user_code": hidden_field(html, "user_code"),
-        "username": "user",
-        "password": password,
-        "action": action,
-    }
-    return await client.post("/auth/device", data=form)
+    return await client.post("/auth/device", data=device_decision(html, action, username="user", password=password))
 
 
 async def allow_poll_now(db, device_code: str) -> None:
@@ -243,13 +236,7 @@ async def test_authlib_client_runs_the_device_flow(live_server: str) -> None:
             code_form = {"csrf_token": hidden_field(html, "csrf_token"), "user_code": hidden_or_typed(html)}
             async with browser.post(started["verification_uri"], data=code_form) as consent:
                 html = await consent.text()
-            decision = {
-                "csrf_token": hidden_field(html, "csrf_token"),
-                "user_code": hidden_field(html, "user_code"),
-                "username": "user",
-                "password": "w",
-                "action": "approve",
-            }
+            decision = device_decision(html, username="user", password="w")
             async with browser.post(started["verification_uri"], data=decision) as done:
                 assert "return to your device" in await done.text()
 
@@ -293,12 +280,7 @@ async def test_second_factor_accounts_give_their_code_on_the_page(
     html = await code_page.text()
     assert 'id="otp"' in html
     assert 'type="password"' not in html  # the code step carries a pending sign-in, not the password
-    form = {
-        "csrf_token": hidden_field(html, "csrf_token"),
-        "user_code": hidden_field(html, "user_code"),
-        "signin_token": hidden_field(html, "signin_token"),
-        "action": "approve",
-    }
+    form = device_decision(html, signin_token=hidden_field(html, "signin_token"))
     wrong = await client.post("/auth/device", data={**form, "otp": "000000" if totp_code(secret) != "000000" else "1"})
     assert wrong.status == 400
     status, body = await poll(client, tv["client_id"], started["device_code"])
@@ -348,12 +330,7 @@ async def test_a_signed_in_browser_approves_without_the_password(client: TestCli
     started = await start(client, tv["client_id"])
     html = await (await enter_code(client, started["user_code"])).text()
     assert "You are signed in as <strong>user</strong>" in html
-    form = {
-        "csrf_token": hidden_field(html, "csrf_token"),
-        "user_code": hidden_field(html, "user_code"),
-        "step": "session",
-        "action": "approve",
-    }
+    form = device_decision(html, step="session")
     done = await client.post("/auth/device", data=form)
     assert done.status == 200
     assert "return to your device" in await done.text()
@@ -367,12 +344,7 @@ async def test_the_session_step_without_a_session_asks_to_sign_in(client: TestCl
     tv = await device_client()
     started = await start(client, tv["client_id"])
     html = await (await enter_code(client, started["user_code"])).text()
-    form = {
-        "csrf_token": hidden_field(html, "csrf_token"),
-        "user_code": hidden_field(html, "user_code"),
-        "step": "session",
-        "action": "approve",
-    }
+    form = device_decision(html, step="session")
     refused = await client.post("/auth/device", data=form)
     assert refused.status == 400
     assert 'name="password"' in await refused.text()
