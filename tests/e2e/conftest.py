@@ -5,6 +5,8 @@ Every step saves a screenshot under test-output/e2e/<test>/; the folder is kept 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -85,3 +87,23 @@ def npm_install(tmp_path_factory: pytest.TempPathFactory, name: str, *packages: 
         timeout=300,
     )
     return folder
+
+
+NODE = shutil.which("node") or "/usr/bin/node"
+
+
+async def node_json(folder: Path, script: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run `script` of `folder` with `job` as its JSON argument, while this test's event loop keeps
+    serving the live server; what it printed, as JSON (it must exit 0)."""
+    process = await asyncio.create_subprocess_exec(
+        NODE,
+        str(folder / script),
+        json.dumps(job),
+        cwd=folder,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, (stdout.decode(), stderr.decode())
+    result: dict[str, Any] = json.loads(stdout)
+    return result

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ import aiohttp
 import pytest
 
 from service.crypto import hash_secret
-from tests.e2e.conftest import npm_install
+from tests.e2e.conftest import NODE, npm_install
 from tests.helpers import DPoPKey, form_of, jwt_claims
 
 OAUTH4WEBAPI = "oauth4webapi@3.8.3"
-NODE = shutil.which("node") or "/usr/bin/node"
 
 # argv[2]: the issuer. Prints {"authorize": url} and reads the callback URL from stdin, then prints one
 # JSON document with what it got (tokens, API answers, the proofs it sent to the API, nonce retries).

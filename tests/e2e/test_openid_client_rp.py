@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
-from tests.e2e.conftest import npm_install
+from tests.e2e.conftest import node_json, npm_install
 from tests.helpers import AUTHORIZE, form_of
 
 PACKAGES = ("openid-client@5.7.1", "jose@5.9.6")
-NODE = shutil.which("node") or "/usr/bin/node"
 SCOPE = "openid profile"
 
 # argv[2]: a JSON job; prints one JSON document on stdout. "start": an authorization URL with PKCE
@@ -114,18 +112,7 @@ class RelyingParty:
             "post_logout_redirect_uri": self.post_logout_redirect_uri,
             **job,
         }
-        process = await asyncio.create_subprocess_exec(
-            NODE,
-            str(self.folder / "rp.js"),
-            json.dumps(job),
-            cwd=self.folder,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, (stdout.decode(), stderr.decode())
-        result: dict[str, Any] = json.loads(stdout)
-        return result
+        return await node_json(self.folder, "rp.js", job)
 
     async def start(self, **extra: Any) -> dict[str, Any]:
         return await self.run("start", scope=SCOPE, extra=extra)

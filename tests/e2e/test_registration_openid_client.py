@@ -7,10 +7,8 @@ class validates what was registered."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,9 @@ import aiohttp
 import pytest
 from authlib.oauth2.rfc7591 import ClientMetadataClaims
 
-from tests.e2e.conftest import npm_install
+from tests.e2e.conftest import node_json, npm_install
 
 OPENID_CLIENT = "openid-client@5.7.1"
-NODE = shutil.which("node") or "/usr/bin/node"
 
 # argv[2]: a JSON job. "register": discover, register, read back twice (the second read with the token
 # the first returned) and try the registration's own token again (replaced: refused). "read": one
@@ -72,18 +69,7 @@ def openid_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def run_script(folder: Path, job: dict[str, Any]) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        NODE,
-        str(folder / "registration.js"),
-        json.dumps(job),
-        cwd=folder,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, (stdout.decode(), stderr.decode())
-    result: dict[str, Any] = json.loads(stdout)
-    return result
+    return await node_json(folder, "registration.js", job)
 
 
 @pytest.fixture
