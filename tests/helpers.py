@@ -308,3 +308,12 @@ class DPoPKey:
         with warnings.catch_warnings():  # joserfc marks EdDSA deprecated (RFC 9864); RFC 9449 servers still take it
             warnings.simplefilter("ignore")
             return jws.serialize_compact(protected, json.dumps(payload), self.key, algorithms=[self.alg])
+
+
+def plan_stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage of an explain plan (its winningPlan), the plan first, then its inputs depth first."""
+    found = [plan]
+    for child in [plan.get("inputStage"), *plan.get("inputStages", [])]:
+        if child:
+            found += plan_stages(child)
+    return found

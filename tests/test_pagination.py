@@ -18,6 +18,7 @@ from service.pagination import CURSORS, KEYS, PageRequest, page_filter
 from service.teams.repository import INDEXES as TEAM_INDEXES
 from service.teams.repository import member_line
 from service.users.repository import INDEXES as USER_INDEXES
+from tests.helpers import plan_stages
 
 
 def next_link(response) -> str | None:
@@ -199,19 +200,11 @@ DECLARED = {
 }
 
 
-def stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in [plan.get("inputStage"), *plan.get("inputStages", [])]:
-        if child:
-            found += stages(child)
-    return found
-
-
 def assert_index_backed(
     explained: dict[str, Any], collection: str, backend: str, keys: tuple[str, ...] = ("created", "_id")
 ) -> None:
     plan = explained["queryPlanner"]["winningPlan"]
-    all_stages = stages(plan)
+    all_stages = plan_stages(plan)
     names = [stage["stage"] for stage in all_stages]
     assert "COLLSCAN" not in names, names
     assert "SKIP" not in names, names

@@ -26,6 +26,7 @@ from tests.helpers import (
     get_code,
     open_page,
     pkce,
+    plan_stages,
     query,
     redirect_params,
 )
@@ -349,14 +350,6 @@ def test_the_consent_page_shows_the_client_the_scopes_and_the_form(app) -> None:
 # --- indexes -------------------------------------------------------------------------------------
 
 
-def index_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in [plan.get("inputStage"), *plan.get("inputStages", [])]:
-        if child:
-            found += index_scans(child)
-    return found
-
-
 async def test_the_consent_lookup_and_the_list_use_the_index(backend, client, db, seeded, other_app) -> None:
     if backend != "secantus":
         pytest.skip("explain plans are the real server's (--backend=secantus)")
@@ -367,13 +360,13 @@ async def test_the_consent_lookup_and_the_list_use_the_index(backend, client, db
     lookup = db.oauth2_consents.find({"user_id": user, "client_id": other_app}, {"scopes": 1}).limit(1)
     listing = db.oauth2_consents.find({"user_id": user}).sort(consent.BY_USER_AND_CLIENT)
     for cursor in (lookup, listing):
-        stages = index_scans((await cursor.explain())["queryPlanner"]["winningPlan"])
+        stages = plan_stages((await cursor.explain())["queryPlanner"]["winningPlan"])
         names = [stage["stage"] for stage in stages]
         assert "COLLSCAN" not in names, names
         scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
         assert scans, names
         assert all(dict(scan["keyPattern"]) == {"user_id": 1, "client_id": 1} for scan in scans), names
-    stages = index_scans(
+    stages = plan_stages(
         (await db.oauth2_consents.find({"client_id": other_app}).explain())["queryPlanner"]["winningPlan"]
     )
     assert [dict(stage["keyPattern"]) for stage in stages if stage["stage"] == "IXSCAN"] == [{"client_id": 1}]
