@@ -7,9 +7,10 @@ refused (no header injection).
 
 The sender claims one message at a time (service/outbox.py: one conditional write, with a lease), so
 processes sharing the database never send a message twice, and a process that dies holding a claim
-leaves the message to the next one after the lease. Outcomes: `sent` (kept KEEP_DONE for inspection), back to `queued` with jittered exponential
-backoff, or `failed` after MAIL_MAX_ATTEMPTS (or a permanent refusal), logged and counted. Without
-SMTP_URL (development) each message becomes an `.eml` file and its links are logged."""
+leaves the message to the next one after the lease. Outcomes: `sent` (kept KEEP_DONE for
+inspection), back to `queued` with jittered exponential backoff, or `failed` after MAIL_MAX_ATTEMPTS
+(or a permanent refusal), logged and counted. Without SMTP_URL (development) each message becomes an
+`.eml` file and its links are logged."""
 
 from __future__ import annotations
 
