@@ -38,7 +38,8 @@ class AuthorizePageError(Exception):
     """The client or redirect URI cannot be trusted: show an error page, never redirect (RFC 6749 4.1.2.1)."""
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# The netloc of an http loopback URI, exactly: the host as registered, then nothing but an optional port.
+LOOPBACK_NETLOC = re.compile(r"(?P<host>127\.0\.0\.1|\[::1\]|localhost)(?::[0-9]{1,5})?")
 
 
 def _registered(uri: str, registered: list[str]) -> bool:
@@ -52,15 +53,16 @@ def _registered(uri: str, registered: list[str]) -> bool:
 
 
 def _loopback_without_port(uri: str) -> tuple[str, str, str, str] | None:
-    """(host, path, query, fragment) of a plain http URI on a loopback host, else None."""
-    parts = urlsplit(uri)
+    """(host, path, query, fragment) of a plain http URI on a loopback host, else None (also for
+    anything that is not a URI: this runs on what a request sends)."""
     try:
-        parts.port  # noqa: B018 - a port that is not a number is no loopback URI of ours
+        parts = urlsplit(uri)
     except ValueError:
         return None
-    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or "@" in parts.netloc:
+    netloc = LOOPBACK_NETLOC.fullmatch(parts.netloc)
+    if parts.scheme != "http" or netloc is None:
         return None
-    return parts.hostname, parts.path, parts.query, parts.fragment
+    return netloc["host"], parts.path, parts.query, parts.fragment
 
 
 @dataclass(frozen=True, slots=True)

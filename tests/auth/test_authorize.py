@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp.test_utils import TestClient
 
+from service.auth import authorize
 from service.db import utcnow
 from tests.helpers import (
     decide,
@@ -68,6 +69,8 @@ async def test_codes_are_stored_hashed(client: TestClient, seeded, db) -> None:
         ({"redirect_uri": "http://127.0.0.1.evil.example:8080/api/v1/static/oauth2-redirect.html"}, "not registered"),
         ({"redirect_uri": "http://evil@127.0.0.1:8080/api/v1/static/oauth2-redirect.html"}, "not registered"),
         ({"redirect_uri": "http://127.0.0.1:port/api/v1/static/oauth2-redirect.html"}, "not registered"),
+        ({"redirect_uri": "http://[::1/api/v1/static/oauth2-redirect.html"}, "not registered"),  # not a URI
+        ({"redirect_uri": "http://[vx.evil]/api/v1/static/oauth2-redirect.html"}, "not registered"),
         ({"client_id": ""}, "Unknown client"),
     ],
 )
@@ -101,6 +104,23 @@ async def test_a_native_app_may_use_any_loopback_port_and_its_code_is_bound_to_t
     code = parse_qs(urlsplit(sso.headers["Location"]).query)["code"][0]
     exchanged = await exchange(client, code, verifier, redirect_uri=ephemeral)
     assert exchanged.status == 200, await exchanged.text()
+
+
+@pytest.mark.parametrize(
+    ("asked", "matches"),
+    [
+        ("http://[::1]:53117/cb", True),
+        ("http://[::1]/cb", True),
+        ("http://[::1]x/cb", False),  # urlsplit reads host ::1 in both: the netloc must be exactly host[:port]
+        ("http://[::1]evil.example/cb", False),
+        ("http://[::1]:1:2/cb", False),
+        ("http://[::1]:/cb", False),
+        ("https://[::1]:53117/cb", False),
+        ("http://[::1]:53117/cb/", False),
+    ],
+)
+def test_only_the_port_of_a_loopback_uri_may_differ(asked: str, matches: bool) -> None:
+    assert authorize._registered(asked, ["http://[::1]:8000/cb"]) is matches
 
 
 async def test_missing_challenge_for_a_public_client_redirects_with_error(client: TestClient, seeded) -> None:
