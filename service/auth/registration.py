@@ -193,30 +193,51 @@ def client_data(body: Any, policy: str, client: ClientDocument | None = None) ->
         raise _metadata_error(described) from None
 
 
+# Names that mean this machine without DNS (RFC 6761 .localhost, and Debian's /etc/hosts defaults).
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+
+
 def _refuse_internal_receiver(uri: str) -> None:
     """Under open registration anyone names the back-channel logout URI this server will POST to: an
-    https URI on a name or a public address only, never loopback, private or link-local ones, so an
-    anonymous registrant cannot point the server at its own or its network's internal services.
-    (A name that resolves to an internal address is the deployment's egress rules' to stop.)"""
-    parts = urlsplit(uri)
-    host = (parts.hostname or "").rstrip(".")
+    https URI on a name or a public address only, never a loopback name or a loopback, private or
+    link-local address (however spelt, IPv4 inside IPv6 included), so an anonymous registrant cannot
+    point the server at its own or its network's internal services. (A DNS name that resolves to an
+    internal address is the deployment's egress rules' to stop.)"""
+    refused = _metadata_error("backchannel_logout_uri: open registration takes an https URI on a public host only.")
+    try:
+        parts = urlsplit(uri)
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError:
+        raise refused from None
     address = _address_literal(host)
-    internal = host == "localhost" or host.endswith(".localhost") or (address is not None and not address.is_global)
+    internal = host in LOOPBACK_NAMES or host.endswith(".localhost") or (address is not None and not address.is_global)
     if parts.scheme != "https" or internal or (address is None and ":" in host):
-        raise _metadata_error("backchannel_logout_uri: open registration takes an https URI on a public host only.")
+        raise refused
 
 
 def _address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address `host` spells, in any form the resolver takes (`127.1`, `0x7f.0.0.1`, `2130706433`
-    are all 127.0.0.1 to it), or None for a name."""
+    are all 127.0.0.1 to it), or None for a name. An IPv6 address that carries an IPv4 one (mapped,
+    IPv4-compatible, 6to4, NAT64, Teredo) is that IPv4 address: it is where the packets end up."""
     try:
-        return ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address):
+        packed = int(address)
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
+        if address in NAT64 or (packed >> 32 == 0 and packed > 1):  # NAT64, or IPv4-compatible (::a.b.c.d)
+            return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    return address
 
 
 def _timestamp(value: datetime) -> int:

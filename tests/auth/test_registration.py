@@ -162,6 +162,11 @@ INTERNAL_RECEIVERS = [
     "https://[::ffff:127.0.0.1]/backchannel",
     "https://localhost/backchannel",
     "https://api.localhost/backchannel",
+    "https://localhost.localdomain/backchannel",
+    "https://[64:ff9b::a9fe:a9fe]/latest/meta-data",  # NAT64 for 169.254.169.254
+    "https://[2002:7f00:1::1]/backchannel",  # 6to4 around 127.0.0.1
+    "https://[::127.0.0.1]/backchannel",  # IPv4-compatible
+    "https://[::1/backchannel",  # not a URI: refused, never a 500
 ]
 
 
