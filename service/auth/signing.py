@@ -78,52 +78,71 @@ async def drop_expired_keys(db: Database, keep_for: timedelta) -> list[str]:
 class KeyRing:
     """This process's copy of the keys, reloaded every RELOAD_SECONDS (and when a key is missing).
 
-    One reload at a time: the requests that find the copy stale wait for the one reload under way (on a
-    new database, several at once would each create a first key). A key already held is not parsed
-    again, and a new one is parsed off the event loop: an RSA private key takes about 25 ms to load."""
+    One reload at a time: the requests that find the copy stale all await the reload under way, and share
+    its keys or its error (on a new database, several reloads at once would each create a first key). A
+    reload that fails while keys are held keeps them, logs, and is tried again RETRY_SECONDS later. A key
+    already held is not parsed again, and a new one is parsed off the event loop: an RSA private key
+    takes about 25 ms to load."""
+
+    RETRY_SECONDS = 5.0
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._keys: list[SigningKey] = []
         self._loaded = 0.0
-        self._lock = asyncio.Lock()
+        self._reloading: asyncio.Task[None] | None = None
 
-    async def _load(self, seen: float) -> None:
-        """Reload, unless another task did since this one saw `seen` (the `_loaded` it found stale)."""
-        async with self._lock:
-            if self._loaded != seen:
-                return
+    async def _load(self) -> None:
+        task = self._reloading
+        if task is None:
+            task = self._reloading = asyncio.create_task(self._reload())
+            task.add_done_callback(self._reloaded)
+        await asyncio.shield(task)  # a caller that goes away does not cancel the others' reload
+
+    def _reloaded(self, task: asyncio.Task[None]) -> None:
+        self._reloading = None
+        if not task.cancelled():
+            task.exception()  # its callers have it; marked seen even if they all went away
+
+    async def _reload(self) -> None:
+        stored = await self._stored()
+        if not stored:
+            await add_key(self._db, immediately=True)  # first start: one key, usable at once
             stored = await self._stored()
-            if not stored:
-                await add_key(self._db, immediately=True)  # first start: one key, usable at once
-                stored = await self._stored()
-            held = {key.kid: key.key for key in self._keys}
-            new = [doc["_id"] for doc in stored if doc["_id"] not in held]
-            if new:
-                documents = await self._db.signing_keys.find({"_id": {"$in": new}}).to_list(None)
-                held.update(await asyncio.to_thread(_import, documents))
-            # (a key deleted between the two reads is left out)
-            self._keys = [
-                SigningKey(doc["_id"], held[doc["_id"]], doc["signs_from"]) for doc in stored if doc["_id"] in held
-            ]
-            self._loaded = time.monotonic()
+        held = {key.kid: key.key for key in self._keys}
+        new = [doc["_id"] for doc in stored if doc["_id"] not in held]
+        if new:
+            documents = await self._db.signing_keys.find({"_id": {"$in": new}}).to_list(None)
+            held.update(await asyncio.to_thread(_import, documents))
+        # (a key deleted between the two reads is left out)
+        keys = [SigningKey(doc["_id"], held[doc["_id"]], doc["signs_from"]) for doc in stored if doc["_id"] in held]
+        if not keys:
+            raise RuntimeError("no signing key could be loaded")
+        self._keys, self._loaded = keys, time.monotonic()
 
     async def _stored(self) -> list[dict[str, Any]]:
         return await self._db.signing_keys.find({}, {"signs_from": 1}).sort("signs_from", -1).to_list(None)
 
     async def keys(self) -> list[SigningKey]:
         if not self._keys or time.monotonic() - self._loaded > RELOAD_SECONDS:
-            await self._load(self._loaded)
+            try:
+                await self._load()
+            except Exception as exc:
+                if not self._keys:
+                    raise
+                if time.monotonic() - self._loaded > RELOAD_SECONDS:  # the first of the reload's callers
+                    log.warning("signing keys: reload failed (%s); keeping those held", type(exc).__name__)
+                    self._loaded = time.monotonic() - RELOAD_SECONDS + self.RETRY_SECONDS
         return self._keys
 
     async def signing_key(self) -> SigningKey:
-        """The newest key whose time to sign has come."""
+        """The newest key whose time to sign has come (else, after a reload, the oldest one held)."""
         now = utcnow()
         for key in await self.keys():
             if key.signs_from <= now:
                 return key
-        await self._load(self._loaded)
-        return self._keys[-1]
+        await self._load()
+        return next((key for key in self._keys if key.signs_from <= now), self._keys[-1])
 
     async def jwks(self) -> dict[str, Any]:
         return {"keys": [key.public_jwk() for key in await self.keys()]}

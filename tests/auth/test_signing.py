@@ -55,3 +55,39 @@ async def test_a_reload_parses_only_new_keys_and_never_on_the_event_loop(db, imp
     await db.signing_keys.delete_one({"_id": added})
     ring._loaded = 0
     assert [key.kid for key in await ring.keys()] == [key.kid for key in first]
+
+
+def failing_reads(ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the ring's reads of the stored keys fail (the database away), a moment later; counts them."""
+    reads: list[int] = []
+
+    async def away() -> list[dict[str, Any]]:
+        reads.append(1)
+        await asyncio.sleep(0.05)
+        raise ConnectionError("the database is away")
+
+    monkeypatch.setattr(ring, "_stored", away)
+    return reads
+
+
+async def test_requests_waiting_for_a_failing_first_load_share_its_one_error(db, monkeypatch) -> None:
+    ring = KeyRing(db)
+    reads = failing_reads(ring, monkeypatch)
+    results = await asyncio.gather(*(ring.keys() for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert len(reads) == 1  # one attempt, not ten in a row each waiting for the database
+
+
+async def test_a_failed_periodic_reload_keeps_the_held_keys_and_waits_before_trying_again(
+    db, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = KeyRing(db)
+    held = [key.kid for key in await ring.keys()]
+    reads = failing_reads(ring, monkeypatch)
+    ring._loaded = 0  # due for its periodic reload
+    found = await asyncio.gather(*(ring.keys() for _ in range(5)))
+    assert all([key.kid for key in keys] == held for keys in found)
+    assert (await ring.signing_key()).kid == held[0]
+    assert len(reads) == 1  # tried again only RETRY_SECONDS later
+    warnings = [record for record in caplog.records if "reload failed" in record.getMessage()]
+    assert len(warnings) == 1
