@@ -62,10 +62,13 @@ class ClientDocument(TypedDict):
 
 
 async def insert_client(db: Database, document: ClientDocument) -> ClientDocument:
+    """Store a new client. Whatever an earlier client of the same id left behind (a delete that stopped
+    half-way: fixtures choose ids) goes first, so the new one inherits no token, code or consent."""
     try:
         await db.oauth2_clients.insert_one(cast(dict[str, Any], document))
     except DuplicateKeyError:
         raise Conflict("An OAuth2 client with this client_id already exists.") from None
+    await _drop_client_data(db, document["_id"])
     return document
 
 
@@ -90,16 +93,21 @@ async def update_client(
 
 async def delete_client(db: Database, client_id: str, version: int | None = None) -> bool:
     """Delete the client (only at `version`, when given) first, then its tokens, codes and consents: a crash
-    in between leaves tokens that no longer authenticate (every token lookup joins its client), and a retry
-    finishes the job."""
+    in between leaves tokens that no longer authenticate (every token lookup joins its client), and the
+    next delete or creation of that id finishes the job. True if the client was deleted."""
     query: dict[str, Any] = {"_id": client_id} if version is None else {"_id": client_id, "version": version}
-    result = await db.oauth2_clients.delete_one(query)
-    if not result.deleted_count:
-        return False
+    deleted = (await db.oauth2_clients.delete_one(query)).deleted_count == 1
+    if not deleted and await db.oauth2_clients.find_one({"_id": client_id}, {"_id": 1}) is not None:
+        return False  # changed since it was read: it stays, and so does everything of it
+    await _drop_client_data(db, client_id)
+    return deleted
+
+
+async def _drop_client_data(db: Database, client_id: str) -> None:
+    """A client's tokens, codes and consents (tokens and consents by a client_id index; codes live a minute)."""
     await db.oauth2_tokens.delete_many({"client_id": client_id})
     await db.oauth2_codes.delete_many({"client_id": client_id})
     await db.oauth2_consents.delete_many({"client_id": client_id})
-    return result.deleted_count == 1
 
 
 # --- tokens ----------------------------------------------------------------------------------

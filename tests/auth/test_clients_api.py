@@ -155,3 +155,51 @@ async def test_an_auth_method_that_does_not_fit_the_client_type_is_422(client: T
     response = await client.post("/api/v1/auth/oauth2_clients/", json=body, headers=await bearer("user"))
     assert response.status == 422
     assert "token_endpoint_auth_method" in (await response.json())["errors"]
+
+
+async def test_a_client_created_under_a_used_id_inherits_nothing_and_a_delete_finishes_a_broken_one(
+    client: TestClient, db, seeded
+) -> None:
+    """A delete that stopped after the client went (a crash) leaves its tokens, codes and consents; the
+    next client created under that id (fixtures choose ids) must not inherit them, and deleting an id
+    that is gone clears what was left."""
+    from bson import ObjectId
+
+    from service.auth import repository
+    from service.auth.clients import new_client_document
+
+    def leftovers(client_id: str) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            ("oauth2_tokens", {"_id": f"token-of-{client_id}", "client_id": client_id}),
+            ("oauth2_codes", {"_id": f"code-of-{client_id}", "client_id": client_id}),
+            ("oauth2_consents", {"user_id": ObjectId(), "client_id": client_id, "scopes": ["users:read"]}),
+        ]
+
+    async def left(client_id: str) -> int:
+        return sum(
+            [
+                await db[name].count_documents({"client_id": client_id})
+                for name in ("oauth2_tokens", "oauth2_codes", "oauth2_consents")
+            ]
+        )
+
+    for name, document in leftovers("reused"):
+        await db[name].insert_one(document)
+    data = {
+        "client_type": "public",
+        "redirect_uris": ["https://app.example/cb"],
+        "default_scopes": [],
+        "allowed_scopes": [],
+    }
+    await repository.insert_client(db, new_client_document("reused", data, None, ObjectId()))
+    assert await left("reused") == 0
+
+    for name, document in leftovers("gone"):
+        await db[name].insert_one(document)
+    assert await repository.delete_client(db, "gone") is False  # no such client (any more)
+    assert await left("gone") == 0
+
+    for name, document in leftovers("reused"):  # a client at another version stays, with all it has
+        await db[name].insert_one(document)
+    assert await repository.delete_client(db, "reused", version=99) is False
+    assert await left("reused") == 3
