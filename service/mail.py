@@ -170,7 +170,7 @@ class Sender(outbox.Worker):
             else:
                 await self._defer(message, reason)
             return
-        done = await self.outbox.finish(message, "sent")
+        done = await self.outbox.finish(message, "sent", keep_error=True)  # why it was late, for inspection
         MAIL_SENT.inc()
         if not done:
             log.warning("mail %s was sent after its claim expired (another process may send it too)", message["_id"])

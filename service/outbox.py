@@ -83,16 +83,14 @@ class Outbox:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def finish(self, message: dict[str, Any], state: str) -> bool:
-        """Done (`state`, at `<state>_at`); False when the claim had expired meanwhile (another worker
-        may deliver the message again)."""
+    async def finish(self, message: dict[str, Any], state: str, *, keep_error: bool = False) -> bool:
+        """Done (`state`, at `<state>_at`); `keep_error` keeps why an earlier attempt failed. False when
+        the claim had expired meanwhile (another worker may deliver the message again)."""
         now = utcnow()
+        unset = {"claimed_until": ""} if keep_error else {"claimed_until": "", "last_error": ""}
         done = await self.collection.update_one(
             _claimed(message),
-            {
-                "$set": {"state": state, f"{state}_at": now, "expires_at": now + KEEP_DONE},
-                "$unset": {"claimed_until": "", "last_error": ""},
-            },
+            {"$set": {"state": state, f"{state}_at": now, "expires_at": now + KEEP_DONE}, "$unset": unset},
         )
         return bool(done.modified_count)
 

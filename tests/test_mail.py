@@ -149,6 +149,7 @@ async def test_an_smtp_outage_delays_a_message_that_then_arrives_exactly_once(cl
     assert message["Message-ID"] == f"<{message_id}@localhost>"
     sent = await wait_state(db, message_id, "sent")
     assert 2 < sent["attempts"] <= 4
+    assert "SMTP" in sent["last_error"]  # why it was late stays for inspection
     await asyncio.sleep(0.3)
     assert len(smtp_server.messages) == 1
 
