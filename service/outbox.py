@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -145,7 +146,7 @@ def wake(db: Database, kind: type[Worker]) -> None:
             worker.wake()
 
 
-class Worker:
+class Worker(ABC):
     """Runs `drain` until `stop`: at `start`, whenever woken, and every `poll_seconds`. A drain that
     fails (the database away) is logged, under the subclass's module, and tried again at the next poll."""
 
@@ -159,11 +160,11 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @abstractmethod
     async def drain(self) -> int:
-        """Deliver what is due; how many messages were claimed."""
-        raise NotImplementedError
+        """Deliver what is due; how many messages were claimed (each outbox's own delivery)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: the mail sender holds nothing open
         """Let go of what the deliveries held open (connections), after the last one."""
 
     def wake(self) -> None:
