@@ -84,8 +84,25 @@ async def send(ctx: Context, to: str, template: str, context: Mapping[str, Any])
     return await enqueue(ctx.db, to, subject, text, html)
 
 
+DECOY_KEEP = timedelta(minutes=1)  # a void message stays this long before the TTL index takes it
+
+
+async def send_decoy(ctx: Context, template: str, context: Mapping[str, Any]) -> None:
+    """The work of `send` for a message that must not go out (a reset for an address without an account):
+    rendered, and stored as a `void` document of the same size that no sender claims, without a
+    recipient, gone with the TTL index. A real write, so the request costs what a real one costs."""
+    subject, text, html = render(template, context)
+    await _store(ctx.db, "", subject, text, html, state="void")
+
+
 async def enqueue(db: Database, to: str, subject: str, text: str, html: str) -> ObjectId:
     """Queue a rendered message; this process's sender wakes at once, others find it when they poll."""
+    message_id = await _store(db, to, subject, text, html, state="queued")
+    outbox.wake(db, Sender)
+    return message_id
+
+
+async def _store(db: Database, to: str, subject: str, text: str, html: str, state: str) -> ObjectId:
     _header_safe(to)
     _header_safe(subject)
     now, message_id = utcnow(), ObjectId()
@@ -95,13 +112,14 @@ async def enqueue(db: Database, to: str, subject: str, text: str, html: str) -> 
         "subject": subject,
         "text": text,
         "html": html,
-        "state": "queued",
+        "state": state,
         "attempts": 0,
         "next_attempt_at": now,
         "created": now,
     }
+    if state == "void":
+        document["expires_at"] = now + DECOY_KEEP
     await db.outbox.insert_one(document)
-    outbox.wake(db, Sender)
     return message_id
 
 

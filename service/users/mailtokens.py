@@ -9,6 +9,7 @@ condition in `consume` refuses them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict, cast
@@ -68,10 +69,11 @@ async def void(db: Database, user_id: ObjectId, purpose: Purpose) -> None:
     await db.mail_tokens.delete_many({"user_id": user_id, "purpose": purpose})
 
 
-async def write_nothing(db: Database, collection: str) -> None:
-    """A write that matches no document: what an unknown address costs in place of a real write, so the
-    answer takes as long either way."""
-    await db[collection].update_one({"_id": ObjectId()}, {"$set": {"expires_at": utcnow()}})
+def decoy_user_id(email: str) -> ObjectId:
+    """The account id a password reset for an address without an account stores its token under: the
+    same for every request for that address, so a newer request deletes the older decoy, as it would a
+    real token; 12 bytes of a digest, which an ObjectId the server makes equals only by a 2**-96 chance."""
+    return ObjectId(hashlib.sha256(b"reset-decoy:" + email.lower().encode()).digest()[:12])
 
 
 async def is_live(db: Database, token: str, purpose: Purpose) -> bool:

@@ -1,17 +1,18 @@
 """Password reset by mail, without telling anyone whether an address has an account.
 
 A request for a known address and one for an unknown address get the same answer after the same work:
-the same counters, the same lookup, a token made and the mail rendered either way, and the same number
-of writes (for an unknown address, writes that match nothing stand in for storing the token and queuing
-the mail). The hourly limits are counted per requested address (whether or not it has an account, so a
-429 says nothing either) and per client address.
+the same counters, the same lookup, a token made and stored, the mail rendered and stored. For an unknown
+address the writes are decoys of the same kind and size: the previous decoy token for that address
+deleted, a token stored for an account id derived from the address (no account has it, so it can reset
+nothing, and nobody learns it), and the mail stored as a `void` message that is never sent. A write that
+changes nothing costs less than one that does (a journal flush, a replica set's majority), so a stand-in
+that matched nothing would show in the answer time. The hourly limits are counted per requested address
+(whether or not it has an account, so a 429 says nothing either) and per client address.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from bson import ObjectId
 
 from service import mail
 from service.audit import trail as audit
@@ -52,10 +53,11 @@ async def request_reset(ctx: Context, email: str, client_address: str) -> str:
         "Too many password reset mails for this address; try again later.",
     )
     found = await mailtokens.user_by_email(ctx.db, email)
+    known = found is not None and bool(found.get("is_active"))
     user: dict[str, Any] = (
         found
-        if found is not None and found.get("is_active")
-        else {"_id": ObjectId(), "email": email, "username": email}
+        if found is not None and known
+        else {"_id": mailtokens.decoy_user_id(email), "email": email, "username": email}
     )
     token, document = mailtokens.new_document("reset", user, ctx.settings.reset_token_ttl)
     context = {
@@ -65,14 +67,12 @@ async def request_reset(ctx: Context, email: str, client_address: str) -> str:
         "valid_for": duration(ctx.settings.reset_token_ttl),
     }
     await mailtokens.void(ctx.db, user["_id"], "reset")  # a newer mail voids the older links
-    if user is found:
-        await mailtokens.insert(ctx.db, document)
+    await mailtokens.insert(ctx.db, document)  # for an unknown address, a token no account can use
+    if known:
         await mail.send(ctx, user["email"], "password_reset", context)
     else:
-        await mailtokens.write_nothing(ctx.db, "mail_tokens")
-        mail.render("password_reset", context)
-        await mailtokens.write_nothing(ctx.db, "outbox")
-    audit.record("password.reset_requested", subject_id=user["_id"] if user is found else None)
+        await mail.send_decoy(ctx, "password_reset", context)
+    audit.record("password.reset_requested", subject_id=user["_id"] if known else None)
     return ACCEPTED
 
 
