@@ -127,6 +127,22 @@ async def test_sign_up(client: TestClient, fail, db) -> None:
     assert await audit(db) == []
 
 
+async def test_sign_up_whose_verification_mail_cannot_be_queued(client: TestClient, fail, db, bearer) -> None:
+    """The account is stored before its mail: when the database goes away between the two, the answer is
+    still the 201 the client must see (a 503 would make it send again and meet a 409), and the mail can be
+    asked for again."""
+    body = {"username": "unmailed", "email": "unmailed@example.com", "password": "long enough"}
+    async with fail("insert", skip=1):  # the user's insert goes through; the link's token fails
+        response = await call(client, "POST", "/api/v1/users/", json=body)
+    assert response.status == 201, await response.text()
+    assert await db.users.count_documents({"username": "unmailed"}) == 1
+    assert await db.mail_tokens.count_documents({}) == 0
+    headers = await bearer("unmailed", password="long enough")
+    assert (await call(client, "POST", "/api/v1/users/me/email-verification", headers=headers)).status == 202
+    assert await db.mail_tokens.count_documents({"purpose": "verify"}) == 1
+    assert await audit(db) == []
+
+
 async def test_token_issue_and_refresh(client: TestClient, fail, db, login) -> None:
     form = {"grant_type": "password", "username": "user", "password": "w", "client_id": "documentation"}
     async with fail("insert"):

@@ -39,7 +39,15 @@ async def signup(ctx: Context, data: dict[str, Any], caller: Principal | None) -
     )
     user = await repository.insert_user(db, document)
     ctx.cache.invalidate()  # the name was unknown until now, and may be cached as such
-    await verification.send_link(ctx, user)  # the first of the account's hourly verification mails
+    try:
+        await verification.send_link(ctx, user)  # the first of the account's hourly verification mails
+    except Exception as exc:
+        # The account exists: a 503 would tell the client to send the sign-up again, which a 409 answers.
+        if not is_unavailable_error(exc):
+            raise
+        log.warning(
+            "verification mail for new user %s not queued (database unavailable); it can be asked again", user["_id"]
+        )
     return user
 
 
