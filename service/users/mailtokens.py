@@ -69,11 +69,14 @@ async def void(db: Database, user_id: ObjectId, purpose: Purpose) -> None:
     await db.mail_tokens.delete_many({"user_id": user_id, "purpose": purpose})
 
 
-def decoy_user_id(email: str) -> ObjectId:
-    """The account id a password reset for an address without an account stores its token under: the
-    same for every request for that address, so a newer request deletes the older decoy, as it would a
-    real token; 12 bytes of a digest, which an ObjectId the server makes equals only by a 2**-96 chance."""
-    return ObjectId(hashlib.sha256(b"reset-decoy:" + email.lower().encode()).digest()[:12])
+def decoy_user(email: str) -> dict[str, Any]:
+    """The stand-in account of an address without an active account, for the mail flows that must cost
+    the same either way (reset, the resend page): its id is the same for every request for the address,
+    so a newer request's writes meet the older's, as they would a real account's; 12 bytes of a digest,
+    which an ObjectId the server makes equals only by a 2**-96 chance. No account has it, so a token
+    stored under it can change nothing."""
+    user_id = ObjectId(hashlib.sha256(b"decoy:" + email.lower().encode()).digest()[:12])
+    return {"_id": user_id, "email": email, "username": email}
 
 
 async def is_live(db: Database, token: str, purpose: Purpose) -> bool:

@@ -54,11 +54,7 @@ async def request_reset(ctx: Context, email: str, client_address: str) -> str:
     )
     found = await mailtokens.user_by_email(ctx.db, email)
     known = found is not None and bool(found.get("is_active"))
-    user: dict[str, Any] = (
-        found
-        if found is not None and known
-        else {"_id": mailtokens.decoy_user_id(email), "email": email, "username": email}
-    )
+    user: dict[str, Any] = found if found is not None and known else mailtokens.decoy_user(email)
     token, document = mailtokens.new_document("reset", user, ctx.settings.reset_token_ttl)
     context = {
         "name": display_name(user),

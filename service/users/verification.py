@@ -6,6 +6,7 @@ At most VERIFY_MAILS_PER_HOUR verification mails per account (the sign-up's coun
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -39,11 +40,13 @@ def display_name(user: Mapping[str, Any]) -> str:
     return str(user.get("first_name") or user["username"])
 
 
-async def send_link(ctx: Context, user: Mapping[str, Any]) -> None:
-    """Mail a verification link to the user's address; TooManyRequests beyond the hourly budget."""
+async def send_link(ctx: Context, user: Mapping[str, Any], *, deliver: bool = True) -> None:
+    """Mail a verification link to the user's address; TooManyRequests beyond the hourly budget. With
+    `deliver` false (`mailtokens.decoy_user`), the same work whose writes are decoys: see `resend_by_email`."""
     reserved, window_end = await mailtokens.reserve_mail(ctx.db, f"verify:{user['_id']}", VERIFY_MAILS_PER_HOUR)
     if not reserved:
-        audit.record("email.verification_throttled", subject_id=user["_id"])
+        if deliver:
+            audit.record("email.verification_throttled", subject_id=user["_id"])
         seconds = int((window_end - utcnow()).total_seconds()) + 1
         raise TooManyRequests("Too many verification mails for this account; try again later.", retry_after=seconds)
     token, document = mailtokens.new_document("verify", user, ctx.settings.email_token_ttl)
@@ -55,6 +58,9 @@ async def send_link(ctx: Context, user: Mapping[str, Any]) -> None:
         "token": token,
         "valid_for": duration(ctx.settings.email_token_ttl),
     }
+    if not deliver:
+        await mail.send_decoy(ctx, "verify_email", context)
+        return
     await mail.send(ctx, user["email"], "verify_email", context)
     audit.record("email.verification_sent", subject_id=user["_id"])
 
@@ -69,7 +75,10 @@ async def resend(ctx: Context, caller: Principal) -> None:
 async def resend_by_email(ctx: Context, email: str, client_address: str) -> None:
     """The sign-in page's "send the mail again": a link if `email` is an active account's unverified
     address, silently nothing otherwise (and when that account's budget is spent), so the answer never
-    tells whether the address has an account. At most RESEND_REQUESTS_PER_HOUR per client address."""
+    tells whether the address has an account. Nor does its time: otherwise the same work is done with
+    decoy writes, as for a password reset (`service.users.reset`): the hourly count under the address's
+    decoy id, a token no account can use, the mail stored void. At most RESEND_REQUESTS_PER_HOUR per
+    client address."""
     reserved, window_end = await mailtokens.reserve_mail(
         ctx.db, f"resend-from:{client_address}", RESEND_REQUESTS_PER_HOUR
     )
@@ -77,12 +86,12 @@ async def resend_by_email(ctx: Context, email: str, client_address: str) -> None
         seconds = int((window_end - utcnow()).total_seconds()) + 1
         raise TooManyRequests("Too many requests from your address; try again later.", retry_after=seconds)
     user = await mailtokens.user_by_email(ctx.db, email)
-    if user is None or not user.get("is_active") or user.get("email_verified", False):
-        return
-    try:
-        await send_link(ctx, user)
-    except TooManyRequests:
-        return
+    if user is not None and user.get("is_active") and not user.get("email_verified", False):
+        target, deliver = user, True
+    else:
+        target, deliver = mailtokens.decoy_user(email), False
+    with contextlib.suppress(TooManyRequests):
+        await send_link(ctx, target, deliver=deliver)
 
 
 async def email_changed(ctx: Context, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
