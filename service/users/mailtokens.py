@@ -19,6 +19,7 @@ from pymongo import ASCENDING, IndexModel
 
 from service.crypto import hash_secret, new_token
 from service.db import Database, utcnow
+from service.errors import TooManyRequests
 from service.users import repository
 
 Purpose = Literal["verify", "reset"]
@@ -94,10 +95,13 @@ async def consume(db: Database, token: str, purpose: Purpose) -> MailToken | Non
     return cast(MailToken | None, found)
 
 
-async def reserve_mail(db: Database, key: str, limit: int) -> tuple[bool, datetime]:
+async def reserve_mail(db: Database, key: str, limit: int, detail: str) -> None:
     """One of `limit` sends an hour for `key`, taken atomically across processes (the counter of the
-    sign-in throttle, under keys no username can take: they hold a colon)."""
-    return await repository.reserve_login_attempt(db, f"mail:{key}", limit, HOUR)
+    sign-in throttle, under keys no username can take: they hold a colon); TooManyRequests with
+    `detail` and the time the window reopens beyond it."""
+    reserved, window_end = await repository.reserve_login_attempt(db, f"mail:{key}", limit, HOUR)
+    if not reserved:
+        raise TooManyRequests(detail, retry_after=int((window_end - utcnow()).total_seconds()) + 1)
 
 
 # --- the user-document writes of the links ------------------------------------------------------

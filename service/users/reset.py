@@ -17,7 +17,6 @@ from typing import Any
 from service import mail
 from service.audit import trail as audit
 from service.context import Context
-from service.db import utcnow
 from service.errors import BadRequest, TooManyRequests
 from service.users import mailtokens
 from service.users.service import _mark_tokens_revoked
@@ -31,10 +30,11 @@ RESET_PATH = "/auth/password/reset"
 
 
 async def _reserve(ctx: Context, key: str, limit: int, detail: str) -> None:
-    reserved, window_end = await mailtokens.reserve_mail(ctx.db, key, limit)
-    if not reserved:
+    try:
+        await mailtokens.reserve_mail(ctx.db, key, limit, detail)
+    except TooManyRequests:
         audit.record("password.reset_throttled")
-        raise TooManyRequests(detail, retry_after=int((window_end - utcnow()).total_seconds()) + 1)
+        raise
 
 
 async def request_reset(ctx: Context, email: str, client_address: str) -> str:

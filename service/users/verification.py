@@ -6,7 +6,6 @@ At most VERIFY_MAILS_PER_HOUR verification mails per account (the sign-up's coun
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +14,6 @@ from service import mail
 from service.audit import trail as audit
 from service.caller import Principal
 from service.context import Context
-from service.db import utcnow
 from service.errors import BadRequest, Conflict, TooManyRequests
 from service.users import mailtokens
 
@@ -23,6 +21,7 @@ log = logging.getLogger(__name__)
 
 VERIFY_MAILS_PER_HOUR = 3
 RESEND_REQUESTS_PER_HOUR = 10  # the sign-in page's anonymous "send it again", per client address
+RESEND_MAILS_PER_HOUR = 3  # and per address asked for
 INVALID_LINK = "This verification link is invalid, used or expired; ask for a new one."
 VERIFY_PATH = "/auth/email/verify"
 
@@ -40,15 +39,25 @@ def display_name(user: Mapping[str, Any]) -> str:
     return str(user.get("first_name") or user["username"])
 
 
-async def send_link(ctx: Context, user: Mapping[str, Any], *, deliver: bool = True) -> None:
-    """Mail a verification link to the user's address; TooManyRequests beyond the hourly budget. With
-    `deliver` false (`mailtokens.decoy_user`), the same work whose writes are decoys: see `resend_by_email`."""
-    reserved, window_end = await mailtokens.reserve_mail(ctx.db, f"verify:{user['_id']}", VERIFY_MAILS_PER_HOUR)
-    if not reserved:
-        if deliver:
-            audit.record("email.verification_throttled", subject_id=user["_id"])
-        seconds = int((window_end - utcnow()).total_seconds()) + 1
-        raise TooManyRequests("Too many verification mails for this account; try again later.", retry_after=seconds)
+async def send_link(ctx: Context, user: Mapping[str, Any]) -> None:
+    """Mail a verification link to the user's address; TooManyRequests beyond the account's hourly
+    budget (VERIFY_MAILS_PER_HOUR)."""
+    try:
+        await mailtokens.reserve_mail(
+            ctx.db,
+            f"verify:{user['_id']}",
+            VERIFY_MAILS_PER_HOUR,
+            "Too many verification mails for this account; try again later.",
+        )
+    except TooManyRequests:
+        audit.record("email.verification_throttled", subject_id=user["_id"])
+        raise
+    await _queue_link(ctx, user, deliver=True)
+
+
+async def _queue_link(ctx: Context, user: Mapping[str, Any], deliver: bool) -> None:
+    """Store a link's token and queue its mail; with `deliver` false (a `mailtokens.decoy_user`), the
+    same writes as decoys: a token no account can use, the mail stored void."""
     token, document = mailtokens.new_document("verify", user, ctx.settings.email_token_ttl)
     await mailtokens.insert(ctx.db, document)
     context = {
@@ -74,24 +83,28 @@ async def resend(ctx: Context, caller: Principal) -> None:
 
 async def resend_by_email(ctx: Context, email: str, client_address: str) -> None:
     """The sign-in page's "send the mail again": a link if `email` is an active account's unverified
-    address, silently nothing otherwise (and when that account's budget is spent), so the answer never
-    tells whether the address has an account. Nor does its time: otherwise the same work is done with
-    decoy writes, as for a password reset (`service.users.reset`): the hourly count under the address's
-    decoy id, a token no account can use, the mail stored void. At most RESEND_REQUESTS_PER_HOUR per
-    client address."""
-    reserved, window_end = await mailtokens.reserve_mail(
-        ctx.db, f"resend-from:{client_address}", RESEND_REQUESTS_PER_HOUR
+    address, and the same answer after the same work otherwise, so neither the answer nor its time
+    tells whether the address has an account: for any other address the token and the mail are decoys,
+    as for a password reset (`service.users.reset`). Its limits are its own and do not depend on the
+    account (whose budget other flows spend, so its state would show): RESEND_REQUESTS_PER_HOUR per
+    client address, RESEND_MAILS_PER_HOUR per address asked for, whether or not it has an account."""
+    await mailtokens.reserve_mail(
+        ctx.db,
+        f"resend-from:{client_address}",
+        RESEND_REQUESTS_PER_HOUR,
+        "Too many requests from your address; try again later.",
     )
-    if not reserved:
-        seconds = int((window_end - utcnow()).total_seconds()) + 1
-        raise TooManyRequests("Too many requests from your address; try again later.", retry_after=seconds)
+    await mailtokens.reserve_mail(
+        ctx.db,
+        f"resend-to:{email.lower()}",
+        RESEND_MAILS_PER_HOUR,
+        "Too many verification mails for this address; try again later.",
+    )
     user = await mailtokens.user_by_email(ctx.db, email)
     if user is not None and user.get("is_active") and not user.get("email_verified", False):
-        target, deliver = user, True
+        await _queue_link(ctx, user, deliver=True)
     else:
-        target, deliver = mailtokens.decoy_user(email), False
-    with contextlib.suppress(TooManyRequests):
-        await send_link(ctx, target, deliver=deliver)
+        await _queue_link(ctx, mailtokens.decoy_user(email), deliver=False)
 
 
 async def email_changed(ctx: Context, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
